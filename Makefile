@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   create .venv, install, export a CLIP and classify a few images
+#   make test   create .venv, install, run the CPU test suite
+# MODEL may be a Hugging Face hub id (needs network) or a local HF folder (offline).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+MODEL  ?= openai/clip-vit-base-patch32
+SHARED ?= ../shared
+DEMO_PKG ?= build/demo-package
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench gpu-check lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU build; an unpinned resolve could pull the multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) scripts/demo.py --model '$(MODEL)' --package '$(DEMO_PKG)' --shared '$(SHARED)'
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Not part of `make test`: micro-benchmarks of the hot paths (see benchmarks/README.md).
+bench: $(VENV)/.installed
+	$(PY) -m pytest benchmarks --benchmark-only $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(PY) -m mypy
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,44 @@
+"""clip-rt: a lean, fast CLIP inference runtime.
+
+    import clip_rt
+    model = clip_rt.load("pkg/")                     # ONNX Runtime on CPU, fp32
+    clf = clip_rt.ZeroShotClassifier(model, ["cat", "dog"])
+    clf.predict(["photo.jpg"], top_k=1)
+
+`import clip_rt` loads only numpy-light modules; the public names below are resolved on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "load": "clip_rt.model",
+    "ClipModel": "clip_rt.model",
+    "ZeroShotClassifier": "clip_rt.zeroshot",
+    "ImageIndex": "clip_rt.index",
+    "Tokenizer": "clip_rt.tokenizer",
+    "Package": "clip_rt.package",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:
+    from .index import ImageIndex
+    from .model import ClipModel, load
+    from .package import Package
+    from .tokenizer import Tokenizer
+    from .zeroshot import ZeroShotClassifier
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'clip_rt' has no attribute {name!r}")

@@ -1,0 +1,53 @@
+"""The `clip-rt` command. argparse only: every command calls a library function.
+
+Each command group lives in its own module with `register(subparsers)`; handlers return an exit code.
+ClipRtError (and a few OS errors at the boundary) are printed as one line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import ClipRtError
+
+# Modules that each add their subcommands. Imported lazily inside main() so that `clip-rt info`
+# never pays for what `clip-rt export` needs.
+COMMAND_MODULES = ("export", "run", "index", "engine", "bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="clip-rt", description="Fast CLIP inference: export, run, search, benchmark.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"clip-rt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"{__name__}.{name}":
+                continue  # command group not present in this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ClipRtError as e:
+        print(f"clip-rt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"clip-rt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

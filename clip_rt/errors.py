@@ -1,0 +1,46 @@
+"""The exceptions clip-rt raises at its boundaries. Each message says what went wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class ClipRtError(Exception):
+    """Base class: the CLI prints these as one line (no traceback) and exits non-zero."""
+
+
+class PackageError(ClipRtError):
+    """A model package is missing, incomplete, tampered with, or of an unsupported format."""
+
+
+class ModelSourceError(ClipRtError):
+    """An export source (hub id or local folder) cannot be loaded as a CLIP model."""
+
+
+class BackendUnavailable(ClipRtError):
+    """A requested backend, device or precision cannot run here. Never silently replaced by another."""
+
+
+class EngineMismatch(PackageError):
+    """A TensorRT engine was built for another TensorRT version or GPU."""
+
+
+class ValidationFailed(ClipRtError):
+    """An exported artifact fell below its accuracy threshold (see clip_rt.tolerances)."""
+
+
+class InputError(ClipRtError, ValueError):
+    """Bad user input (empty label list, malformed labels file, ...)."""
+
+
+class ImageError(ClipRtError):
+    """One image could not be read. Carries the file so that batch callers can report it and go on."""
+
+    def __init__(self, file: str, reason: str):
+        super().__init__(f"{file}: {reason}")
+        self.file = file
+        self.reason = reason
+
+
+def missing_dependency(module: str, extra: str, purpose: str) -> BackendUnavailable:
+    """The error for a heavy optional import that failed, with the install hint."""
+    return BackendUnavailable(f"{purpose} needs the Python package '{module}', which is not installed; "
+                              f"install it with: pip install 'clip-rt[{extra}]'")

@@ -1,0 +1,205 @@
+"""The model package: a folder with manifest.json, tokenizer files and one artifact per encoder and precision.
+
+Weights and preprocessing are one thing: the manifest carries the image size, resize/crop/interpolation,
+mean/std, the context length and the logit scale next to the artifacts, each with its sha256 and the
+parity numbers measured when it was written. Reading a package needs only the standard library.
+
+    manifest.json
+    tokenizer.json (+ vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json)
+    image.onnx, text.onnx                       fp32
+    image.int8.onnx, text.fp16.onnx, ...        other precisions
+    engines/image.fp16.<key>.engine             TensorRT, keyed by what invalidates them
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .contract import ENCODERS, EncoderContract, check_precision, image_contract, text_contract
+from .errors import PackageError
+from .fsutil import atomic_write_json, sha256_file
+
+FORMAT = "clip-rt-package"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+BACKENDS = ("onnxruntime", "tensorrt")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file of the package: an encoder at a precision, for a backend."""
+
+    file: str  # relative to the package root
+    encoder: str  # "image" | "text"
+    precision: str  # "fp32" | "fp16" | "int8"
+    backend: str  # "onnxruntime" (ONNX, also fed to TensorRT) | "tensorrt" (serialized engine)
+    sha256: str
+    opset: int | None = None
+    parity: dict[str, Any] = field(default_factory=dict)  # measured against eager fp32 at write time
+    forced: bool = False  # written despite failing its tolerance (--force)
+    extra: dict[str, Any] = field(default_factory=dict)  # fusions, quantization recipe, engine metadata
+
+    def to_json(self) -> dict[str, Any]:
+        d = {"file": self.file, "encoder": self.encoder, "precision": self.precision, "backend": self.backend,
+             "opset": self.opset, "sha256": self.sha256, "parity": self.parity, "forced": self.forced}
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Artifact":
+        known = {"file", "encoder", "precision", "backend", "opset", "sha256", "parity", "forced"}
+        return cls(file=d["file"], encoder=d["encoder"], precision=d["precision"], backend=d["backend"],
+                   sha256=d["sha256"], opset=d.get("opset"), parity=d.get("parity", {}),
+                   forced=bool(d.get("forced", False)), extra={k: v for k, v in d.items() if k not in known})
+
+
+class Package:
+    """A model package opened for reading. Cheap to open; an artifact's sha256 is checked when it is used."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]):
+        self.root = root
+        self.manifest = manifest
+        self.artifacts = [Artifact.from_json(a) for a in manifest.get("artifacts", [])]
+        self._verified: set[str] = set()
+
+    # -- opening ---------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Package":
+        root = Path(path)
+        if root.is_file() and root.name == MANIFEST:
+            root = root.parent
+        if not root.exists():
+            raise PackageError(f"model package {root} does not exist; create one with: clip-rt export MODEL -o {root}")
+        if not root.is_dir():
+            raise PackageError(f"{root} is not a model package folder (expected a folder with {MANIFEST})")
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file():
+            raise PackageError(f"{root} has no {MANIFEST}: not a clip-rt package (create one with: clip-rt export MODEL -o {root})")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise PackageError(f"{manifest_path} is unreadable or not valid JSON ({e}); re-export the package") from None
+        if manifest.get("format") != FORMAT:
+            raise PackageError(f"{manifest_path} is not a clip-rt manifest (format={manifest.get('format')!r})")
+        version = manifest.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise PackageError(f"{root} has manifest format version {version}, newer than this clip-rt reads "
+                               f"({FORMAT_VERSION}); upgrade clip-rt (pip install -U clip-rt) or re-export the package")
+        pkg = cls(root, manifest)
+        for rel in pkg.tokenizer_files:
+            if not (root / rel).is_file():
+                raise PackageError(f"{root}: tokenizer file {rel} listed in the manifest is missing; re-export the package")
+        for a in pkg.artifacts:
+            if not (root / a.file).is_file():
+                raise PackageError(f"{root}: artifact {a.file} ({a.encoder} {a.precision} {a.backend}) listed in the "
+                                   f"manifest is missing; re-export the package or restore the file")
+        return pkg
+
+    # -- model facts ---------------------------------------------------------------------------------
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.manifest["model"]
+
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        return self.manifest["preprocess"]
+
+    @property
+    def source(self) -> dict[str, Any]:
+        return self.manifest["source"]
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model["embed_dim"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model["image_size"])
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model["context_length"])
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model["logit_scale"])
+
+    @property
+    def tokenizer_files(self) -> list[str]:
+        return list(self.manifest["tokenizer"]["files"])
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.root / self.manifest["tokenizer"]["file"]
+
+    def contract(self, encoder: str) -> EncoderContract:
+        if encoder == "image":
+            return image_contract(self.image_size, self.embed_dim)
+        if encoder == "text":
+            return text_contract(self.context_length, self.embed_dim)
+        raise ValueError(f"unknown encoder {encoder!r}; choose one of {ENCODERS}")
+
+    # -- artifacts -----------------------------------------------------------------------------------
+    def find(self, encoder: str, precision: str, backend: str = "onnxruntime") -> list[Artifact]:
+        return [a for a in self.artifacts if a.encoder == encoder and a.precision == precision and a.backend == backend]
+
+    def artifact(self, encoder: str, precision: str, backend: str = "onnxruntime") -> Artifact:
+        """The one artifact for (encoder, precision, backend), or a PackageError listing what exists."""
+        check_precision(precision)
+        found = self.find(encoder, precision, backend)
+        if not found:
+            have = sorted({f"{a.backend}/{a.precision}" for a in self.artifacts if a.encoder == encoder})
+            hint = (f"clip-rt build-engine {self.root} --precision {precision}" if backend == "tensorrt"
+                    else f"clip-rt export SOURCE -o {self.root} --precision {precision}")
+            raise PackageError(f"{self.root} has no {precision} {encoder} artifact for {backend} "
+                               f"(it has: {', '.join(have) or 'none'}); create it with: {hint}")
+        return found[-1]
+
+    def path(self, artifact: Artifact, verify: bool = True) -> Path:
+        """The artifact's file, its sha256 checked against the manifest (once per Package)."""
+        p = self.root / artifact.file
+        if verify and artifact.file not in self._verified:
+            if not p.is_file():
+                raise PackageError(f"{p} is missing; re-export the package")
+            digest = sha256_file(p)
+            if digest != artifact.sha256:
+                raise PackageError(f"{p} does not match its sha256 in the manifest (file {digest[:12]}..., manifest "
+                                   f"{artifact.sha256[:12]}...): the file was modified or corrupted; re-export the package")
+            self._verified.add(artifact.file)
+        return p
+
+    @property
+    def fingerprint(self) -> str:
+        """A short id of the package's content (artifact hashes + preprocessing + tokenizer), for cache keys."""
+        from .fsutil import sha256_bytes
+
+        blob = json.dumps({"artifacts": sorted(a.sha256 for a in self.artifacts), "model": self.model,
+                           "preprocess": self.preprocess, "tokenizer": self.manifest["tokenizer"]}, sort_keys=True)
+        return sha256_bytes(blob.encode())[:16]
+
+
+# -- writing (used by the exporter and the engine builder) ---------------------------------------------
+def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
+    return json.loads((Path(root) / MANIFEST).read_text(encoding="utf-8"))
+
+
+def write_manifest(root: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION}
+    atomic_write_json(Path(root) / MANIFEST, manifest)
+
+
+def add_artifact(root: str | os.PathLike, artifact: Artifact) -> None:
+    """Add (or replace: same encoder, precision, backend and file) an artifact entry in a package's manifest."""
+    check_precision(artifact.precision)
+    if artifact.backend not in BACKENDS:
+        raise ValueError(f"unknown artifact backend {artifact.backend!r}")
+    manifest = read_manifest(root)
+    kept = [a for a in manifest.get("artifacts", [])
+            if not (a["encoder"] == artifact.encoder and a["precision"] == artifact.precision
+                    and a["backend"] == artifact.backend and a["file"] == artifact.file)]
+    manifest["artifacts"] = kept + [artifact.to_json()]
+    write_manifest(root, manifest)
