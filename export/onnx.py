@@ -1,0 +1,50 @@
+"""Trace an encoder wrapper to ONNX with the dynamic axes its contract declares."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from clip_rt.contract import EncoderContract
+
+DEFAULT_OPSET = 17  # LayerNormalization is a native op from 17; TensorRT 10 and ORT >= 1.14 read it
+
+
+def export_onnx(module: torch.nn.Module, contract: EncoderContract, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+    """Trace `module` at the contract's sample shape and write a checked ONNX file to `path`.
+
+    The TorchScript exporter (dynamo=False) is used on purpose: it emits the plain MatMul/Softmax/LayerNorm
+    graph that ONNX Runtime's transformer optimizer and TensorRT's parser recognize, in well under a second,
+    where the dynamo exporter takes seconds and rewrites the graph into shapes the fusions miss.
+    """
+    import onnx
+
+    path = Path(path)
+    sample = torch.from_numpy(contract.sample_input())
+    module = module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        # Tracer chatter about Python bools and shape asserts inside transformers; the result is validated anyway.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (sample,), str(path), input_names=[contract.input.name],
+                          output_names=[contract.output.name], dynamic_axes=contract.dynamic_axes(),
+                          opset_version=opset, do_constant_folding=True, dynamo=False)
+    model = onnx.load(str(path), load_external_data=False)
+    onnx.checker.check_model(model)
+    _check_io(model, contract)
+    return path
+
+
+def _check_io(model, contract: EncoderContract) -> None:
+    """The written graph's inputs/outputs must be exactly the contract's names and element types."""
+    import numpy as np
+    import onnx
+
+    want_in = (contract.input.name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(contract.input.dtype)))
+    got_in = [(i.name, i.type.tensor_type.elem_type) for i in model.graph.input]
+    want_out = (contract.output.name, onnx.TensorProto.FLOAT)
+    got_out = [(o.name, o.type.tensor_type.elem_type) for o in model.graph.output]
+    if got_in != [want_in] or got_out != [want_out]:
+        raise RuntimeError(f"exported {contract.encoder} graph I/O {got_in} -> {got_out} does not match the contract "
+                           f"{[want_in]} -> {[want_out]}")

@@ -1,0 +1,282 @@
+"""model id or folder -> validated model package. The build-time flow, step by step:
+
+    load (hub / folder / random init) -> wrappers -> ONNX (fp32) -> [other precisions] -> validate each
+    artifact with ONNX Runtime against eager PyTorch -> write artifacts + manifest (atomically, at the end)
+
+Nothing is written into the destination until every artifact passed its gate (or --force was given).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from clip_rt import __version__
+from clip_rt.contract import check_precision, image_contract, text_contract
+from clip_rt.errors import ModelSourceError, PackageError, ValidationFailed
+from clip_rt.fsutil import sha256_file
+from clip_rt.package import FORMAT, FORMAT_VERSION, MANIFEST, Artifact, write_manifest
+from clip_rt.tolerances import tolerance
+
+from . import validate
+from .load import TOKENIZER_FILES, LoadedModel, load_clip
+from .onnx import DEFAULT_OPSET, export_onnx
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    precisions: tuple[str, ...] = ("fp32",)  # fp32 is always built: the other precisions derive from it
+    random_init: bool = False  # random weights from config.json (tests, benchmarks)
+    seed: int = 0  # seed for random_init
+    revision: str | None = None  # hub revision (branch, tag or commit)
+    opset: int = DEFAULT_OPSET
+    eval_images: str | None = None  # folder of real photos for validation; None: synthetic crops
+    eval_texts: str | None = None  # text file / captions CSV for validation; None: built-in sentences
+    force: bool = False  # write artifacts that fail their accuracy gate (recorded in the manifest)
+    extra: dict[str, Any] = field(default_factory=dict)  # options for precision builders (calibration, ...)
+
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class ExportContext:
+    """What precision builders get: the loaded model, the working folder, the evaluation data and the gate."""
+
+    loaded: LoadedModel
+    workdir: Path
+    options: ExportOptions
+    manifest: dict[str, Any]
+    log: Log
+    tokenize: Callable[[Sequence[str], bool], np.ndarray]  # (texts, pad_to_context) -> int32 [B, L]
+    eval_crops: np.ndarray  # [N, S, S, 3] uint8
+    eval_crops_source: str
+    eval_texts: list[str]
+    eval_texts_source: str
+    reference: dict[str, np.ndarray] = field(default_factory=dict)  # encoder -> eager fp32 embeddings
+    artifacts: list[Artifact] = field(default_factory=list)
+
+    def contract(self, encoder: str):
+        m = self.manifest["model"]
+        return image_contract(m["image_size"], m["embed_dim"]) if encoder == "image" else \
+            text_contract(m["context_length"], m["embed_dim"])
+
+    def batches(self, encoder: str) -> list[np.ndarray]:
+        if encoder == "image":
+            return validate.image_batches(self.eval_crops)
+        return validate.text_batches(self.tokenize, self.eval_texts)
+
+    def eager(self, encoder: str) -> np.ndarray:
+        """Eager fp32 transformers embeddings of the evaluation inputs (computed once)."""
+        if encoder not in self.reference:
+            import torch
+
+            from .wrappers import reference_image_embeds, reference_text_embeds
+
+            clip, pre = self.loaded.model, self.manifest["preprocess"]
+            outs = []
+            with torch.inference_mode():
+                for b in self.batches(encoder):
+                    t = torch.from_numpy(b)
+                    e = (reference_image_embeds(clip, t, pre["mean"], pre["std"]) if encoder == "image"
+                         else reference_text_embeds(clip, t))
+                    outs.append(e.numpy())
+            self.reference[encoder] = np.concatenate(outs)
+        return self.reference[encoder]
+
+    def gate(self, path: Path, encoder: str, precision: str, providers: Sequence[str] = ("CPUExecutionProvider",),
+             extra: dict[str, Any] | None = None) -> Artifact:
+        """Validate an ONNX file against eager fp32 and register it, or raise ValidationFailed (unless --force)."""
+        contract = self.contract(encoder)
+        got = validate.run_onnx(path, contract.input.name, self.batches(encoder), providers)
+        data = self.eval_crops_source if encoder == "image" else self.eval_texts_source
+        parity = validate.compare(self.eager(encoder), got, data)
+        tol = tolerance("onnxruntime", precision)
+        failures = parity.failures(tol)
+        self.log(f"  {path.name}: min cosine {parity.min_cosine:.7f}, mean {parity.mean_cosine:.7f}, "
+                 f"max |diff| {parity.max_abs_diff:.2e} over {parity.n} {encoder}s"
+                 + (f"  BELOW THRESHOLD: {'; '.join(failures)}" if failures else "  ok"))
+        if failures and not self.options.force:
+            raise ValidationFailed(f"{encoder} {precision} artifact fails its accuracy gate ({'; '.join(failures)}); "
+                                   f"nothing was written. Use --force to write it anyway (recorded in the manifest)")
+        artifact = Artifact(file=path.name, encoder=encoder, precision=precision, backend="onnxruntime",
+                            sha256=sha256_file(path), opset=self.options.opset,
+                            parity={**parity.to_json(), "thresholds": {"min_cosine": tol.min_cosine,
+                                                                      "mean_cosine": tol.mean_cosine}},
+                            forced=bool(failures), extra=dict(extra or {}))
+        self.artifacts.append(artifact)
+        return artifact
+
+
+def build_fp32(ctx: ExportContext) -> None:
+    from .wrappers import ImageEncoder, TextEncoder
+
+    pre = ctx.manifest["preprocess"]
+    modules = {"image": ImageEncoder(ctx.loaded.model, pre["mean"], pre["std"]), "text": TextEncoder(ctx.loaded.model)}
+    for encoder, module in modules.items():
+        t0 = time.perf_counter()
+        path = export_onnx(module, ctx.contract(encoder), ctx.workdir / f"{encoder}.onnx", ctx.options.opset)
+        ctx.log(f"  traced {encoder} encoder to {path.name} ({path.stat().st_size / 2**20:.1f} MiB, "
+                f"{time.perf_counter() - t0:.1f} s)")
+        ctx.gate(path, encoder, "fp32")
+
+
+# precision -> builder. fp32 comes first; fp16/int8 builders read ctx.workdir/{image,text}.onnx.
+PRECISION_BUILDERS: dict[str, Callable[[ExportContext], None]] = {"fp32": build_fp32}
+
+
+def _register_optional_builders() -> None:
+    """fp16 / int8 builders live in export/quantize.py; present once that step is part of the build."""
+    try:
+        from . import quantize
+    except ImportError as e:
+        if e.name not in (f"{__package__}.quantize",):
+            raise
+        return
+    PRECISION_BUILDERS.update(quantize.BUILDERS)
+
+
+def _preprocess_block(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's preprocessing block, from the source's preprocessor_config.json (CLIPImageProcessor)."""
+    from clip_rt.preprocess import PreprocessConfig
+
+    image_size = int(config["vision_config"].get("image_size", 224))
+    pp = folder / "preprocessor_config.json"
+    if pp.is_file():
+        cfg = PreprocessConfig.from_hf(json.loads(pp.read_text(encoding="utf-8")))
+        if cfg.image_size != image_size:
+            raise ModelSourceError(f"{pp} crops to {cfg.image_size} but the vision model expects {image_size}")
+    else:
+        cfg = PreprocessConfig(image_size=image_size, resize=image_size, mean=CLIP_MEAN, std=CLIP_STD)
+    return cfg.to_manifest()
+
+
+def _copy_tokenizer(folder: Path, out: Path) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, out / name)
+            copied.append(name)
+    if "tokenizer.json" not in copied:  # build the fast-tokenizer file from vocab.json + merges.txt
+        from transformers import CLIPTokenizer
+
+        CLIPTokenizer.from_pretrained(folder).backend_tokenizer.save(str(out / "tokenizer.json"))
+        copied.insert(0, "tokenizer.json")
+    return copied
+
+
+def _base_manifest(loaded: LoadedModel, tokenizer_files: list[str]) -> dict[str, Any]:
+    clip, config = loaded.model, json.loads((loaded.folder / "config.json").read_text(encoding="utf-8"))
+    tc = clip.config.text_config
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created_by": f"clip-rt {__version__}",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": loaded.source,
+        "warnings": ([f"RANDOM WEIGHTS (seed {loaded.source['seed']}): built from {loaded.source['model']}/config.json "
+                      f"for tests and benchmarks; its predictions are meaningless"] if loaded.source["random_init"] else []),
+        "model": {
+            "embed_dim": int(clip.config.projection_dim),
+            "image_size": int(clip.config.vision_config.image_size),
+            "patch_size": int(clip.config.vision_config.patch_size),
+            "context_length": int(tc.max_position_embeddings),
+            "logit_scale": float(clip.logit_scale.exp().item()),
+            "vision": {"width": clip.config.vision_config.hidden_size, "layers": clip.config.vision_config.num_hidden_layers},
+            "text": {"width": tc.hidden_size, "layers": tc.num_hidden_layers, "vocab_size": tc.vocab_size},
+        },
+        "preprocess": _preprocess_block(loaded.folder, config),
+        "tokenizer": {"file": "tokenizer.json", "files": tokenizer_files, "bos_id": 49406, "eos_id": 49407,
+                      "pad_id": 49407, "pooling": "argmax" if tc.eos_token_id == 2 else "first_eos"},
+        "artifacts": [],
+    }
+
+
+def export_package(model: str | os.PathLike, out: str | os.PathLike, options: ExportOptions = ExportOptions(),
+                   log: Log = _stderr) -> Path:
+    """Export `model` (hub id or HF folder) to a validated package at `out`. Returns the package path."""
+    for p in options.precisions:
+        check_precision(p)
+    _register_optional_builders()
+    missing = [p for p in options.precisions if p not in PRECISION_BUILDERS]
+    if missing:
+        raise ValidationFailed(f"precision {', '.join(missing)} cannot be built by this clip-rt "
+                               f"(available: {', '.join(PRECISION_BUILDERS)})")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise PackageError(f"{out} exists and is not a clip-rt package; choose an empty or new folder")
+
+    t0 = time.perf_counter()
+    log(f"loading {model}{' (RANDOM INIT, seed %d)' % options.seed if options.random_init else ''} ...")
+    loaded = load_clip(model, random_init=options.random_init, seed=options.seed, revision=options.revision)
+    if loaded.source["random_init"]:
+        log(f"WARNING: RANDOM WEIGHTS (seed {options.seed}). This package is for tests and benchmarks only.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tokenizer_files = _copy_tokenizer(loaded.folder, workdir)
+        manifest = _base_manifest(loaded, tokenizer_files)
+        from clip_rt.tokenizer import Tokenizer
+
+        tok = Tokenizer(workdir / "tokenizer.json", context_length=manifest["model"]["context_length"])
+
+        def tokenize(texts: Sequence[str], pad_to_context: bool) -> np.ndarray:
+            ids = tok.encode(list(texts))  # [B, L] int32, padded to the longest
+            if pad_to_context:
+                ids = np.pad(ids, ((0, 0), (0, tok.context_length - ids.shape[1])), constant_values=tok.pad_id)
+            return ids
+
+        pre = manifest["preprocess"]
+        crops, crops_src = validate.load_eval_images(options.eval_images, pre["image_size"], pre["resize"])
+        texts, texts_src = validate.load_eval_texts(options.eval_texts)
+        ctx = ExportContext(loaded, workdir, options, manifest, log, tokenize, crops, crops_src, texts, texts_src)
+        log(f"validating on {crops_src} and {texts_src}")
+        for precision in ["fp32", *[p for p in options.precisions if p != "fp32"]]:
+            log(f"building {precision} ...")
+            PRECISION_BUILDERS[precision](ctx)
+        manifest["artifacts"] = [a.to_json() for a in ctx.artifacts]
+        manifest["export"] = {"precisions": list(dict.fromkeys(["fp32", *options.precisions])), "opset": options.opset,
+                              "forced": options.force, "seconds": round(time.perf_counter() - t0, 1)}
+        _drop_unlisted(workdir, manifest)
+        write_manifest(workdir, manifest)
+        _replace_dir(workdir, out)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    log(f"wrote {out} ({len(manifest['artifacts'])} artifacts, {time.perf_counter() - t0:.1f} s)")
+    return out
+
+
+def _drop_unlisted(workdir: Path, manifest: dict[str, Any]) -> None:
+    """Remove intermediate files (calibration scratch, pre-optimization graphs) that are not in the manifest."""
+    keep = {MANIFEST, *manifest["tokenizer"]["files"], *(a["file"] for a in manifest["artifacts"])}
+    for p in workdir.iterdir():
+        if p.name not in keep:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Move the finished package into place; an old package at `out` is replaced only after the move succeeds."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        new.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(out)

@@ -1,0 +1,81 @@
+"""The two modules that get traced to ONNX, each honoring its contract (clip_rt/contract.py).
+
+ImageEncoder: pixels uint8 [B, S, S, 3] RGB -> image_embeds float32 [B, D], L2-normalized.
+    The cast, the 1/255 rescale and the mean/std normalization are folded into the patch-embedding
+    convolution: conv(W, (x/255 - m)/s) = conv(W / (255 s), x) - sum(W * m / s). This is exact because
+    CLIP's patch convolution has stride == kernel and no padding, so every output sees whole kernels
+    and the constant term is the same at every position. The graph gains a bias and no new ops.
+TextEncoder: input_ids int32 [B, L] -> text_embeds float32 [B, D], L2-normalized, pooled by the source
+    model's own text transformer (argmax of ids for old configs with eos_token_id == 2, first EOS
+    position otherwise), so any L and any padding after the EOT token behave exactly as in transformers.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel
+
+
+def fold_normalization(conv: nn.Conv2d, mean: Sequence[float], std: Sequence[float], rescale: float = 1 / 255) -> nn.Conv2d:
+    """A copy of `conv` that takes raw 0..255 pixels and computes what `conv` computes on normalized ones."""
+    if conv.padding not in ((0, 0), "valid") or conv.stride != conv.kernel_size:
+        raise ValueError("normalization folding is exact only for a non-overlapping, unpadded patch convolution")
+    m = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)  # [1, C, 1, 1]
+    s = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+    w = conv.weight.detach().double()  # [O, C, k, k]
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, bias=True)
+    with torch.no_grad():
+        folded.weight.copy_((w * rescale / s).float())
+        bias = -(w * m / s).sum(dim=(1, 2, 3))  # [O]
+        if conv.bias is not None:
+            bias = bias + conv.bias.detach().double()
+        folded.bias.copy_(bias.float())
+    return folded
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self, clip: "CLIPModel", mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.vision = copy.deepcopy(clip.vision_model)  # the caller's eager model stays untouched
+        self.projection = copy.deepcopy(clip.visual_projection)
+        emb = self.vision.embeddings
+        emb.patch_embedding = fold_normalization(emb.patch_embedding, mean, std)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2).float()  # [B, S, S, 3] uint8 NHWC -> [B, 3, S, S] float32, 0..255
+        pooled = self.vision(pixel_values=x).pooler_output  # [B, width]
+        embeds = self.projection(pooled)  # [B, D]
+        return embeds / embeds.norm(p=2, dim=-1, keepdim=True)
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, clip: "CLIPModel"):
+        super().__init__()
+        self.text = clip.text_model
+        self.projection = clip.text_projection
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        pooled = self.text(input_ids=input_ids.long()).pooler_output  # [B, L] int32 -> [B, width]
+        embeds = self.projection(pooled)  # [B, D]
+        return embeds / embeds.norm(p=2, dim=-1, keepdim=True)
+
+
+def reference_image_embeds(clip: "CLIPModel", pixels_uint8: torch.Tensor, mean: Sequence[float],
+                           std: Sequence[float]) -> torch.Tensor:
+    """What transformers computes for uint8 crops: normalize as CLIPImageProcessor does, get_image_features, L2."""
+    x = pixels_uint8.permute(0, 3, 1, 2).float() / 255.0  # [B, 3, S, S]
+    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    e = clip.get_image_features(pixel_values=x).pooler_output
+    return e / e.norm(p=2, dim=-1, keepdim=True)
+
+
+def reference_text_embeds(clip: "CLIPModel", input_ids: torch.Tensor) -> torch.Tensor:
+    """What transformers computes for token ids: get_text_features, L2."""
+    e = clip.get_text_features(input_ids=input_ids.long()).pooler_output
+    return e / e.norm(p=2, dim=-1, keepdim=True)

@@ -1,0 +1,105 @@
+"""Shared fixtures: the ../shared folder, tiny and ViT-B/32 HF source folders with random weights, and their
+exported packages (built once per test session; ViT-B/32 ones only when a test asks for them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CLIP_RT_SHARED", ROOT.parent / "shared"))
+TOKENIZER_DIR = SHARED / "models" / "clip-tokenizer"
+DATA_DIR = SHARED / "data"
+
+# A tiny CLIP with the real vocabulary and context length, so the real tokenizer files work with it.
+# image 64 / patch 16 keeps the patch-conv folding and the pooling paths realistic at ~1 s per export.
+TINY_CONFIG = {
+    "architectures": ["CLIPModel"],
+    "model_type": "clip",
+    "projection_dim": 32,
+    "logit_scale_init_value": 2.6592,
+    "text_config": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 2,
+                    "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu",
+                    "bos_token_id": 0, "eos_token_id": 2, "projection_dim": 32},
+    "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 2,
+                      "image_size": 64, "patch_size": 16, "hidden_act": "quick_gelu", "projection_dim": 32},
+}
+TINY_PREPROCESSOR = {"crop_size": {"height": 64, "width": 64}, "do_center_crop": True, "do_convert_rgb": True,
+                     "do_normalize": True, "do_rescale": True, "do_resize": True,
+                     "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+                     "image_processor_type": "CLIPImageProcessor", "resample": 3,
+                     "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": 64}}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def need_shared() -> Path:
+    if not TOKENIZER_DIR.is_dir():
+        pytest.skip(f"../shared is absent ({SHARED}): the real CLIP tokenizer files and photos live there")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return need_shared()
+
+
+@pytest.fixture(scope="session")
+def data_dir(shared_dir: Path) -> Path:
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"{DATA_DIR} is absent")
+    return DATA_DIR
+
+
+def make_source(folder: Path, config: dict, preprocessor: dict, seed: int = 0) -> Path:
+    """A local HF folder: config, tokenizer files and random weights saved with save_pretrained."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    need_shared()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(TOKENIZER_DIR / name, folder / name)
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    torch.manual_seed(seed)
+    # Non-zero logit-scale and slightly wider init than the default keep random embeddings well spread.
+    CLIPModel(CLIPConfig(**config)).save_pretrained(folder)
+    return folder
+
+
+def export(source: Path, out: Path, *args: str) -> Path:
+    from clip_rt.cli import main
+
+    rc = main(["export", str(source), "-o", str(out), *args])
+    assert rc == 0, f"export of {source} failed with exit code {rc}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_source(tmp_path_factory.mktemp("tiny") / "hf", TINY_CONFIG, TINY_PREPROCESSOR)
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tiny_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    eval_images = DATA_DIR / "caltech101" / "images"
+    args = ["--eval-images", str(eval_images)] if eval_images.is_dir() else []
+    return export(tiny_source, tmp_path_factory.mktemp("tiny-pkg") / "pkg", *args)
+
+
+@pytest.fixture(scope="session")
+def vitb32_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    need_shared()
+    config = json.loads((TOKENIZER_DIR / "config.json").read_text())
+    preprocessor = json.loads((TOKENIZER_DIR / "preprocessor_config.json").read_text())
+    return make_source(tmp_path_factory.mktemp("vitb32") / "hf", config, preprocessor)
+
+
+@pytest.fixture(scope="session")
+def vitb32_package(vitb32_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    eval_images = DATA_DIR / "imagenet_sample" / "images"
+    args = ["--eval-images", str(eval_images)] if eval_images.is_dir() else []
+    return export(vitb32_source, tmp_path_factory.mktemp("vitb32-pkg") / "pkg", *args)
