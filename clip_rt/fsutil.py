@@ -47,3 +47,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def cache_dir() -> Path:
+    """clip-rt's cache folder: $CLIP_RT_CACHE if set, else ~/.cache/clip-rt (not created here)."""
+    env = os.environ.get("CLIP_RT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "clip-rt"
