@@ -1,0 +1,174 @@
+"""ONNX Runtime backend: one InferenceSession per encoder, on CPU, CUDA or TensorRT execution providers.
+
+    encode_images(pixels)    uint8 [B, S, S, 3] -> float32 [B, D]   (preprocessing is folded into image.onnx)
+    encode_texts(input_ids)  int32 [B, L]       -> float32 [B, D]
+
+The provider asked for is the provider that runs: after creating a session we read session.get_providers()
+and refuse (BackendUnavailable) if ONNX Runtime quietly dropped the requested one. InferenceSession.run is
+documented as safe to call from several threads at once, so no lock is taken here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..contract import EncoderContract, check_precision
+from ..errors import BackendUnavailable, InputError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+    from ..package import Package
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+GPU_HINT = "install the GPU build with: pip uninstall -y onnxruntime && pip install 'clip-rt[gpu]'"
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Everything that shapes an InferenceSession. New tuning knobs go here and into make_session()."""
+
+    threads: int | None = None  # intra_op_num_threads; None lets ONNX Runtime use one thread per physical core
+    provider: str = "cpu"  # "cpu" | "cuda" | "tensorrt" (TensorRT EP, with CUDA for unsupported nodes)
+    device_id: int = 0  # GPU ordinal for the CUDA / TensorRT providers
+    trt_cache_dir: str | None = None  # TensorRT EP engine cache folder (engines take minutes to build)
+    log_severity: int = 3  # 0 verbose .. 4 fatal; 3 keeps ONNX Runtime's warnings off stderr
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """"cpu" -> ("cpu", 0); "cuda" -> ("cuda", 0); "cuda:1" -> ("cuda", 1). Anything else is an InputError."""
+    if device == "cpu":
+        return "cpu", 0
+    if device == "cuda":
+        return "cuda", 0
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return "cuda", int(device[5:])
+    raise InputError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
+
+
+def providers_for(config: SessionConfig) -> list[Any]:
+    """The ONNX Runtime provider list for a config (with provider options), most preferred first."""
+    if config.provider == "cpu":
+        return [CPU]
+    cuda = (CUDA, {"device_id": config.device_id})
+    if config.provider == "cuda":
+        return [cuda]
+    if config.provider == "tensorrt":
+        trt: dict[str, Any] = {"device_id": config.device_id}
+        if config.trt_cache_dir:
+            trt.update(trt_engine_cache_enable=True, trt_engine_cache_path=config.trt_cache_dir)
+        # CUDA runs whatever TensorRT does not take; CPU is deliberately absent (no silent slow path).
+        return [(TENSORRT, trt), cuda]
+    raise InputError(f"unknown provider {config.provider!r}; choose one of cpu, cuda, tensorrt")
+
+
+def make_session(path: str | Path, config: SessionConfig) -> "ort.InferenceSession":
+    """Create one InferenceSession, checking that every requested provider is both available and in use.
+
+    The one place sessions are built: tuning options (optimization level, arena, pre-packing) belong here.
+    """
+    import onnxruntime as ort
+
+    providers = providers_for(config)
+    wanted = [p if isinstance(p, str) else p[0] for p in providers]
+    available = ort.get_available_providers()
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        raise BackendUnavailable(f"ONNX Runtime {ort.__version__} here has no {', '.join(missing)} (available: "
+                                 f"{', '.join(available)}); {GPU_HINT}")
+    options = ort.SessionOptions()
+    options.log_severity_level = config.log_severity
+    if config.threads is not None:
+        if config.threads < 1:
+            raise InputError(f"threads must be >= 1, got {config.threads}")
+        options.intra_op_num_threads = config.threads
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as e:  # ONNX Runtime raises its own exception types (Fail, RuntimeException, ...)
+        if config.provider == "cpu":
+            raise BackendUnavailable(f"ONNX Runtime cannot load {path}: {e}") from e
+        raise BackendUnavailable(f"ONNX Runtime cannot start {', '.join(wanted)} for {path} (GPU driver, CUDA or "
+                                 f"cuDNN/TensorRT libraries missing?): {e}; {GPU_HINT}") from e
+    in_use = session.get_providers()
+    dropped = [p for p in wanted if p not in in_use]
+    if dropped:
+        raise BackendUnavailable(f"ONNX Runtime did not enable {', '.join(dropped)} for {path} (it would run on "
+                                 f"{', '.join(in_use)}); check the CUDA/cuDNN/TensorRT libraries, or {GPU_HINT}")
+    return session
+
+
+class OnnxRuntimeBackend:
+    """Two ONNX Runtime sessions (image, text) for one package, precision and device."""
+
+    name = "onnxruntime"
+
+    def __init__(self, package: "Package", precision: str, device: str, config: SessionConfig):
+        self.precision = check_precision(precision)
+        self.device = device
+        self.config = config
+        self._contracts: dict[str, EncoderContract] = {e: package.contract(e) for e in ("image", "text")}
+        self._files: dict[str, Path] = {}
+        self._sessions: dict[str, Any] = {}
+        for encoder in ("image", "text"):
+            path = package.path(package.artifact(encoder, precision, "onnxruntime"))  # sha256-verified
+            session = make_session(path, config)
+            contract = self._contracts[encoder]
+            names = [i.name for i in session.get_inputs()]
+            if names != [contract.input.name]:
+                raise BackendUnavailable(f"{path} has inputs {names}, expected [{contract.input.name!r}]; "
+                                         f"re-export the package with this clip-rt version")
+            self._files[encoder] = path
+            self._sessions[encoder] = session
+
+    def _run(self, encoder: str, array: np.ndarray) -> np.ndarray:
+        contract = self._contracts[encoder]
+        array = contract.check_input(array)
+        (out,) = self._sessions[encoder].run([contract.output.name], {contract.input.name: array})
+        return np.asarray(out, dtype=np.float32)  # [B, D]
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [B, S, S, 3] RGB -> float32 [B, D], L2-normalized."""
+        return self._run("image", pixels)
+
+    def encode_texts(self, input_ids: np.ndarray) -> np.ndarray:
+        """int32 [B, L] token ids -> float32 [B, D], L2-normalized."""
+        return self._run("text", input_ids)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "precision": self.precision, "device": self.device,
+                "providers": self._sessions["image"].get_providers(), "threads": self.config.threads,
+                "files": {e: p.name for e, p in self._files.items()}}
+
+    def close(self) -> None:
+        self._sessions.clear()
+
+
+def open_backend(package: "Package", precision: str = "fp32", device: str = "cpu", threads: int | None = None,
+                 provider: str | None = None, **options: Any) -> OnnxRuntimeBackend:
+    """ONNX Runtime on `device` ("cpu", "cuda", "cuda:N"); provider="tensorrt" selects the TensorRT EP on a GPU.
+
+    Extra keyword options are SessionConfig fields. Raises BackendUnavailable, naming the fix, when the
+    requested provider is not installed or does not start.
+    """
+    kind, device_id = parse_device(device)
+    if provider is None:
+        provider = kind
+    if provider == "cpu" and kind != "cpu":
+        raise InputError(f"provider 'cpu' contradicts device {device!r}; use device='cpu'")
+    if provider in ("cuda", "tensorrt") and kind != "cuda":
+        raise InputError(f"provider {provider!r} runs on a GPU; pass device='cuda' (or 'cuda:N'), not {device!r}")
+    if provider == "tensorrt" and "trt_cache_dir" not in options:
+        from ..fsutil import cache_dir
+
+        options["trt_cache_dir"] = str(cache_dir() / "ort-tensorrt")
+    unknown = set(options) - set(SessionConfig.__dataclass_fields__)
+    if unknown:
+        raise InputError(f"unknown onnxruntime option(s): {', '.join(sorted(unknown))}")
+    config = SessionConfig(threads=threads, provider=provider, device_id=device_id, **options)
+    return OnnxRuntimeBackend(package, precision, device, config)

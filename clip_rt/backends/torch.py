@@ -1,0 +1,101 @@
+"""Eager PyTorch backend: transformers' CLIPModel rebuilt from the package's source block.
+
+The reference that the exported artifacts are checked and benchmarked against, computing exactly
+transformers' math:
+
+    pixels uint8 [B, S, S, 3] -> (x / 255 - mean) / std, NCHW float32 -> get_image_features(...).pooler_output -> L2 norm
+    input_ids int32 [B, L]    -> get_text_features(input_ids=ids.long()).pooler_output                   -> L2 norm
+
+Needs the `export` extra (torch, transformers). fp32 only. Forward passes of a module in eval mode under
+inference_mode hold no per-call state, so several threads may call at once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..contract import EncoderContract, check_precision
+from ..errors import BackendUnavailable, InputError, missing_dependency
+from .onnxruntime import parse_device
+
+if TYPE_CHECKING:
+    from ..package import Package
+
+
+class TorchBackend:
+    """transformers CLIPModel, fp32, on CPU or one CUDA device."""
+
+    name = "torch"
+
+    def __init__(self, package: "Package", precision: str, device: str, threads: int | None):
+        check_precision(precision)
+        if precision != "fp32":
+            raise BackendUnavailable(f"the torch backend is the fp32 eager reference; precision {precision!r} runs "
+                                     f"on backend='onnxruntime' (or 'tensorrt')")
+        kind, device_id = parse_device(device)
+        try:
+            import torch
+
+            from ..export.load import load_source
+        except ImportError as e:
+            raise missing_dependency(e.name or "torch", "export", "the torch backend") from e
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable(f"device {device!r} asked for, but this torch build sees no CUDA GPU "
+                                     f"(torch {torch.__version__}); install a CUDA build of torch or use device='cpu'")
+        if threads is not None:
+            # Process-global: torch has one intra-op thread pool per process, shared by every model in it.
+            torch.set_num_threads(threads)
+        from ..preprocess import PreprocessConfig
+
+        self._torch = torch
+        self.precision = precision
+        self.device = device
+        self.threads = threads
+        self._device = torch.device("cpu" if kind == "cpu" else f"cuda:{device_id}")
+        self._contracts: dict[str, EncoderContract] = {e: package.contract(e) for e in ("image", "text")}
+        cfg = PreprocessConfig.from_manifest(package.preprocess)
+        self._mean = torch.tensor(cfg.mean, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)  # [1, 3, 1, 1]
+        self._std = torch.tensor(cfg.std, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)  # [1, 3, 1, 1]
+        self.model = load_source(package.source).to(self._device).eval()
+
+    def _normalize(self, x: Any) -> np.ndarray:
+        x = x / x.norm(dim=-1, keepdim=True)  # [B, D]
+        return x.float().cpu().numpy()
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [B, S, S, 3] RGB -> float32 [B, D], L2-normalized."""
+        torch = self._torch
+        pixels = self._contracts["image"].check_input(pixels)
+        with torch.inference_mode():
+            x = torch.from_numpy(pixels).to(self._device)  # [B, S, S, 3] uint8
+            x = x.permute(0, 3, 1, 2).float() / 255.0  # NHWC -> NCHW float32 in [0, 1]
+            x = (x - self._mean) / self._std  # [B, 3, S, S]
+            out = self.model.get_image_features(pixel_values=x).pooler_output  # [B, D]
+            return self._normalize(out)
+
+    def encode_texts(self, input_ids: np.ndarray) -> np.ndarray:
+        """int32 [B, L] token ids -> float32 [B, D], L2-normalized."""
+        torch = self._torch
+        input_ids = self._contracts["text"].check_input(input_ids)
+        with torch.inference_mode():
+            ids = torch.from_numpy(input_ids).to(self._device).long()  # [B, L] int64
+            out = self.model.get_text_features(input_ids=ids).pooler_output  # [B, D]
+            return self._normalize(out)
+
+    def describe(self) -> dict[str, Any]:
+        torch = self._torch
+        return {"backend": self.name, "precision": self.precision, "device": str(self._device),
+                "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+    def close(self) -> None:
+        self.model = None
+
+
+def open_backend(package: "Package", precision: str = "fp32", device: str = "cpu", threads: int | None = None,
+                 **options: Any) -> TorchBackend:
+    """Eager transformers CLIPModel from package.source. `threads` calls torch.set_num_threads (process-global)."""
+    if options:
+        raise InputError(f"the torch backend takes no option(s) {', '.join(sorted(options))}")
+    return TorchBackend(package, precision, device, threads)
