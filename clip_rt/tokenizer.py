@@ -1,0 +1,120 @@
+"""CLIP's BPE tokenizer on the `tokenizers` library: texts -> int32 [B, L] ids, padded to the batch's longest.
+
+The package's tokenizer.json carries the whole pipeline (NFC, whitespace collapse, lower-casing, CLIP's split
+regex, byte-level BPE with "</w>" word ends, and the BOS/EOS post-processor), so the ids are those of
+transformers' CLIPTokenizer, which builds the same pipeline in code. Like that tokenizer, and unlike OpenAI's
+original Python one, it does not run ftfy or unescape HTML entities ("&amp;" stays five characters).
+
+Truncation keeps the end-of-text token last: a text longer than the context keeps BOS, its first
+context_length - 2 tokens and EOS, the way CLIPTokenizer(truncation=True, max_length=77) cuts.
+
+Thread safety: the `tokenizers.Tokenizer` object is configured once, in __init__, and never changed after.
+Encoding only borrows it immutably, so any number of threads may call encode() at once; changing its
+truncation or padding per call (what transformers does) is what raises "RuntimeError: Already borrowed"
+under concurrency.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from .contract import BOS_ID, EOT_ID
+from .errors import InputError, PackageError
+
+if TYPE_CHECKING:
+    from .package import Package
+
+
+class TextTruncatedWarning(UserWarning):
+    """Some texts of an encode() call were longer than the context length and were cut."""
+
+
+class Tokenizer:
+    """Texts -> token ids for CLIP's text encoder.
+
+    tokenizer_file: a `tokenizers` tokenizer.json with CLIP's BPE and its BOS/EOS post-processor.
+    context_length: the longest sequence the text encoder takes (77 for every CLIP); longer texts are cut.
+    bos_id, eos_id, pad_id: start, end and padding ids; checked against what the file produces.
+    """
+
+    def __init__(self, tokenizer_file: str | os.PathLike, context_length: int = 77, bos_id: int = BOS_ID,
+                 eos_id: int = EOT_ID, pad_id: int = EOT_ID):
+        from tokenizers import Tokenizer as RustTokenizer
+
+        if context_length < 2:
+            raise InputError(f"context_length must be >= 2 (BOS + EOS), got {context_length}")
+        path = Path(tokenizer_file)
+        try:
+            tok = RustTokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises plain Exception for unreadable / malformed files
+            raise PackageError(f"cannot load tokenizer {path}: {e}; re-export the package") from None
+        # Configured once, here, on an object nobody else holds: truncation to the context (the post-processor's
+        # two special tokens included), no padding (encode pads itself, to the batch's longest).
+        tok.enable_truncation(max_length=context_length)
+        tok.no_padding()
+        self._tok = tok
+        self.path = path
+        self.context_length = int(context_length)
+        self.bos_id, self.eos_id, self.pad_id = int(bos_id), int(eos_id), int(pad_id)
+        empty = tok.encode("").ids
+        if empty != [self.bos_id, self.eos_id]:
+            raise PackageError(f"{path} encodes an empty text as {empty}, expected [BOS {bos_id}, EOS {eos_id}]: "
+                               f"not a CLIP tokenizer, or the manifest's token ids are wrong")
+
+    @classmethod
+    def from_package(cls, package: "Package") -> "Tokenizer":
+        """The package's tokenizer.json, context length and (when the manifest names them) special-token ids."""
+        meta = package.manifest.get("tokenizer", {})
+        return cls(package.tokenizer_path, context_length=package.context_length,
+                   bos_id=int(meta.get("bos_id", BOS_ID)), eos_id=int(meta.get("eos_id", EOT_ID)),
+                   pad_id=int(meta.get("pad_id", meta.get("eos_id", EOT_ID))))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tok.get_vocab_size(with_added_tokens=True))
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """A list of texts -> int32 [B, L]: BOS, tokens, EOS, then pad_id up to L, the longest in the batch
+        (L <= context_length; an empty list gives [0, 0]). Texts that had to be cut are counted in one
+        TextTruncatedWarning per call. A single str raises TypeError (wrap it in a list)."""
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("Tokenizer.encode takes a list of texts, not a single string; use encode([text])")
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"Tokenizer.encode: text {i} is {type(t).__name__}, not str: {t!r:.60}")
+        if not texts:
+            return np.zeros((0, 0), dtype=np.int32)  # [0, 0]
+        try:
+            encodings = self._tok.encode_batch(texts, add_special_tokens=True)
+        except TypeError:
+            raise self._invalid_text(texts) from None
+        length = max(len(e.ids) for e in encodings)
+        ids = np.full((len(texts), length), self.pad_id, dtype=np.int32)  # [B, L] int32
+        for row, e in enumerate(encodings):
+            ids[row, : len(e.ids)] = e.ids
+        cut = sum(1 for e in encodings if e.overflowing)
+        if cut:
+            warnings.warn(f"{cut} of {len(texts)} texts were longer than the {self.context_length}-token context and "
+                          f"were cut (the end-of-text token is kept)", TextTruncatedWarning, stacklevel=2)
+        return ids
+
+    __call__ = encode
+
+    @staticmethod
+    def _invalid_text(texts: list[str]) -> Exception:
+        for i, t in enumerate(texts):
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return InputError(f"text {i} is not valid Unicode ({e.reason} at position {e.start}: "
+                                  f"{t[max(0, e.start - 10): e.start + 10]!r})")
+        return InputError("the tokenizer rejected the texts (not valid Unicode strings)")
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({str(self.path)!r}, context_length={self.context_length})"
