@@ -21,6 +21,8 @@ import errno
 import io
 import os
 import re
+import stat
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,9 +200,12 @@ def _decode(fp: Any, label: str, max_pixels: int) -> Image.Image:
 
 def _open_path(path: str, max_pixels: int) -> Image.Image:
     try:
-        if os.path.isdir(path):
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
             raise ImageError(path, "is a folder, not an image file")
-        if os.path.getsize(path) == 0:
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or stream forever
+            raise ImageError(path, "not a regular file")
+        if st.st_size == 0:
             raise ImageError(path, "empty file (0 bytes)")
         with open(path, "rb") as f:
             return _decode(f, path, max_pixels)
@@ -267,18 +272,18 @@ def open_image(src: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | No
     else:
         raise ImageError(label, f"unsupported input type {type(src).__name__}; pass a path, bytes, a binary file "
                                 f"object, a PIL image or a uint8 array")
+    step = "apply the EXIF orientation of"
     try:
         if owned:
             ImageOps.exif_transpose(img, in_place=True)
         else:
             img = ImageOps.exif_transpose(img)
+        step = f"convert to RGB the {img.mode}"
         return to_rgb(img)
-    except ImageError:
-        raise
     except MemoryError:
-        raise ImageError(label, "out of memory converting the image") from None
-    except (OSError, ValueError, SyntaxError, EOFError, KeyError, TypeError) as e:
-        raise ImageError(label, f"cannot convert {img.mode} image to RGB ({type(e).__name__}: {e})") from None
+        raise ImageError(label, f"out of memory: cannot {step} image") from None
+    except (OSError, ValueError, SyntaxError, EOFError, KeyError, TypeError, struct.error) as e:
+        raise ImageError(label, f"cannot {step} image ({type(e).__name__}: {e})") from None
 
 
 # -- resize + crop ------------------------------------------------------------------------------------------

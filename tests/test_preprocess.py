@@ -344,8 +344,9 @@ def test_batch_reports_bad_items_and_keeps_going(tmp_path: Path):
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     (tmp_path / "folder.jpg").mkdir()
+    os.mkfifo(tmp_path / "pipe.jpg")  # opening it for reading would block forever
     srcs = [str(tmp_path / n) for n in files] + [str(tmp_path / "missing.jpg"), str(tmp_path / "folder.jpg"),
-                                                  files["good.png"], photo(), 42]
+                                                  files["good.png"], photo(), 42, str(tmp_path / "pipe.jpg")]
     limit_before = Image.MAX_IMAGE_PIXELS
     for workers in (1, 3):
         out = prepare_batch(srcs, CFG, workers=workers)
@@ -355,7 +356,7 @@ def test_batch_reports_bad_items_and_keeps_going(tmp_path: Path):
         np.testing.assert_array_equal(out[8], expected_good)
         np.testing.assert_array_equal(out[0], prepare(str(tmp_path / "good.jpg"), CFG))
         assert isinstance(out[9], np.ndarray) and out[9].shape == (224, 224, 3)
-        reasons = {i: out[i] for i in (1, 2, 3, 4, 6, 7, 10)}
+        reasons = {i: out[i] for i in (1, 2, 3, 4, 6, 7, 10, 11)}
         assert all(isinstance(e, ImageError) for e in reasons.values()), reasons
         assert reasons[1].reason == "empty file (0 bytes)" and reasons[1].file == srcs[1]
         assert reasons[2].reason.startswith("truncated JPEG")
@@ -364,6 +365,7 @@ def test_batch_reports_bad_items_and_keeps_going(tmp_path: Path):
         assert reasons[6].reason == "file not found"
         assert "folder" in reasons[7].reason
         assert "unsupported input type int" in reasons[10].reason and reasons[10].file.startswith("item 10")
+        assert reasons[11].reason == "not a regular file"
         assert str(reasons[1]).startswith(srcs[1])  # the message names the file
     assert Image.MAX_IMAGE_PIXELS == limit_before  # no process-wide Pillow setting was touched
 
