@@ -1,0 +1,284 @@
+"""Zero-shot classification and tagging, with prompt ensembling and a text-embedding cache.
+
+    clf = ZeroShotClassifier(model, ["cat", "dog"], templates="imagenet")
+    clf.predict(["a.jpg"], top_k=2)      # [[Prediction("cat", 0.93, 0), Prediction("dog", 0.07, 1)]]
+    clf.tag(["a.jpg"], threshold=0.25)   # labels whose cosine similarity with the image is >= threshold
+
+A label's text embedding is the mean of its normalized prompt embeddings over the templates, normalized
+again (CLIP's prompt ensembling). The label matrix is cached in memory and on disk under
+$CLIP_RT_CACHE (default ~/.cache/clip-rt)/text-embeddings/, keyed by the package fingerprint, backend,
+precision, labels and templates, so a second run with the same inputs never runs the text encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from .errors import ImageError, InputError
+from .fsutil import atomic_write_bytes
+from .fsutil import cache_dir as default_cache_dir
+
+if TYPE_CHECKING:
+    from .model import ClipModel, ImageInput
+
+log = logging.getLogger("clip_rt.zeroshot")
+
+CACHE_VERSION = 1  # bump when the way embeddings are computed changes: old cache files are then ignored
+MEMORY_ENTRIES = 16  # label matrices kept in this process (LRU)
+PROMPTS_PER_CHUNK = 8192  # prompts encoded per label chunk: bounds memory for any number of labels
+
+
+# -- templates and labels --------------------------------------------------------------------------------
+def builtin_template_sets() -> list[str]:
+    """Names of the template sets shipped in clip_rt/templates/ ("imagenet", "simple")."""
+    folder = resources.files("clip_rt") / "templates"
+    return sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".txt"))
+
+
+def _check_templates(templates: list[str], what: str) -> list[str]:
+    if not templates:
+        raise InputError(f"{what} has no templates")
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise InputError(f"{what}: template {bad[0]!r} has no {{}} where the label goes")
+    return templates
+
+
+def _lines(text: str) -> list[str]:
+    """Non-blank lines, stripped; lines starting with '#' are comments."""
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def read_template_file(path: str | os.PathLike) -> list[str]:
+    """One template per line, {} for the label; blank lines and lines starting with '#' are skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read templates file {path}: {e}") from None
+    return _check_templates(_lines(text), f"templates file {path}")
+
+
+def resolve_templates(spec: str | Sequence[str]) -> list[str]:
+    """A template list from: a list of templates; a built-in set name ("simple", "imagenet"); a template
+    file; or one template string containing {} (e.g. "a photo of a {}.")."""
+    if not isinstance(spec, str):
+        return _check_templates([str(t).strip() for t in spec], "template list")
+    if "{}" in spec:
+        return [spec]
+    if spec in builtin_template_sets():
+        text = (resources.files("clip_rt") / "templates" / f"{spec}.txt").read_text(encoding="utf-8")
+        return _check_templates(_lines(text), f"built-in template set {spec!r}")
+    if Path(spec).is_file():
+        return read_template_file(spec)
+    raise InputError(f"templates {spec!r} is not a built-in set ({', '.join(builtin_template_sets())}), not an "
+                     f"existing file, and not a template with {{}} (like 'a photo of a {{}}.')")
+
+
+def read_labels_file(path: str | os.PathLike) -> list[str]:
+    """One label per line; blank lines are skipped (labels may contain commas)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read labels file {path}: {e}") from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+# -- the cache -------------------------------------------------------------------------------------------
+def cache_key(model: "ClipModel", labels: Sequence[str], templates: Sequence[str]) -> str:
+    """sha256 over everything that changes the label matrix."""
+    blob = json.dumps({"v": CACHE_VERSION, "package": model.package.fingerprint, "backend": model.backend.name,
+                       "precision": model.backend.precision, "labels": list(labels), "templates": list(templates)},
+                      ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+_memory: "OrderedDict[str, np.ndarray]" = OrderedDict()
+_memory_lock = threading.Lock()
+
+
+def clear_memory_cache() -> None:
+    """Forget the label matrices held in this process (the disk cache stays)."""
+    with _memory_lock:
+        _memory.clear()
+
+
+def _memory_get(key: str) -> np.ndarray | None:
+    with _memory_lock:
+        if key in _memory:
+            _memory.move_to_end(key)
+            return _memory[key]
+    return None
+
+
+def _memory_put(key: str, value: np.ndarray) -> None:
+    value.setflags(write=False)
+    with _memory_lock:
+        _memory[key] = value
+        while len(_memory) > MEMORY_ENTRIES:
+            _memory.popitem(last=False)
+
+
+def _disk_get(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The cached matrix, or None when absent or unusable (then it is recomputed and rewritten)."""
+    if not path.is_file():
+        return None
+    try:
+        value = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        log.warning("text embeddings: ignoring unreadable cache file %s (%s)", path, e)
+        return None
+    if value.dtype != np.float32 or value.shape != shape or not np.isfinite(value).all():
+        log.warning("text embeddings: ignoring cache file %s (dtype %s shape %s, expected float32 %s)",
+                    path, value.dtype, value.shape, shape)
+        return None
+    return value
+
+
+def _disk_put(path: Path, value: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, value, allow_pickle=False)
+    try:
+        # Atomic replace: a concurrent writer of the same key writes the same bytes; readers see a whole file.
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as e:  # a read-only or full cache folder must not fail the classification
+        log.warning("text embeddings: could not write cache file %s (%s)", path, e)
+
+
+# -- the classifier ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    score: float  # predict(): softmax probability at the model's logit scale; tag(): cosine similarity
+    index: int  # position in the classifier's label list (labels may repeat, as ImageNet's do)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)  # [N, C], for exp's range
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class ZeroShotClassifier:
+    """Labels + prompt templates -> a label embedding matrix; images -> labels with scores.
+
+    model: a ClipModel (clip_rt.load). labels: the class names. templates: a built-in set name ("simple",
+    "imagenet"), a template file, one template with {} or a list of them. cache: use the memory and disk
+    caches (False: always run the text encoder, write nothing). cache_dir: default $CLIP_RT_CACHE or
+    ~/.cache/clip-rt. The label matrix is built (or read from the cache) here, in the constructor.
+    """
+
+    def __init__(self, model: "ClipModel", labels: Sequence[str], templates: str | Sequence[str] = "simple",
+                 cache: bool = True, cache_dir: str | os.PathLike | None = None, text_batch_size: int = 64):
+        if isinstance(labels, str):
+            raise InputError("labels must be a list of names, not one string")
+        labels = [str(x).strip() for x in labels]
+        if not labels:
+            raise InputError("no labels given")
+        if any(not x for x in labels):
+            raise InputError("a label is empty")
+        self.model = model
+        self.labels = labels
+        self.templates = resolve_templates(templates)
+        self.cache = cache
+        self.key = cache_key(model, self.labels, self.templates)
+        self.cache_path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_file = self.cache_path / "text-embeddings" / f"{self.key}.npy"
+        self.text_batch_size = text_batch_size
+        self.cache_status = ""  # "memory" | "disk" | "computed" | "uncached", after construction
+        self.text_embeddings = self._label_matrix()  # [C, D] float32, rows L2-normalized
+
+    def _label_matrix(self) -> np.ndarray:
+        size = f"{len(self.labels)} labels x {len(self.templates)} templates"
+        shape = (len(self.labels), self.model.embed_dim)
+        if self.cache:
+            found = _memory_get(self.key)
+            if found is not None:
+                self.cache_status = "memory"
+                log.info("text embeddings: cache hit (%s) in memory", size)
+                return found
+            found = _disk_get(self.cache_file, shape)
+            if found is not None:
+                self.cache_status = "disk"
+                log.info("text embeddings: cache hit (%s) from %s", size, self.cache_file)
+                _memory_put(self.key, found)
+                return found
+        t0 = time.perf_counter()
+        value = self.compute_label_matrix()
+        log.info("text embeddings: computed (%s) in %.1f s", size, time.perf_counter() - t0)
+        if not self.cache:
+            self.cache_status = "uncached"
+            return value
+        self.cache_status = "computed"
+        _disk_put(self.cache_file, value)
+        _memory_put(self.key, value)
+        return value
+
+    def compute_label_matrix(self) -> np.ndarray:
+        """Run the text encoder: [C, D] = normalize(mean over templates of normalized prompt embeddings)."""
+        templates = self.templates
+        per_chunk = max(1, PROMPTS_PER_CHUNK // len(templates))
+        out = np.empty((len(self.labels), self.model.embed_dim), dtype=np.float32)  # [C, D]
+        for start in range(0, len(self.labels), per_chunk):
+            chunk = self.labels[start: start + per_chunk]
+            prompts = [t.replace("{}", label) for t in templates for label in chunk]  # template-major
+            emb = self.model.encode_texts(prompts, batch_size=self.text_batch_size)  # [T * c, D]
+            mean = emb.reshape(len(templates), len(chunk), -1).mean(axis=0)  # [c, D]
+            out[start: start + len(chunk)] = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+        return out
+
+    # -- scoring ------------------------------------------------------------------------------------------
+    def logits(self, image_embeds: np.ndarray) -> np.ndarray:
+        """float32 [N, D] normalized image embeddings -> [N, C] logits (logit_scale * cosine)."""
+        return self.model.logit_scale * (image_embeds @ self.text_embeddings.T)  # [N, C]
+
+    def _top(self, scores: np.ndarray, top_k: int | None) -> list[list[Prediction]]:
+        k = scores.shape[1] if top_k is None else min(top_k, scores.shape[1])
+        out = []
+        for row in scores:
+            idx = np.argsort(-row, kind="stable")[:k]
+            out.append([Prediction(self.labels[i], float(row[i]), int(i)) for i in idx])
+        return out
+
+    def predict_embeddings(self, image_embeds: np.ndarray, top_k: int | None = 5) -> list[list[Prediction]]:
+        """Normalized image embeddings [N, D] -> per image, the top_k labels with softmax probabilities."""
+        if top_k is not None and top_k < 1:
+            raise InputError(f"top_k must be >= 1, got {top_k}")
+        return self._top(_softmax(self.logits(image_embeds)), top_k)
+
+    def predict(self, images: "ImageInput | Sequence[ImageInput]", top_k: int | None = 5,
+                batch_size: int = 32) -> list[list[Prediction]]:
+        """Images (as ClipModel.encode_images takes them) -> per image, the top_k labels (None: all), best first,
+        scored by softmax probability over all labels at the model's logit scale."""
+        return self.predict_embeddings(self.model.encode_images(images, batch_size=batch_size), top_k)
+
+    def tag_embeddings(self, image_embeds: np.ndarray, threshold: float) -> list[list[Prediction]]:
+        """Per image, every label whose cosine similarity is >= threshold, best first (possibly none)."""
+        cos = image_embeds @ self.text_embeddings.T  # [N, C]
+        return [[p for p in row if p.score >= threshold] for row in self._top(cos, None)]
+
+    def tag(self, images: "ImageInput | Sequence[ImageInput]", threshold: float = 0.25,
+            batch_size: int = 32) -> list[list[Prediction]]:
+        """Multi-label annotation: per image, the labels whose cosine similarity with it is >= threshold.
+        Scores are raw cosines (not softmax, which forces labels to compete); matching image-caption pairs
+        of OpenAI's ViT-B/32 typically score 0.25-0.35, so tune the threshold per model and label set."""
+        return self.tag_embeddings(self.model.encode_images(images, batch_size=batch_size), threshold)
+
+    def predict_files(self, paths: Sequence[str | os.PathLike], top_k: int | None = 5, batch_size: int = 32,
+                      progress: Any = None) -> tuple[list[tuple[str, list[Prediction]]], list[ImageError]]:
+        """Files and folders (walked recursively) -> ([(file, predictions)], [per-file errors]).
+        A file that cannot be read is reported and skipped."""
+        embeds, files, errors = self.model.encode_image_files(paths, batch_size=batch_size, progress=progress)
+        return list(zip(files, self.predict_embeddings(embeds, top_k))), errors
