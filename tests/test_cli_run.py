@@ -1,0 +1,186 @@
+"""`clip-rt classify`, `embed` and `score`: zero-shot agreement with transformers through the real command
+(run without torch), the text-embedding cache across runs, bad files, output formats."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import clip_rt
+from clip_rt import zeroshot
+from clip_rt.backends.onnxruntime import OnnxRuntimeBackend
+from clip_rt.cli import main
+from runtime_reference import class_names, hf_reference, labelled_images, run_lean_cli
+
+pytest.importorskip("transformers", reason="the parity reference is transformers (export extra)")
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("CLIP_RT_CACHE", str(folder))
+    zeroshot.clear_memory_cache()
+    yield folder
+    zeroshot.clear_memory_cache()
+
+
+@pytest.fixture(scope="module")
+def model(tiny_package: Path) -> clip_rt.ClipModel:
+    return clip_rt.load(tiny_package)
+
+
+def transformers_top1(ref, files: list[str], labels: list[str], template: str) -> list[int]:
+    import torch
+    from transformers.image_utils import load_image
+
+    text = ref.tokenizer([template.format(c) for c in labels], padding=True, return_tensors="pt")
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(files), 32):
+            pixels = ref.processor(images=[load_image(f) for f in files[i:i + 32]], return_tensors="pt")["pixel_values"]
+            logits = ref.model(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
+                               pixel_values=pixels).logits_per_image  # [b, C]
+            out += logits.argmax(dim=-1).tolist()
+    return out
+
+
+@pytest.mark.parametrize("which,dataset", [("tiny", "caltech101"), ("tiny", "imagenet_sample"),
+                                           pytest.param("vitb32", "imagenet_sample", marks=pytest.mark.slow)])
+def test_classify_agrees_with_transformers_top1(which, dataset, request, data_dir, tmp_path, cache):
+    source, package = request.getfixturevalue(f"{which}_source"), request.getfixturevalue(f"{which}_package")
+    labels = class_names(data_dir, dataset)
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("\n".join(labels) + "\n")
+    proc = run_lean_cli(["classify", str(package), str(data_dir / dataset), "--labels-file", str(labels_file),
+                         "--templates", "a photo of a {}.", "--top-k", "1", "--json"],
+                        env={"CLIP_RT_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["errors"] == []
+    got = {r["file"]: r["labels"][0]["label"] for r in doc["results"]}
+    files = labelled_images(data_dir, dataset)[0]
+    assert sorted(got) == sorted(files)  # the folder was walked recursively (images/ is a subfolder)
+    want = transformers_top1(hf_reference(str(source)), files, labels, "a photo of a {}.")
+    agree = np.mean([got[f] == labels[w] for f, w in zip(files, want)])
+    print(f"\n{which} {dataset}: top-1 agreement with transformers {100 * agree:.2f}% on {len(files)} photos, "
+          f"{len(labels)} labels")
+    assert agree >= 0.995
+
+
+def test_second_run_does_not_run_the_text_encoder(tiny_package, data_dir, cache, monkeypatch, capsys):
+    calls = {"n": 0}
+    real = OnnxRuntimeBackend.encode_texts
+
+    def counted(self, ids):
+        calls["n"] += 1
+        return real(self, ids)
+    monkeypatch.setattr(OnnxRuntimeBackend, "encode_texts", counted)
+    images = labelled_images(data_dir, "cifar10")[0][:5]
+    argv = ["classify", str(tiny_package), *images, "--labels", "cat,dog,ship", "--templates", "imagenet", "--json",
+            "--verbose"]
+    assert main(argv) == 0
+    first = capsys.readouterr()
+    assert calls["n"] > 0 and "text embeddings: computed (3 labels x 80 templates)" in first.err
+    zeroshot.clear_memory_cache()  # what a new process starts with
+    before = calls["n"]
+    assert main(argv) == 0
+    second = capsys.readouterr()
+    assert calls["n"] == before, "the second run called the text encoder"
+    assert "text embeddings: cache hit (3 labels x 80 templates)" in second.err
+    assert json.loads(first.out) == json.loads(second.out)
+    # And across real processes (no torch): the second process logs the hit.
+    for expect in ("computed", "cache hit"):
+        proc = run_lean_cli(argv[:-1] + ["--labels", "cat,dog,ship,bird", "--verbose"],
+                            env={"CLIP_RT_CACHE": str(cache)})
+        assert proc.returncode == 0 and f"text embeddings: {expect} (4 labels x 80 templates)" in proc.stderr
+
+
+@pytest.fixture
+def mixed_folder(tmp_path: Path, data_dir: Path) -> tuple[Path, list[str], list[str]]:
+    root = tmp_path / "mixed"
+    (root / "sub").mkdir(parents=True)
+    good = []
+    for i, f in enumerate(labelled_images(data_dir, "caltech101")[0][:4]):
+        dst = (root if i % 2 else root / "sub") / Path(f).name
+        shutil.copyfile(f, dst)
+        good.append(str(dst))
+    bad = [root / "sub" / "zero.jpg", root / "not-really.png"]
+    bad[0].write_bytes(b"")
+    bad[1].write_bytes(b"GIF89a\x00\x00broken")
+    return root, good, [str(b) for b in bad]
+
+
+def test_bad_files_do_not_stop_the_batch(tiny_package, mixed_folder, cache, capsys):
+    root, good, bad = mixed_folder
+    missing = str(root / "missing.jpg")
+    rc = main(["classify", str(tiny_package), str(root), missing, "--labels", "face,leopard,motorbike", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 1
+    assert sorted(r["file"] for r in doc["results"]) == sorted(good)
+    assert sorted(e["file"] for e in doc["errors"]) == sorted(bad + [missing])
+    assert all(e["error"] for e in doc["errors"])
+    assert all(len(r["labels"]) == 3 and abs(sum(x["score"] for x in r["labels"]) - 1) < 1e-5 for r in doc["results"])
+    # the table: results on stdout, errors after them on stderr
+    rc = main(["classify", str(tiny_package), str(root), "--labels", "face,leopard,motorbike", "--top-k", "2"])
+    out = capsys.readouterr()
+    assert rc == 1
+    lines = out.out.splitlines()
+    assert lines[0].startswith("file") and len(lines) == 1 + len(good)
+    assert all(any(Path(g).name in ln for ln in lines) for g in good)
+    assert "zero.jpg" in out.err and "not-really.png" in out.err and "2 of 6 file(s) failed" in out.err
+
+
+def test_templates_and_labels_from_files(tiny_package, model, data_dir, tmp_path, cache, capsys):
+    images = labelled_images(data_dir, "cifar10")[0][::600]
+    (tmp_path / "labels.txt").write_text("cat\n\nsmall, fluffy dog\nship\n")
+    (tmp_path / "t.txt").write_text("# mine\na photo of a {}.\na blurry photo of the {}.\n")
+    rc = main(["classify", str(tiny_package), *images, "--labels-file", str(tmp_path / "labels.txt"),
+               "--templates", str(tmp_path / "t.txt"), "--top-k", "3", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    clf = zeroshot.ZeroShotClassifier(model, ["cat", "small, fluffy dog", "ship"],
+                                      templates=["a photo of a {}.", "a blurry photo of the {}."])
+    want = clf.predict(images, top_k=3)
+    for r, w in zip(doc["results"], want):
+        assert [x["label"] for x in r["labels"]] == [p.label for p in w]
+        np.testing.assert_allclose([x["score"] for x in r["labels"]], [p.score for p in w], atol=1e-6)
+    assert clf.cache_status == "memory"  # the command filled the cache with the same key
+
+
+def test_embed_texts_and_images(tiny_package, model, mixed_folder, tmp_path, capsys):
+    root, good, bad = mixed_folder
+    texts = ["a dog", "an astronaut riding a horse", ""]
+    assert main(["embed", str(tiny_package), "--texts", *texts, "-o", str(tmp_path / "t.npy")]) == 0
+    assert np.abs(np.load(tmp_path / "t.npy") - model.encode_texts(texts)).max() < 1e-6
+    rc = main(["embed", str(tiny_package), "--images", str(root), "-o", str(tmp_path / "i.npy")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "zero.jpg" in err
+    files = json.loads((tmp_path / "i.files.json").read_text())
+    assert sorted(files) == sorted(good)
+    assert np.abs(np.load(tmp_path / "i.npy") - model.encode_images(files)).max() < 1e-6
+
+
+def test_score(tiny_package, model, data_dir, capsys):
+    image = labelled_images(data_dir, "cifar10")[0][0]
+    cos = float(model.encode_images([image])[0] @ model.encode_texts(["an airplane in the sky"])[0])
+    assert main(["score", str(tiny_package), image, "an airplane in the sky", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert abs(doc["cosine"] - cos) < 1e-6 and abs(doc["clip_score"] - 100 * max(cos, 0)) < 1e-4
+    assert main(["score", str(tiny_package), image, "an airplane in the sky"]) == 0
+    assert abs(float(capsys.readouterr().out) - 100 * max(cos, 0)) < 1e-3
+
+
+def test_command_errors_are_one_line(tmp_path, tiny_package, capsys):
+    assert main(["classify", str(tmp_path / "nope"), "x.jpg", "--labels", "a"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
+    assert main(["classify", str(tiny_package), "x.jpg", "--labels", " , "]) == 2
+    assert "no labels" in capsys.readouterr().err
+    assert main(["classify", str(tiny_package), "x.jpg", "--labels", "a", "--templates", "no-such-set"]) == 2
+    assert "not a built-in set" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["classify", str(tiny_package), "x.jpg"])  # --labels or --labels-file is required
