@@ -142,13 +142,13 @@ PRECISION_BUILDERS: dict[str, Callable[[ExportContext], None]] = {"fp32": build_
 
 
 def _register_optional_builders() -> None:
-    """fp16 / int8 builders live in export/quantize.py; present once that step is part of the build."""
-    try:
-        from . import quantize
-    except ImportError as e:
-        if e.name not in (f"{__package__}.quantize",):
-            raise
+    """fp16 / int8 builders live in export/quantize.py (present once that step is part of the build)."""
+    import importlib.util
+
+    if importlib.util.find_spec(f"{__package__}.quantize") is None:
         return
+    from . import quantize
+
     PRECISION_BUILDERS.update(quantize.BUILDERS)
 
 

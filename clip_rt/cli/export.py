@@ -39,23 +39,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _add_quantize_args(p: argparse.ArgumentParser) -> None:
     """Options of the fp16/int8 builders, when they are part of this build."""
-    try:
-        from ..export import quantize
-    except ImportError:
-        return
-    quantize.add_cli_args(p)
+    quantize = _quantize_module()
+    if quantize is not None:
+        quantize.add_cli_args(p)
+
+
+def _quantize_module() -> Any:
+    """export/quantize.py (fp16/int8 builders and their options), or None in a build without it."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("clip_rt.export.quantize") is None:
+        return None
+    return importlib.import_module("clip_rt.export.quantize")
 
 
 def run_export(args: argparse.Namespace) -> int:
     from ..export.pipeline import ExportOptions, export_package
 
-    extra: dict[str, Any] = {}
-    try:
-        from ..export import quantize
-
-        extra = quantize.options_from_cli(args)
-    except ImportError:
-        pass
+    quantize = _quantize_module()
+    extra: dict[str, Any] = quantize.options_from_cli(args) if quantize is not None else {}
     options = ExportOptions(precisions=tuple(args.precision), random_init=args.random_init, seed=args.seed,
                             revision=args.revision, opset=args.opset, eval_images=args.eval_images,
                             eval_texts=args.eval_texts, force=args.force, extra=extra)
