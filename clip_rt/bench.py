@@ -1,0 +1,473 @@
+"""The benchmark harness behind `clip-rt bench`: latency, throughput, memory and parity in one table.
+
+    doc = run_bench(BenchConfig(package="pkg/", data="data/caltech101"))
+    doc == {"machine": {...}, "config": {...}, "methods": {...}, "cells": [...], "rows": [...], "skipped": [...]}
+
+The matrix is backends x precisions x batch sizes x (text lengths) x modes. Every (backend, precision) cell is
+opened once; for each measurement (mode, encoder, batch, length) the cells' calls are interleaved round-robin
+so that machine noise spreads over all of them, and each row's speedup is against eager PyTorch timed in the
+same rounds. Parity runs untimed on a fixed set of inputs; peak memory comes from a fresh process per cell
+(clip_rt.bench_memory). A cell that cannot run is skipped with its reason, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from .contract import PRECISIONS
+from .errors import BackendUnavailable, ClipRtError, InputError, PackageError
+from .tolerances import RUNTIME_MIN_COSINE, tolerance
+from . import bench_workloads as wl
+from .bench_workloads import Key
+
+if TYPE_CHECKING:
+    from .model import ClipModel
+    from .package import Package
+
+MODES = ("model", "end-to-end")
+ENCODERS = ("image", "text")
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+METHODS = {
+    "timing": "CPU: time.perf_counter around each call. GPU: CUDA events recorded around each call after the "
+              "warm-up calls (the calls return host arrays, so they include the device-to-host copy).",
+    "interleaving": "Per measurement (mode, encoder, batch, length) every backend/precision runs its warm-up calls, "
+                    "then timed calls round-robin, the starting backend rotating each round, until each has its "
+                    "iteration count. --iters auto: as many calls as fit in --budget seconds per backend and "
+                    "measurement, estimated from the warm-up, clamped to [--min-iters, --max-iters].",
+    "statistics": "median, p90 and p99 of the timed calls (linear interpolation: with fewer than 100 calls p99 lies "
+                  "between the two slowest); throughput = batch / median latency.",
+    "memory": "peak_rss_mb: VmHWM of a fresh process (python -m clip_rt.bench_memory) that opens only that "
+              "backend and precision, builds the same inputs, and runs each row's call once, VmHWM reset "
+              "(/proc/self/clear_refs = 5) before each call; rows run in ascending batch and length, so memory an "
+              "allocator keeps from a smaller earlier call counts, as in a long-running process. peak_gpu_mb: GPU "
+              "memory held by that process after the call (nvidia-smi; CUDA context included).",
+    "parity": "Cosine of each row's embeddings against eager fp32 PyTorch (transformers CLIPModel) on the same "
+              "inputs: the first --parity-items crops of --data (random pixels without it) for images, as many "
+              "texts of the row's length for text, run in batches of 32. top1_agreement: zero-shot labels "
+              "(a photo of a {class}.) against eager's, when --data has classes.txt. Padded rows compare with eager "
+              "on the unpadded ids. parity_ok applies clip_rt.tolerances (end-to-end: min with RUNTIME_MIN_COSINE, "
+              "because preprocessing differs by up to one uint8 level).",
+    "end_to_end": "B image files -> decode -> preprocess -> encode -> softmax over the classes of --data. clip-rt: "
+                  "ZeroShotClassifier.predict(files), the class embeddings computed once before timing (its cache); "
+                  "torch 'tutorial': PIL.Image.open + CLIPProcessor(text=prompts, images=..., padding=True) + "
+                  "CLIPModel(**inputs).logits_per_image.softmax(-1), re-encoding every prompt each call; torch "
+                  "'tutorial-cached-text': the same processor and model with the prompt embeddings computed once. "
+                  "Each call takes the next B files of the data set.",
+}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run. Defaults finish in about 5 minutes for ViT-B/32 (fp32 + int8) on 2 idle CPU cores."""
+
+    package: str  # model package folder
+    backends: tuple[str, ...] = ("torch", "onnxruntime")  # fixed default, never auto-detected: same rows everywhere
+    precisions: tuple[str, ...] | None = None  # None: every precision the package has onnxruntime artifacts for
+    batch_sizes: tuple[int, ...] = (1, 32)
+    text_lengths: tuple[int, ...] = (8, 16, 77)  # tokens per text, BOS and EOT included; 77 = CLIP's context
+    modes: tuple[str, ...] = MODES
+    encoders: tuple[str, ...] = ENCODERS  # model mode only
+    data: str | None = None  # labeled folder (labels.csv, classes.txt); needed by end-to-end mode
+    device: str = "cpu"  # "cpu" | "cuda" | "cuda:N"
+    threads: int | None = None  # intra-op threads per backend; None: each library's default
+    iters: int | None = None  # timed calls per row; None: auto, from budget_s
+    warmup: int = 1  # untimed calls per row before timing
+    budget_s: float = 2.0  # auto iterations: seconds of timed calls per row
+    min_iters: int = 3  # auto iterations: at least this many timed calls
+    max_iters: int = 200  # auto iterations: at most this many
+    parity_items: int = 32  # images / texts in the parity set
+    memory: bool = True  # measure peak RSS in a fresh process per cell
+
+
+@dataclass
+class Job:
+    """One row being measured: its timed call and the samples so far."""
+
+    key: Key
+    call: Callable[[int], Any]
+    warm: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    target: int = 0
+
+
+# -- timing -------------------------------------------------------------------------------------------------
+class Timer:
+    """Seconds taken by fn(i). perf_counter on CPU; CUDA events on a GPU."""
+
+    def __init__(self, device: str):
+        self.name = "perf_counter"
+        self._torch: Any = None
+        if device != "cpu":
+            try:
+                import torch
+            except ImportError:
+                torch = None
+            if torch is not None and torch.cuda.is_available():
+                self._torch = torch
+                self.name = "cuda-event"
+            else:
+                print("clip-rt bench: torch with CUDA is not installed, so GPU rows are timed with perf_counter "
+                      "(the calls return host arrays, so this still covers the whole call)", file=sys.stderr)
+
+    def __call__(self, fn: Callable[[int], Any], i: int) -> float:
+        if self._torch is None:
+            t0 = time.perf_counter()
+            fn(i)
+            return time.perf_counter() - t0
+        cuda = self._torch.cuda
+        start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+        cuda.synchronize()
+        start.record()
+        fn(i)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+
+def run_interleaved(jobs: list[Job], timer: Timer, cfg: BenchConfig) -> None:
+    """Warm-up then timed calls, round-robin over the jobs, rotating who goes first each round."""
+    for w in range(cfg.warmup):
+        for job in jobs[w % len(jobs):] + jobs[: w % len(jobs)]:
+            job.warm.append(timer(job.call, w))
+    for job in jobs:
+        if cfg.iters is not None:
+            job.target = cfg.iters
+            continue
+        if not job.warm:  # no warm-up: the first timed call is the estimate
+            job.times.append(timer(job.call, 0))
+        estimate = float(np.median(job.warm or job.times))
+        job.target = int(min(cfg.max_iters, max(cfg.min_iters, math.floor(cfg.budget_s / max(estimate, 1e-6)))))
+    rnd = 0
+    while any(len(j.times) < j.target for j in jobs):
+        for job in jobs[rnd % len(jobs):] + jobs[: rnd % len(jobs)]:
+            if len(job.times) < job.target:
+                job.times.append(timer(job.call, cfg.warmup + len(job.times)))
+        rnd += 1
+
+
+# -- opening the matrix ---------------------------------------------------------------------------------------
+def package_precisions(pkg: "Package") -> tuple[str, ...]:
+    """Precisions with both an image and a text onnxruntime artifact, in PRECISIONS order (fp32 first)."""
+    return tuple(p for p in PRECISIONS if pkg.find("image", p) and pkg.find("text", p))
+
+
+@dataclass
+class Cell:
+    backend: str
+    precision: str
+    model: "ClipModel"
+    load_s: float
+    timed: bool = True  # False: opened only as the parity reference
+
+
+def open_cell(pkg: "Package", backend: str, precision: str, cfg: BenchConfig) -> Cell:
+    from .model import load
+
+    t0 = time.perf_counter()
+    try:
+        model = load(pkg, backend=backend, precision=precision, device=cfg.device, threads=cfg.threads)
+    except ImportError as e:  # a backend module that is not part of this build
+        raise BackendUnavailable(f"backend {backend!r} is not available in this build ({e})") from e
+    return Cell(backend, precision, model, time.perf_counter() - t0)
+
+
+def _check(cfg: BenchConfig, pkg: "Package") -> None:
+    bad = [b for b in cfg.backends if b not in BACKENDS]
+    if bad:
+        raise InputError(f"unknown backend(s) {', '.join(bad)}; choose from {', '.join(BACKENDS)}")
+    bad = [p for p in (cfg.precisions or ()) if p not in PRECISIONS]
+    if bad:
+        raise InputError(f"unknown precision(s) {', '.join(bad)}; choose from {', '.join(PRECISIONS)}")
+    for name, values, allowed in (("mode", cfg.modes, MODES), ("encoder", cfg.encoders, ENCODERS)):
+        if not values or any(v not in allowed for v in values):
+            raise InputError(f"--{name}s {','.join(values)}: choose from {', '.join(allowed)}")
+    if not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
+        raise InputError(f"batch sizes must be >= 1, got {cfg.batch_sizes}")
+    ctx = pkg.context_length
+    if any(not 2 <= n <= ctx for n in cfg.text_lengths):
+        raise InputError(f"text lengths must be in [2, {ctx}] (BOS + EOT .. the context length), got {cfg.text_lengths}")
+    if cfg.iters is not None and cfg.iters < 1 or cfg.warmup < 0 or cfg.min_iters < 1 or cfg.max_iters < cfg.min_iters:
+        raise InputError(f"need iters >= 1, warmup >= 0 and 1 <= min_iters <= max_iters (got iters={cfg.iters}, "
+                         f"warmup={cfg.warmup}, min_iters={cfg.min_iters}, max_iters={cfg.max_iters})")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- the run --------------------------------------------------------------------------------------------------
+class Run:
+    """State of one benchmark run: cells, inputs, measured jobs, parity, skipped entries."""
+
+    def __init__(self, cfg: BenchConfig, log: Callable[[str], None]):
+        from .package import Package
+
+        self.cfg = cfg
+        self.log = log
+        self.pkg = Package.open(cfg.package)
+        _check(cfg, self.pkg)
+        self.precisions = cfg.precisions or package_precisions(self.pkg)
+        self.dataset = wl.read_dataset(cfg.data) if cfg.data else None
+        self.skipped: list[dict[str, Any]] = []
+        self.jobs: dict[Key, Job] = {}
+        self.parity: dict[Key, dict[str, Any]] = {}
+        self.notes: dict[Key, str] = {}
+        self.cells: list[Cell] = []
+        for backend in cfg.backends:
+            for precision in self.precisions:
+                try:
+                    self.cells.append(open_cell(self.pkg, backend, precision, cfg))
+                    log(f"opened {backend} {precision} in {self.cells[-1].load_s:.1f} s")
+                except (BackendUnavailable, PackageError) as e:
+                    self.skip(f"{backend} {precision}", str(e), backend=backend, precision=precision)
+        if not any(c.timed for c in self.cells):
+            raise BackendUnavailable("no backend/precision of the matrix could be opened (see the lines above)")
+        self.reference = self._reference()
+        self.tokenizer = self.cells[0].model.tokenizer
+        self.inputs = wl.build_inputs(self.pkg, self.tokenizer, self.dataset, cfg.parity_items)
+        self.timer = Timer(cfg.device)
+        self.ctx = self.pkg.context_length
+
+    def skip(self, what: str, reason: str, **where: Any) -> None:
+        self.log(f"clip-rt bench: skipping {what}: {reason}")
+        self.skipped.append({**where, "reason": reason})
+
+    def _reference(self) -> Cell | None:
+        """Eager fp32 torch: the timed torch cell, or one opened untimed for parity only."""
+        for c in self.cells:
+            if c.backend == "torch" and c.precision == "fp32":
+                return c
+        try:
+            cell = open_cell(self.pkg, "torch", "fp32", self.cfg)
+        except (BackendUnavailable, PackageError, ClipRtError) as e:
+            self.skip("parity", f"eager fp32 torch (the parity reference) cannot run: {e}", what="parity")
+            return None
+        cell.timed = False
+        self.cells.append(cell)
+        return cell
+
+    def timed_cells(self) -> list[Cell]:
+        return [c for c in self.cells if c.timed]
+
+    def measure(self, label: str, jobs: list[Job]) -> None:
+        run_interleaved(jobs, self.timer, self.cfg)
+        parts = []
+        for job in jobs:
+            self.jobs[job.key] = job
+            k = job.key
+            parts.append(f"{k.backend} {k.precision}{' ' + k.variant if k.variant else ''} "
+                         f"{np.median(job.times) * 1e3:.1f} ms x{len(job.times)}")
+        self.log(f"{label}: " + ", ".join(parts))
+
+    # -- model mode ---------------------------------------------------------------------------------------------
+    def model_mode(self) -> None:
+        inputs, cfg = self.inputs, self.cfg
+        cells = self.timed_cells()
+        if "image" in cfg.encoders:
+            self._image_parity(cells)
+            for b in cfg.batch_sizes:
+                jobs = []
+                for c in cells:
+                    key = Key("model", "image", c.backend, c.precision, b)
+                    jobs.append(Job(key, wl.model_call(c.model.backend, key, inputs)))
+                    self.notes[key] = "uint8 crops [B, S, S, 3] prepared before timing; no decoding or resizing timed"
+                self.measure(f"model image b{b}", jobs)
+        if "text" in cfg.encoders:
+            for n in cfg.text_lengths:
+                self._text_parity(cells, n)
+                for b in cfg.batch_sizes:
+                    jobs = []
+                    for c in cells:
+                        key = Key("model", "text", c.backend, c.precision, b, n, n)
+                        jobs.append(Job(key, wl.model_call(c.model.backend, key, inputs)))
+                        self.notes[key] = f"int32 ids of exactly {n} tokens (BOS, {n - 2} tokens, EOT), no padding"
+                    torch = [c for c in cells if c.backend == "torch" and c.precision == "fp32"]
+                    if torch and n < self.ctx:
+                        key = Key("model", "text", "torch", "fp32", b, n, self.ctx, f"padded-{self.ctx}")
+                        jobs.append(Job(key, wl.model_call(torch[0].model.backend, key, inputs)))
+                        self.notes[key] = (f"the same {n}-token texts EOT-padded to {self.ctx}, as padding='max_length' "
+                                           f"gives; parity against eager on the unpadded ids")
+                    self.measure(f"model text L{n} b{b}", jobs)
+
+    def _store(self, keys: Sequence[Key], ref_out: np.ndarray, out: np.ndarray,
+               ref_top1: np.ndarray | None = None, top1: np.ndarray | None = None) -> None:
+        """Cosines of out against ref_out (and top-1 agreement), recorded for every row key given."""
+        cos = wl.cosines(ref_out, out)  # [P]
+        entry: dict[str, Any] = {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
+                                 "top1_agreement": None, "parity_items": int(len(cos))}
+        if ref_top1 is not None and top1 is not None:
+            entry["top1_agreement"] = float(np.mean(top1 == ref_top1))
+        for key in keys:
+            self.parity[key] = entry
+
+    def _image_parity(self, cells: Sequence[Cell]) -> None:
+        """Each cell's image embeddings of the parity crops against eager's; zero-shot labels when classes exist."""
+        ref = self.reference
+        if ref is None:
+            return
+        crops, class_ids = self.inputs.crops, self.inputs.class_ids
+
+        def run(c: Cell) -> tuple[np.ndarray, np.ndarray | None]:
+            emb = wl.chunked(c.model.backend.encode_images, crops)  # [P, D]
+            if class_ids is None:
+                return emb, None
+            cls = wl.chunked(c.model.backend.encode_texts, class_ids)  # [C, D]
+            return emb, (emb @ cls.T).argmax(axis=1)  # [P] zero-shot labels
+
+        ref_emb, ref_top1 = run(ref)
+        for c in cells:
+            emb, top1 = (ref_emb, ref_top1) if c is ref else run(c)
+            keys = [Key("model", "image", c.backend, c.precision, b) for b in self.cfg.batch_sizes]
+            self._store(keys, ref_emb, emb, ref_top1, top1)
+
+    def _text_parity(self, cells: Sequence[Cell], n: int) -> None:
+        """Each cell's embeddings of P texts of exactly n tokens against eager's; the padded row against eager
+        on the unpadded ids."""
+        ref = self.reference
+        if ref is None:
+            return
+        ids = wl.text_batch(self.inputs, len(self.inputs.crops), n)  # [P, n] int32
+        ref_out = wl.chunked(ref.model.backend.encode_texts, ids)  # [P, D]
+        for c in cells:
+            out = ref_out if c is ref else wl.chunked(c.model.backend.encode_texts, ids)
+            self._store([Key("model", "text", c.backend, c.precision, b, n, n) for b in self.cfg.batch_sizes],
+                        ref_out, out)
+        if ref.timed and n < self.ctx:
+            padded = wl.chunked(ref.model.backend.encode_texts, wl.pad_to(ids, self.ctx))  # [P, D]
+            self._store([Key("model", "text", "torch", "fp32", b, n, self.ctx, f"padded-{self.ctx}")
+                         for b in self.cfg.batch_sizes], ref_out, padded)
+
+    # -- end-to-end mode -------------------------------------------------------------------------------------------
+    def end_to_end(self) -> None:
+        ds = self.dataset
+        if ds is None or not ds.classes:
+            why = "no --data given" if ds is None else f"{ds.root} has no classes.txt"
+            self.skip("end-to-end mode", f"{why}; end-to-end mode classifies the image files of a --data folder "
+                                         f"against the names in its classes.txt", mode="end-to-end")
+            return
+        targets: list[tuple[Key, Any, Cell | None]] = []  # (key without batch, target, cell)
+        tutorial = None
+        if self.reference is not None:
+            try:
+                tutorial = wl.Tutorial(self.pkg, ds.classes, self.cfg.device)
+            except (BackendUnavailable, ClipRtError) as e:
+                self.skip("end-to-end torch reference", str(e), backend="torch", precision="fp32", mode="end-to-end")
+        for c in self.timed_cells():
+            if c.backend == "torch":
+                if tutorial is not None:
+                    for v in ("tutorial", "tutorial-cached-text"):
+                        targets.append((Key("end-to-end", "zeroshot", "torch", "fp32", 0, variant=v), tutorial, c))
+                continue
+            targets.append((Key("end-to-end", "zeroshot", c.backend, c.precision, 0), wl.classifier(c.model, ds.classes), c))
+        self.tutorial = tutorial
+        self._e2e_parity(targets, tutorial)
+        attn = f"; {tutorial.loaded_with}, attn_implementation={tutorial.attn}" if tutorial else ""
+        note = {"tutorial": f"PIL open + CLIPProcessor(text={len(ds.classes)} prompts, images, padding=True) + "
+                            f"CLIPModel(**inputs).logits_per_image.softmax(-1): prompts re-encoded every call{attn}",
+                "tutorial-cached-text": f"as 'tutorial' but the {len(ds.classes)} prompt embeddings computed once "
+                                        f"before timing (processor(images) + get_image_features per call){attn}",
+                None: f"ZeroShotClassifier.predict(files): decode + resize/crop on a thread pool + image encoder + "
+                      f"softmax; the {len(ds.classes)} class embeddings computed once before timing (amortized, "
+                      f"as its cache does), not timed"}
+        for b in self.cfg.batch_sizes:
+            jobs = []
+            for base, target, _ in targets:
+                key = Key(base.mode, base.encoder, base.backend, base.precision, b, variant=base.variant)
+                jobs.append(Job(key, wl.e2e_call(target, key, self.inputs.files)))
+                self.notes[key] = note[base.variant]
+                if base in self.parity:
+                    self.parity[key] = self.parity[base]
+            self.measure(f"end-to-end b{b}", jobs)
+
+    def _e2e_parity(self, targets: list[tuple[Key, Any, Cell | None]], tutorial: Any) -> None:
+        if tutorial is None:
+            return
+        files = self.inputs.files[: self.cfg.parity_items]
+        ref_emb, ref_top1 = wl.e2e_outputs(tutorial, "tutorial", files)
+        for base, target, _ in targets:
+            emb, top1 = (ref_emb, ref_top1) if base.variant == "tutorial" else wl.e2e_outputs(target, base.variant, files)
+            self._store([base], ref_emb, emb, ref_top1, top1)
+
+    # -- rows -------------------------------------------------------------------------------------------------------
+    def references(self, key: Key) -> dict[str, Key]:
+        """Name -> key of each eager row this row's speedups are against (the first one is `speedup`)."""
+        if key.mode == "end-to-end":
+            return {f"torch-{v}": Key(key.mode, key.encoder, "torch", "fp32", key.batch, variant=v)
+                    for v in ("tutorial", "tutorial-cached-text")}
+        refs = {"torch": Key(key.mode, key.encoder, "torch", "fp32", key.batch, key.text_length, key.text_length)}
+        if key.encoder == "text" and key.text_length is not None and key.text_length < self.ctx:
+            refs[f"torch-padded-{self.ctx}"] = Key(key.mode, key.encoder, "torch", "fp32", key.batch, key.text_length,
+                                                   self.ctx, f"padded-{self.ctx}")
+        return refs
+
+    def row(self, key: Key, memory: dict[Key, dict[str, float | None]]) -> dict[str, Any]:
+        from .bench_report import latency_stats
+
+        job = self.jobs[key]
+        stats = latency_stats(job.times)
+        median = stats["latency_ms_median"]
+        speedups = {name: float(np.median(self.jobs[k].times)) * 1e3 / median
+                    for name, k in self.references(key).items() if k in self.jobs}
+        primary = next(iter(self.references(key)))
+        is_ref = self.references(key)[primary] == key
+        parity = self.parity.get(key, {})
+        ok = None
+        if parity and not is_ref:
+            tol = tolerance(key.backend, key.precision)
+            floor = min(tol.min_cosine, RUNTIME_MIN_COSINE) if key.mode == "end-to-end" else tol.min_cosine
+            mean_floor = min(tol.mean_cosine, RUNTIME_MIN_COSINE) if key.mode == "end-to-end" else tol.mean_cosine
+            ok = bool(parity["min_cosine"] >= floor and parity["mean_cosine"] >= mean_floor
+                      and (parity["top1_agreement"] is None or parity["top1_agreement"] >= tol.top1_agreement))
+        mem = memory.get(key, {})
+        return {"backend": key.backend, "precision": key.precision, "device": self.cfg.device, "mode": key.mode,
+                "encoder": key.encoder, "variant": key.variant, "batch": key.batch, "text_length": key.text_length,
+                "input_length": key.input_length, "iters": len(job.times), "warmup": self.cfg.warmup,
+                "timer": self.timer.name, **stats, "throughput": key.batch / (median / 1e3),
+                "speedup": speedups.get(primary), "speedups": speedups, "reference": is_ref,
+                "peak_rss_mb": mem.get("peak_rss_mb"), "peak_gpu_mb": mem.get("peak_gpu_mb"),
+                "min_cosine": parity.get("min_cosine"), "mean_cosine": parity.get("mean_cosine"),
+                "top1_agreement": parity.get("top1_agreement"), "parity_items": parity.get("parity_items"),
+                "parity_ok": ok, "notes": self.notes.get(key, "")}
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """Run the matrix; returns {"machine", "config", "methods", "cells", "rows", "skipped"} (see bench_report)."""
+    from . import __version__
+    from .bench_memory import probe_all
+    from .bench_report import check_document, machine_info
+
+    t0 = time.perf_counter()
+    run = Run(cfg, log)
+    if "model" in cfg.modes:
+        run.model_mode()
+    if "end-to-end" in cfg.modes:
+        run.end_to_end()
+    memory: dict[Key, dict[str, float | None]] = {}
+    if cfg.memory:
+        memory = probe_all(cfg, list(run.jobs), run.skipped, log)
+    rows = [run.row(k, memory) for k in run.jobs]
+    cells = [{"backend": c.backend, "precision": c.precision, "device": cfg.device, "timed": c.timed,
+              "load_s": round(c.load_s, 3), "describe": c.model.backend.describe()} for c in run.cells]
+    if getattr(run, "tutorial", None) is not None:
+        cells.append({"backend": "torch", "precision": "fp32", "device": cfg.device, "timed": "torch" in cfg.backends,
+                      "load_s": None, "describe": {"end_to_end_reference": run.tutorial.loaded_with,
+                                                    "attn_implementation": run.tutorial.attn}})
+    config = {**asdict(cfg), "precisions": list(run.precisions), "iters": cfg.iters or "auto",
+              "package_fingerprint": run.pkg.fingerprint, "model": run.pkg.model,
+              "inputs": {"crops": run.inputs.crops_source, "files": len(run.inputs.files)}}
+    doc = {"clip_rt": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
+           "config": config, "methods": METHODS, "cells": cells, "rows": rows, "skipped": run.skipped,
+           "elapsed_s": round(time.perf_counter() - t0, 1)}
+    problems = check_document(doc)
+    if problems:  # a harness bug, not a user error: say exactly what is wrong
+        raise RuntimeError("benchmark produced a malformed document: " + "; ".join(problems[:10]))
+    for c in run.cells:
+        c.model.close()
+    return doc
