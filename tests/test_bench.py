@@ -1,0 +1,142 @@
+"""`clip-rt bench` on the tiny package: the document's schema, every number finite and positive, the matrix
+complete (or skipped with a reason), and the writers. Timings are not asserted: speed is for benchmarks."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from clip_rt.bench_report import ROW_SCHEMA, check_document, markdown_table
+from clip_rt.cli import main
+
+REQUIRED_NUMBERS = ("latency_ms_median", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_min",
+                    "throughput", "speedup", "peak_rss_mb", "min_cosine", "mean_cosine", "parity_items")
+
+
+def _numbers(obj, path=""):
+    """Every int/float in a JSON value, with where it sits."""
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, (int, float)):
+        yield path, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _numbers(v, f"{path}[{i}]")
+
+
+@pytest.fixture(scope="module")
+def bench_run(tiny_package: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("bench")
+    args = ["bench", str(tiny_package), "--data", str(data_dir / "caltech101"), "--iters", "2", "--warmup", "1",
+            "--batch-sizes", "1,3", "--text-lengths", "5,77", "--parity-items", "8",
+            "--json", str(out / "out.json"), "--plot", str(out / "out.png")]
+    rc = main(args)
+    assert rc == 0
+    return json.loads((out / "out.json").read_text()), out
+
+
+def test_document_schema_and_numbers(bench_run):
+    doc, _ = bench_run
+    assert check_document(doc) == []
+    assert set(doc) >= {"machine", "rows", "skipped", "config", "methods", "cells"}
+    assert doc["machine"]["cpu"]["usable_cores"] >= 1
+    assert doc["machine"]["versions"]["onnxruntime"]
+    for row in doc["rows"]:
+        assert set(row) == set(ROW_SCHEMA)
+        for key in REQUIRED_NUMBERS:
+            assert row[key] is not None, (key, row)
+        for where, x in _numbers(row):
+            assert math.isfinite(x) and x > 0, (where, x, row["backend"], row["mode"], row["encoder"])
+        assert row["iters"] == 2 and row["warmup"] == 1
+        assert row["latency_ms_min"] <= row["latency_ms_median"] <= row["latency_ms_p90"] <= row["latency_ms_p99"]
+        assert row["throughput"] == pytest.approx(row["batch"] / row["latency_ms_median"] * 1e3)
+        assert 0 < row["min_cosine"] <= row["mean_cosine"] <= 1 + 1e-6
+    for where, x in _numbers(doc["machine"]):
+        assert math.isfinite(x) and x > 0, where
+
+
+def test_matrix_is_complete(bench_run):
+    """Every cell the tiny package can run has rows at both batch sizes in both modes; the rest are skipped
+    with a reason (torch runs fp32 only)."""
+    doc, _ = bench_run
+    rows = doc["rows"]
+    have = {(r["backend"], r["precision"], r["mode"], r["encoder"], r["batch"], r["text_length"], r["variant"])
+            for r in rows}
+    precisions = doc["config"]["precisions"]
+    assert "fp32" in precisions
+    for b in (1, 3):
+        for p in precisions:
+            assert ("onnxruntime", p, "model", "image", b, None, None) in have
+            assert ("onnxruntime", p, "model", "text", b, 5, None) in have
+            assert ("onnxruntime", p, "model", "text", b, 77, None) in have
+            assert ("onnxruntime", p, "end-to-end", "zeroshot", b, None, None) in have
+        assert ("torch", "fp32", "model", "image", b, None, None) in have
+        assert ("torch", "fp32", "model", "text", b, 5, "padded-77") in have
+        assert ("torch", "fp32", "end-to-end", "zeroshot", b, None, "tutorial") in have
+        assert ("torch", "fp32", "end-to-end", "zeroshot", b, None, "tutorial-cached-text") in have
+    for p in precisions:
+        if p != "fp32":
+            assert any(s.get("backend") == "torch" and s.get("precision") == p and s["reason"] for s in doc["skipped"])
+    # fp32 ONNX Runtime against eager: the same arithmetic, so parity passes its tolerance row.
+    for r in rows:
+        if r["backend"] == "onnxruntime" and r["precision"] == "fp32" and r["mode"] == "model":
+            assert r["parity_ok"] is True, r
+            assert r["top1_agreement"] is None or r["top1_agreement"] >= 0.9
+        if r["reference"]:
+            assert r["speedup"] == pytest.approx(1.0)
+
+
+def test_text_rows_carry_both_eager_speedups(bench_run):
+    doc, _ = bench_run
+    row = next(r for r in doc["rows"] if r["backend"] == "onnxruntime" and r["encoder"] == "text"
+               and r["text_length"] == 5 and r["batch"] == 3)
+    assert set(row["speedups"]) == {"torch", "torch-padded-77"}
+    e2e = next(r for r in doc["rows"] if r["backend"] == "onnxruntime" and r["mode"] == "end-to-end")
+    assert set(e2e["speedups"]) == {"torch-tutorial", "torch-tutorial-cached-text"}
+    assert "class embeddings computed once" in e2e["notes"]
+
+
+def test_writers(bench_run):
+    doc, out = bench_run
+    png = (out / "out.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    md = markdown_table(doc)
+    assert md.count("\n| ") == len(doc["rows"]) + 1  # header + one line per row
+    assert doc["machine"]["cpu"]["model"] in md
+
+
+def test_check_document_catches_bad_numbers(bench_run):
+    doc, _ = bench_run
+    bad = json.loads(json.dumps(doc))
+    bad["rows"][0]["latency_ms_p99"] = float("nan")
+    bad["rows"][1]["speedup"] = 0.0
+    del bad["rows"][2]["throughput"]
+    problems = check_document(bad)
+    assert len(problems) == 3, problems
+
+
+def test_unknown_backend_is_a_clear_error(tiny_package: Path, capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit):
+        main(["bench", str(tiny_package), "--backends", "torch,tensorflow"])
+    assert "tensorflow" in capsys.readouterr().err
+
+
+def test_unavailable_cell_is_skipped_not_dropped(tiny_package: Path, tmp_path: Path):
+    """tensorrt without a GPU (or without the package) and torch int8: skipped entries with reasons."""
+    rc = main(["bench", str(tiny_package), "--backends", "onnxruntime,tensorrt", "--precisions", "fp32",
+               "--mode", "model", "--encoders", "image", "--batch-sizes", "2", "--iters", "1", "--warmup", "0",
+               "--no-memory", "--json", str(tmp_path / "o.json")])
+    assert rc == 0
+    doc = json.loads((tmp_path / "o.json").read_text())
+    assert check_document(doc) == []
+    assert {r["backend"] for r in doc["rows"]} == {"onnxruntime"}
+    assert any(s.get("backend") == "tensorrt" and s["reason"] for s in doc["skipped"])
+    # torch was not asked for, so no speedup; parity still runs against an untimed eager reference
+    row = doc["rows"][0]
+    assert row["speedup"] is None and row["min_cosine"] > 0.9999
