@@ -2,12 +2,14 @@
 #   make demo   create .venv, install, export a CLIP and classify a few images
 #   make test   create .venv, install, run the CPU test suite
 # MODEL may be a Hugging Face hub id (needs network) or a local HF folder (offline).
+# RANDOM_INIT=1 builds random weights from MODEL's config.json (no weights needed; predictions meaningless).
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 MODEL  ?= openai/clip-vit-base-patch32
 SHARED ?= ../shared
+RANDOM_INIT ?=
 DEMO_PKG ?= build/demo-package
 PYTEST_ARGS ?=
 
@@ -22,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) scripts/demo.py --model '$(MODEL)' --package '$(DEMO_PKG)' --shared '$(SHARED)'
+	$(PY) scripts/demo.py --model '$(MODEL)' --package '$(DEMO_PKG)' --shared '$(SHARED)' $(if $(RANDOM_INIT),--random-init)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -223,8 +223,10 @@ def export_package(model: str | os.PathLike, out: str | os.PathLike, options: Ex
         raise PackageError(f"{out} exists and is not a clip-rt package; choose an empty or new folder")
 
     t0 = time.perf_counter()
-    log(f"loading {model}{' (RANDOM INIT, seed %d)' % options.seed if options.random_init else ''} ...")
     loaded = load_clip(model, random_init=options.random_init, seed=options.seed, revision=options.revision)
+    src = loaded.source
+    log(f"loaded {src['model']} ({src['kind']}{', revision ' + src['revision'] if src['revision'] else ''}"
+        f"{', RANDOM INIT seed %d' % options.seed if options.random_init else ''}) in {time.perf_counter() - t0:.1f} s")
     if loaded.source["random_init"]:
         log(f"WARNING: RANDOM WEIGHTS (seed {options.seed}). This package is for tests and benchmarks only.")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ def main() -> int:
     p.add_argument("--package", default="build/demo-package", help="where to write the package")
     p.add_argument("--shared", default="../shared", help="folder with data/imagenet_sample (labeled photos)")
     p.add_argument("--images", type=int, default=8, help="how many photos to classify")
+    p.add_argument("--random-init", action="store_true", help="random weights from MODEL's config.json")
     args = p.parse_args()
 
     from clip_rt.errors import ClipRtError, ModelSourceError
@@ -32,7 +33,8 @@ def main() -> int:
 
     hub = not Path(args.model).exists()
     try:
-        export_package(args.model, args.package, ExportOptions(precisions=("fp32",), eval_images=str(data / "images")))
+        export_package(args.model, args.package, ExportOptions(precisions=("fp32",), eval_images=str(data / "images"),
+                                                                random_init=args.random_init))
     except ModelSourceError as e:
         if hub:
             print(f"demo: cannot fetch {args.model} from the Hugging Face hub (no network?); point the demo at a local "
@@ -55,7 +57,7 @@ def main() -> int:
     print(f"\n{len(classes)} ImageNet classes, text embeddings in {t1 - t0:.1f} s (cached for the next run); "
           f"{len(photos)} photos in {t2 - t1:.2f} s\n")
     for f, pred in zip(photos, predictions):
-        top = ", ".join(f"{label} {score:.2f}" for label, score in pred)
+        top = ", ".join(f"{p.label} {p.score:.3f}" for p in pred)
         print(f"  {f.name[:48]:<48}  {top}")
     if model.package.source.get("random_init"):
         print("\n(random weights: the labels above are meaningless)")
