@@ -8,7 +8,10 @@ where the reimplemented coefficient arithmetic was verified to reproduce Pillow 
 
 from __future__ import annotations
 
+import ctypes
 import platform
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +66,13 @@ def noise(h: int, w: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     ramp = np.linspace(0, 255, w)[None, :, None] * np.ones((h, 1, 3))
     return np.where(rng.random((h, w, 1)) < 0.5, rng.integers(0, 256, (h, w, 3)), ramp).astype(np.uint8)
+
+
+def mixed_frames() -> list[np.ndarray]:
+    """Frames of many sizes: up- and downscaling, extreme aspect ratios, 1x1, repeats, both pass orders."""
+    sizes = [(32, 32), (32, 32), (480, 640), (640, 480), (1, 1), (225, 224), (224, 900), (1500, 60), (77, 301),
+             (32, 32), (333, 222), (1500, 300), (900, 400)]
+    return [noise(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
 
 
 # -- tables and single resizes ----------------------------------------------------------------------------
@@ -129,11 +139,10 @@ def test_bad_frames_are_refused() -> None:
 def test_packed_batch_of_mixed_sizes_matches_pillow() -> None:
     """One packed batch of frames of many sizes and aspect ratios (both pass orders, grouping of equal sizes)
     against resize_crop, frame by frame."""
-    sizes = [(32, 32), (32, 32), (480, 640), (640, 480), (1, 1), (225, 224), (224, 900), (1500, 60), (77, 301),
-             (32, 32), (333, 222)]
-    frames = [noise(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
+    frames = mixed_frames()
     packed = pack_frames(frames, CLIP_224.resize, CLIP_224.image_size)
-    assert packed.desc.shape == (len(frames), 8) and packed.pixels.size == sum(h * w * 3 for h, w in sizes)
+    assert packed.desc.shape == (len(frames), 8) and packed.pixels.size == sum(f.size for f in frames)
+    assert packed.desc[:, 6].any() and not packed.desc[:, 6].all()  # both pass orders are in the batch
     out = twin_packed(packed, group=2)  # [B, 224, 224, 3]
     diff = Diff()
     for frame, got in zip(frames, out):
@@ -191,3 +200,51 @@ def test_twin_embeddings_match_cpu_path(tiny_package: Path, data_dir: Path) -> N
 def test_single_frame_helper_equals_packed() -> None:
     frame = noise(123, 77, seed=9)
     assert np.array_equal(resize_crop_twin(frame, 80, 64), twin_packed(pack_frames([frame], 80, 64))[0])
+
+
+# The kernel's CUDA C source run on the CPU: a shim turns the CUDA qualifiers into plain C++ and a loop walks the
+# grid. This checks the kernel's own indexing and integer arithmetic against the twin without a GPU.
+CPU_SHIM = """
+struct Dim3 { unsigned x, y, z; };
+static Dim3 blockIdx, threadIdx, blockDim;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+"""
+CPU_GRID = """
+extern "C" void run_grid(const unsigned char* pixels, const long long* desc, const int* tables,
+                         unsigned char* out, int size, int batch, int threads) {
+    blockDim.x = threads;
+    const unsigned blocks = (size * size + threads - 1) / threads;
+    for (unsigned f = 0; f < (unsigned)batch; ++f)
+        for (unsigned b = 0; b < blocks; ++b)
+            for (unsigned t = 0; t < (unsigned)threads; ++t) {
+                blockIdx.x = b; blockIdx.y = f; threadIdx.x = t;
+                KERNEL(pixels, desc, tables, out, size);
+            }
+}
+"""
+
+
+def test_kernel_source_on_cpu_matches_twin(tmp_path: Path) -> None:
+    from clip_rt.cuda import KERNEL_NAME, KERNEL_SOURCE, THREADS_PER_BLOCK
+
+    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no C++ compiler to run the kernel source on the CPU")
+    src, lib = tmp_path / "kernel_cpu.cpp", tmp_path / "kernel_cpu.so"
+    src.write_text(CPU_SHIM + KERNEL_SOURCE + CPU_GRID.replace("KERNEL", KERNEL_NAME))
+    build = subprocess.run([cxx, "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", str(lib), str(src)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    run_grid = ctypes.CDLL(str(lib)).run_grid
+    for resize, size, filter in ((224, 224, "bicubic"), (80, 64, "bilinear")):
+        frames = mixed_frames()
+        packed = pack_frames(frames, resize, size, filter)
+        out = np.zeros((len(frames), size, size, 3), np.uint8)  # [B, S, S, 3]
+        run_grid(*(np.ascontiguousarray(a).ctypes.data_as(ctypes.c_void_p) for a in (packed.pixels, packed.desc,
+                                                                                      packed.tables, out)),
+                 ctypes.c_int(size), ctypes.c_int(len(frames)), ctypes.c_int(THREADS_PER_BLOCK))
+        twin = twin_packed(packed)
+        assert np.array_equal(out, twin), f"{filter} {resize}/{size}: {(out != twin).sum()} values differ"
