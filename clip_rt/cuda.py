@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import BackendUnavailable, ClipRtError, missing_dependency
+from .errors import BackendUnavailable, ClipRtError, InputError, missing_dependency
 from .resample import DESC_FIELDS, PRECISION_BITS, pack_tables, plan_frame
 
 CUDA_HINT = "pip install 'clip-rt[gpu]'"
@@ -446,7 +446,7 @@ def check_frames(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
     for i, f in enumerate(frames):
         a = np.asarray(f)
         if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or a.shape[0] < 1 or a.shape[1] < 1:
-            raise ValueError(f"frame {i}: expected a decoded RGB uint8 [H, W, 3] array, got {a.dtype} {list(a.shape)}")
+            raise InputError(f"frame {i}: expected a decoded RGB uint8 [H, W, 3] array, got {a.dtype} {list(a.shape)}")
         out.append(a)
     return out
 
