@@ -43,6 +43,11 @@ class Artifact:
     forced: bool = False  # written despite failing its tolerance (--force)
     extra: dict[str, Any] = field(default_factory=dict)  # fusions, quantization recipe, engine metadata
 
+    @property
+    def optimized(self) -> bool:
+        """True for a graph fused with ONNX Runtime contrib ops (com.microsoft): ONNX Runtime only, not TensorRT."""
+        return bool(self.extra.get("graph", {}).get("optimized", False))
+
     def to_json(self) -> dict[str, Any]:
         d = {"file": self.file, "encoder": self.encoder, "precision": self.precision, "backend": self.backend,
              "opset": self.opset, "sha256": self.sha256, "parity": self.parity, "forced": self.forced}
@@ -144,13 +149,18 @@ class Package:
         raise ValueError(f"unknown encoder {encoder!r}; choose one of {ENCODERS}")
 
     # -- artifacts -----------------------------------------------------------------------------------
-    def find(self, encoder: str, precision: str, backend: str = "onnxruntime") -> list[Artifact]:
-        return [a for a in self.artifacts if a.encoder == encoder and a.precision == precision and a.backend == backend]
+    def find(self, encoder: str, precision: str, backend: str = "onnxruntime", portable: bool = False) -> list[Artifact]:
+        return [a for a in self.artifacts if a.encoder == encoder and a.precision == precision and a.backend == backend
+                and not (portable and a.optimized)]
 
-    def artifact(self, encoder: str, precision: str, backend: str = "onnxruntime") -> Artifact:
-        """The one artifact for (encoder, precision, backend), or a PackageError listing what exists."""
+    def artifact(self, encoder: str, precision: str, backend: str = "onnxruntime", portable: bool = False) -> Artifact:
+        """The one artifact for (encoder, precision, backend), or a PackageError listing what exists.
+
+        portable=True skips graphs fused with ONNX Runtime's contrib ops (extra graph.optimized): what TensorRT's
+        parser and other non-ONNX-Runtime consumers need. Without it the last match wins (the fused graph, for ORT).
+        """
         check_precision(precision)
-        found = self.find(encoder, precision, backend)
+        found = self.find(encoder, precision, backend, portable)
         if not found:
             have = sorted({f"{a.backend}/{a.precision}" for a in self.artifacts if a.encoder == encoder})
             hint = (f"clip-rt build-engine {self.root} --precision {precision}" if backend == "tensorrt"

@@ -106,7 +106,7 @@ def source_for(pkg: Package, encoder: str, precision: str, weak: bool) -> Artifa
         except PackageError as e:
             raise EngineBuildError(f"TensorRT 11 builds fp16 engines only from an fp16 ONNX (strong typing): {e}; or "
                                    f"install TensorRT 10 (pip install 'tensorrt>=10,<11') to build from the fp32 ONNX")
-    return pkg.artifact(encoder, "fp32", "onnxruntime")
+    return pkg.artifact(encoder, "fp32", "onnxruntime", portable=True)  # not the fused .opt.onnx
 
 
 def pin_fp32(network: Any, trt: Any) -> int:

@@ -21,10 +21,13 @@ def export_onnx(module: torch.nn.Module, contract: EncoderContract, path: str | 
     """
     import onnx
 
+    from .wrappers import fusable_causal_mask
+
     path = Path(path)
     sample = torch.from_numpy(contract.sample_input())
     module = module.eval()
-    with torch.no_grad(), warnings.catch_warnings():
+    # fusable_causal_mask: same values, traced in the form ONNX Runtime's attention fusion recognizes (optimize.py).
+    with torch.no_grad(), warnings.catch_warnings(), fusable_causal_mask():
         # Tracer chatter about Python bools and shape asserts inside transformers; the result is validated anyway.
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (sample,), str(path), input_names=[contract.input.name],

@@ -134,7 +134,28 @@ def build_fp32(ctx: ExportContext) -> None:
         path = export_onnx(module, ctx.contract(encoder), ctx.workdir / f"{encoder}.onnx", ctx.options.opset)
         ctx.log(f"  traced {encoder} encoder to {path.name} ({path.stat().st_size / 2**20:.1f} MiB, "
                 f"{time.perf_counter() - t0:.1f} s)")
-        ctx.gate(path, encoder, "fp32")
+        # The plain graph: standard ONNX ops only (TensorRT, any provider), and the source of fp16/int8.
+        ctx.gate(path, encoder, "fp32", extra={"graph": {"optimized": False}})
+    if ctx.options.extra.get("optimize", True):
+        _optimize_fp32(ctx, list(modules))
+
+
+def _optimize_fp32(ctx: ExportContext, encoders: list[str]) -> None:
+    """ONNX Runtime's transformer fusions -> {encoder}.opt.onnx, gated like the plain graph and registered after it,
+    so Package.artifact(encoder, "fp32") (the last match) picks it for ONNX Runtime. Fusion counts go into `extra`."""
+    from .optimize import encoder_dims, optimize_onnx
+
+    for encoder in encoders:
+        t0 = time.perf_counter()
+        heads, width, layers = encoder_dims(ctx.loaded.model.config, encoder)
+        src, dst = ctx.workdir / f"{encoder}.onnx", ctx.workdir / f"{encoder}.opt.onnx"
+        report = optimize_onnx(src, dst, encoder, heads, width, layers)
+        ctx.log(f"  fused {encoder} encoder to {dst.name}: {report.summary()} ({time.perf_counter() - t0:.1f} s)")
+        warning = report.warning()
+        if warning:
+            ctx.log(f"  WARNING: {warning}")
+            ctx.manifest.setdefault("warnings", []).append(warning)
+        ctx.gate(dst, encoder, "fp32", extra={"graph": report.to_json()})
 
 
 # precision -> builder. fp32 comes first; fp16/int8 builders read ctx.workdir/{image,text}.onnx.

@@ -12,8 +12,9 @@ TextEncoder: input_ids int32 [B, L] -> text_embeds float32 [B, D], L2-normalized
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -79,3 +80,49 @@ def reference_text_embeds(clip: "CLIPModel", input_ids: torch.Tensor) -> torch.T
     """What transformers computes for token ids: get_text_features, L2."""
     e = clip.get_text_features(input_ids=input_ids.long()).pooler_output
     return e / e.norm(p=2, dim=-1, keepdim=True)
+
+
+def _additive_causal_mask(config: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                          past_key_values: Any = None, **kwargs: Any) -> torch.Tensor:
+    """The additive causal mask [B, 1, L, L] (0 on and below the diagonal, dtype min above), built the way
+    transformers 4.x built it (full -> masked_fill(arange < arange + 1) -> [None, None] -> expand).
+
+    transformers 5 builds the same values through a vmap'd mask function that traces to a LessOrEqual/Where chain;
+    ONNX Runtime's CLIP attention fusion (fusion_attention_clip.py) recognizes only this older
+    Where(Less) -> Unsqueeze -> Unsqueeze -> Expand chain, so without it no text Attention node fuses.
+    """
+    batch, length = inputs_embeds.shape[0], inputs_embeds.shape[1]
+    dtype = inputs_embeds.dtype
+    mask = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype)  # [L, L]
+    cond = torch.arange(length)  # [L]
+    mask = mask.masked_fill(cond < (cond + 1).view(length, 1), 0.0)  # keep j <= i
+    return mask[None, None, :, :].expand(batch, 1, length, length)  # [B, 1, L, L]
+
+
+@contextlib.contextmanager
+def fusable_causal_mask() -> Iterator[None]:
+    """While tracing, build the text encoder's causal mask in the form ONNX Runtime's attention fusion recognizes.
+
+    Same values as transformers' own mask (the wrappers never pass an attention_mask, so only causality applies;
+    a call with an attention_mask or a cache goes to the original function). Restores the original on exit.
+    Without transformers' create_causal_mask in modeling_clip (transformers 4.x), there is nothing to patch:
+    4.x already emits the fusable form.
+    """
+    from transformers.models.clip import modeling_clip
+
+    original = getattr(modeling_clip, "create_causal_mask", None)
+    if original is None:
+        yield
+        return
+
+    def patched(config: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                past_key_values: Any = None, **kwargs: Any) -> Any:
+        if attention_mask is not None or past_key_values is not None:
+            return original(config, inputs_embeds, attention_mask, past_key_values, **kwargs)
+        return _additive_causal_mask(config, inputs_embeds)
+
+    modeling_clip.create_causal_mask = patched
+    try:
+        yield
+    finally:
+        modeling_clip.create_causal_mask = original

@@ -1,0 +1,182 @@
+"""Graph optimization at export: ONNX Runtime's CLIP fusions fire on our traced graphs, keep fp32 parity with eager
+transformers, are recorded in the manifest, and are what ONNX Runtime loads (TensorRT gets the plain graph)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clip_rt.package import Package
+from clip_rt.tolerances import tolerance
+
+torch = pytest.importorskip("torch", reason="the exporter needs the export extra (torch)")
+transformers = pytest.importorskip("transformers", reason="the exporter needs the export extra (transformers)")
+
+FP32 = tolerance("onnxruntime", "fp32")
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.sum(a.astype(np.float64) * b, axis=1)
+
+
+def op_counts(path: Path) -> dict[str, int]:
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_fusions_fire_and_are_recorded(tiny_package: Path) -> None:
+    """Every layer's attention becomes one Attention node (text: causal), and the manifest says what fused."""
+    pkg = Package.open(tiny_package)
+    layers = {"image": pkg.model["vision"]["layers"], "text": pkg.model["text"]["layers"]}
+    for encoder, n in layers.items():
+        opt = pkg.artifact(encoder, "fp32")
+        assert opt.file == f"{encoder}.opt.onnx" and opt.optimized
+        graph = opt.extra["graph"]
+        assert graph["optimized"] is True and graph["layers"] == n
+        assert graph["fusions"]["Attention"] == n and graph["fusions"]["QuickGelu"] == n
+        assert graph["fusions"]["SkipLayerNormalization"] >= n
+        counts = op_counts(pkg.path(opt))
+        # The manifest's numbers are the file's: recount the nodes.
+        for op, k in graph["fusions"].items():
+            assert counts.get(op, 0) == k, f"{encoder}: manifest says {op} x{k}, file has {counts.get(op, 0)}"
+        assert "Softmax" not in counts, f"{encoder}: an unfused attention softmax is left"
+        assert graph["nodes"]["after"] < graph["nodes"]["before"] / 2
+        if encoder == "text":
+            import onnx
+
+            attn = [nd for nd in onnx.load(str(pkg.path(opt)), load_external_data=False).graph.node
+                    if nd.op_type == "Attention"]
+            assert all(any(a.name == "unidirectional" and a.i == 1 for a in nd.attribute) for nd in attn), \
+                "text attention must be causal"
+
+
+def test_plain_graph_kept_for_tensorrt(tiny_package: Path) -> None:
+    pkg = Package.open(tiny_package)
+    for encoder in ("image", "text"):
+        plain = pkg.artifact(encoder, "fp32", portable=True)
+        assert plain.file == f"{encoder}.onnx" and not plain.optimized
+        counts = op_counts(pkg.path(plain))
+        assert not {"Attention", "SkipLayerNormalization", "QuickGelu"} & set(counts), "plain graph has contrib ops"
+        import onnx
+
+        domains = {nd.domain for nd in onnx.load(str(pkg.path(plain)), load_external_data=False).graph.node}
+        assert domains <= {"", "ai.onnx"}, f"plain graph uses non-standard domains {domains}"
+
+
+def test_optimized_parity_other_shapes(tiny_package: Path, tiny_source: Path) -> None:
+    """The fused graphs against eager transformers at batches and lengths other than the traced ones, including
+    77-padded texts (padding after EOT must not leak through the fused causal attention)."""
+    from transformers import CLIPModel
+
+    pkg = Package.open(tiny_package)
+    clip = CLIPModel.from_pretrained(tiny_source).eval()
+    img = session(pkg.path(pkg.artifact("image", "fp32")))
+    txt = session(pkg.path(pkg.artifact("text", "fp32")))
+    ic, tc = pkg.contract("image"), pkg.contract("text")
+    mean = torch.tensor(pkg.preprocess["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(pkg.preprocess["std"]).view(1, 3, 1, 1)
+    for batch in (1, 6):
+        pixels = ic.sample_input(seed=batch + 40, batch=batch)
+        with torch.no_grad():
+            x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255 - mean) / std
+            ref = clip.get_image_features(pixel_values=x).pooler_output.numpy()
+        assert cosines(ref, img.run(None, {"pixels": pixels})[0]).min() >= FP32.min_cosine
+    for batch, length in ((1, 3), (5, 16), (2, 77)):
+        ids = tc.sample_input(seed=length + 40, batch=batch, sequence=length)
+        with torch.no_grad():
+            ref = clip.get_text_features(input_ids=torch.from_numpy(ids).long()).pooler_output.numpy()
+        got = txt.run(None, {"input_ids": ids})[0]
+        assert cosines(ref, got).min() >= FP32.min_cosine, (batch, length)
+
+
+def test_causal_mask_patch_is_exact_and_restored(tiny_source: Path) -> None:
+    """Inside fusable_causal_mask the text model computes bit-identical outputs; on exit (also after an error)
+    transformers' own function is back."""
+    from transformers import CLIPModel
+    from transformers.models.clip import modeling_clip
+
+    from clip_rt.export.wrappers import fusable_causal_mask
+
+    clip = CLIPModel.from_pretrained(tiny_source).eval()
+    original = modeling_clip.create_causal_mask
+    ids = torch.tensor([[49406, 320, 1125, 539, 320, 2368, 49407, 49407, 49407],
+                        [49406, 320, 1929, 49407, 49407, 49407, 49407, 49407, 49407]])
+    with torch.no_grad():
+        ref = clip.text_model(input_ids=ids).last_hidden_state
+        with fusable_causal_mask():
+            assert modeling_clip.create_causal_mask is not original
+            patched = clip.text_model(input_ids=ids).last_hidden_state
+    assert torch.equal(ref, patched)
+    assert modeling_clip.create_causal_mask is original
+    with pytest.raises(ZeroDivisionError), fusable_causal_mask():
+        1 / 0
+    assert modeling_clip.create_causal_mask is original
+
+
+def test_without_patch_text_attention_does_not_fuse(tiny_source: Path, tmp_path: Path) -> None:
+    """Why the patch exists: traced with transformers' own mask, ONNX Runtime fuses no text attention.
+    If this starts failing, transformers emits a fusable mask by itself and the patch can go."""
+    from transformers import CLIPModel
+
+    from clip_rt.contract import text_contract
+    from clip_rt.export import wrappers
+    from clip_rt.export.onnx import export_onnx
+    from clip_rt.export.optimize import encoder_dims, optimize_onnx
+
+    clip = CLIPModel.from_pretrained(tiny_source, attn_implementation="eager").eval()
+    contract = text_contract(77, 32)
+    heads, width, layers = encoder_dims(clip.config, "text")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(wrappers, "fusable_causal_mask", _no_patch)
+        export_onnx(wrappers.TextEncoder(clip), contract, tmp_path / "text.onnx")
+    report = optimize_onnx(tmp_path / "text.onnx", tmp_path / "text.opt.onnx", "text", heads, width, layers)
+    assert report.fusions.get("Attention", 0) < layers
+    assert report.warning() is not None and "attention" in report.warning()
+
+
+def _no_patch():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def test_no_optimize_option(tiny_source: Path, tmp_path: Path) -> None:
+    from clip_rt.export.pipeline import ExportOptions, export_package
+
+    out = export_package(tiny_source, tmp_path / "plain", ExportOptions(extra={"optimize": False}), log=lambda m: None)
+    pkg = Package.open(out)
+    assert sorted(a.file for a in pkg.artifacts) == ["image.onnx", "text.onnx"]
+    assert not any(a.optimized for a in pkg.artifacts)
+
+
+def test_runtime_loads_the_fused_graph(tiny_package: Path) -> None:
+    import clip_rt
+
+    with clip_rt.load(tiny_package) as model:
+        files = model.describe()["files"]
+        assert files == {"image": "image.opt.onnx", "text": "text.opt.onnx"}
+        emb = model.encode_texts(["a photo of a cat", "a dog"])
+        assert emb.shape == (2, 32)
+
+
+@pytest.mark.slow
+def test_vitb32_all_layers_fuse(vitb32_package: Path) -> None:
+    pkg = Package.open(vitb32_package)
+    for encoder, layers in (("image", 12), ("text", 12)):
+        graph = pkg.artifact(encoder, "fp32").extra["graph"]
+        assert graph["fusions"]["Attention"] == layers and graph["fusions"]["QuickGelu"] == layers
+        assert pkg.artifact(encoder, "fp32").parity["min_cosine"] >= FP32.min_cosine
