@@ -128,6 +128,24 @@ def pin_fp32(network: Any, trt: Any) -> int:
     return pinned
 
 
+def cast_uint8_input_first(network: Any, trt: Any) -> bool:
+    """TensorRT accepts a UINT8 network input only when Cast layers consume it; the exported image graph
+    transposes the uint8 pixels before casting. Insert a Cast to float32 right after the input and feed every
+    other consumer from it (the graph's own Cast then converts float32 to float32). Returns whether it did."""
+    inp = network.get_input(0)
+    if inp.dtype != trt.uint8:
+        return False
+    uses = [(layer, j) for layer in (network.get_layer(i) for i in range(network.num_layers))
+            for j in range(layer.num_inputs) if layer.get_input(j) is not None and layer.get_input(j).name == inp.name]
+    if all(layer.type == trt.LayerType.CAST for layer, _ in uses):
+        return False
+    cast = network.add_cast(inp, trt.float32)
+    cast.name = "clip_rt_uint8_to_float"
+    for layer, j in uses:
+        layer.set_input(j, cast.get_output(0))
+    return True
+
+
 def _check_network_io(network: Any, contract: EncoderContract, trt: Any, onnx: Path) -> None:
     want_in = {contract.input.name: contract.input.dtype}
     got_in = {network.get_input(i).name: np.dtype(trt.nptype(network.get_input(i).dtype)).name
@@ -154,6 +172,7 @@ def build_engine(trt: Any, pkg: Package, encoder: str, cfg: EngineBuildConfig, d
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineBuildError(f"TensorRT could not parse {onnx_path}: {errors or 'no parser error given'}")
     _check_network_io(network, contract, trt, onnx_path)
+    recast = cast_uint8_input_first(network, trt)
 
     config = builder.create_builder_config()
     lo, opt, hi = contract.profile()
@@ -200,6 +219,7 @@ def build_engine(trt: Any, pkg: Package, encoder: str, cfg: EngineBuildConfig, d
     name = engine_file_name(encoder, cfg.precision, trt.__version__, device, contract, cfg.dla_core)
     meta = {"tensorrt": trt.__version__, "gpu": device.name, "compute_capability": device.compute_capability,
             "precision": cfg.precision, "typing": "weak" if weak else "strong", "fp32_pinned_layers": pinned,
+            "uint8_input_cast_inserted": recast,
             "profiles": {contract.input.name: {"min": list(lo), "opt": list(opt), "max": list(hi)}},
             "source": {"file": src.file, "sha256": src.sha256, "precision": src.precision},
             "build": cfg.record(), "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
