@@ -106,11 +106,11 @@ class Timer:
         self._torch: Any = None
         if device != "cpu":
             try:
-                import torch
+                import torch as torch_module
             except ImportError:
-                torch = None
-            if torch is not None and torch.cuda.is_available():
-                self._torch = torch
+                torch_module = None  # type: ignore[assignment]
+            if torch_module is not None and torch_module.cuda.is_available():
+                self._torch = torch_module
                 self.name = "cuda-event"
             else:
                 print("clip-rt bench: torch with CUDA is not installed, so GPU rows are timed with perf_counter "
@@ -220,6 +220,7 @@ class Run:
         self.parity: dict[Key, dict[str, Any]] = {}
         self.notes: dict[Key, str] = {}
         self.cells: list[Cell] = []
+        self.tutorial: wl.Tutorial | None = None  # the end-to-end reference, once end_to_end() opened it
         for backend in cfg.backends:
             for precision in self.precisions:
                 try:
@@ -235,8 +236,9 @@ class Run:
         self.timer = Timer(cfg.device)
         self.ctx = self.pkg.context_length
 
-    def skip(self, what: str, reason: str, **where: Any) -> None:
-        self.log(f"clip-rt bench: skipping {what}: {reason}")
+    def skip(self, label: str, reason: str, **where: Any) -> None:
+        """A part of the matrix that cannot run: a line on stderr and an entry in the document's `skipped`."""
+        self.log(f"clip-rt bench: skipping {label}: {reason}")
         self.skipped.append({**where, "reason": reason})
 
     def _reference(self) -> Cell | None:
@@ -455,7 +457,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     rows = [run.row(k, memory) for k in run.jobs]
     cells = [{"backend": c.backend, "precision": c.precision, "device": cfg.device, "timed": c.timed,
               "load_s": round(c.load_s, 3), "describe": c.model.backend.describe()} for c in run.cells]
-    if getattr(run, "tutorial", None) is not None:
+    if run.tutorial is not None:
         cells.append({"backend": "torch", "precision": "fp32", "device": cfg.device, "timed": "torch" in cfg.backends,
                       "load_s": None, "describe": {"end_to_end_reference": run.tutorial.loaded_with,
                                                     "attn_implementation": run.tutorial.attn}})

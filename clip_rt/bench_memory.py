@@ -91,7 +91,8 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
     inputs = wl.build_inputs(pkg, Tokenizer.from_package(pkg), dataset, spec["parity_items"])
     keys = sorted((Key(**k) for k in spec["keys"]), key=lambda k: (k.batch, k.input_length or 0, k.encoder))
     device = spec["device"]
-    model = target = None
+    model: Any = None
+    target: Any = None  # the end-to-end call's object: a Tutorial or a ZeroShotClassifier
     if spec["kind"] == "tutorial":
         assert dataset is not None and dataset.classes
         target = wl.Tutorial(pkg, dataset.classes, device)

@@ -50,6 +50,7 @@ def cpu_info() -> dict[str, Any]:
     flags_line = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", text, re.M)
     flags = set(flags_line.group(1).split()) if flags_line else set()
     cores = {(p, c) for p, c in re.findall(r"physical id\s*:\s*(\d+)\s*\n(?:.*\n)*?core id\s*:\s*(\d+)", text)}
+    usable: int | None
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

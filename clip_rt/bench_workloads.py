@@ -172,15 +172,15 @@ class Tutorial:
         except ImportError as e:
             raise missing_dependency(e.name or "transformers", "export", "the end-to-end reference") from e
         src = package.source
-        where = src["model"]
-        revision = src.get("revision")
+        where = str(src["model"])
+        revision = src.get("revision") or "main"  # hub sources record their commit; local folders have none
         if src.get("kind") == "local" and not Path(where).is_dir():
             raise BackendUnavailable(f"the end-to-end reference needs the package's source folder {where} "
                                      f"(CLIPProcessor.from_pretrained), which no longer exists")
         try:
             self.processor = CLIPProcessor.from_pretrained(where, revision=revision)
             if src.get("random_init"):
-                from .export.load import load_source
+                from .export.load import load_source  # type: ignore[import-not-found]
 
                 # No weights to from_pretrained: rebuild them, then use transformers' default attention as
                 # from_pretrained would (sdpa), not the exporter's eager attention.
@@ -273,7 +273,7 @@ def e2e_call(target: "ZeroShotClassifier | Tutorial", key: Key, files: Sequence[
         return lambda i: target.classify(file_batch(files, key.batch, i))  # type: ignore[union-attr]
     if key.variant == "tutorial-cached-text":
         return lambda i: target.classify_cached(file_batch(files, key.batch, i))  # type: ignore[union-attr]
-    return lambda i: target.predict(file_batch(files, key.batch, i), top_k=1, batch_size=key.batch)  # type: ignore[union-attr]
+    return lambda i: target.predict(file_batch(files, key.batch, i), top_k=1, batch_size=key.batch)  # type: ignore[union-attr,call-arg]
 
 
 def classifier(model: "ClipModel", classes: Sequence[str]) -> "ZeroShotClassifier":
