@@ -99,10 +99,16 @@ def weak_typing_available(trt: Any) -> bool:
 def source_for(pkg: Package, encoder: str, precision: str, weak: bool) -> Artifact:
     """The ONNX artifact an engine of `precision` is built from (see the module docstring)."""
     if precision == "int8":
-        return pkg.artifact(encoder, "int8", "onnxruntime")  # PackageError names the export command
+        art = pkg.artifact(encoder, "int8", "onnxruntime", portable=True)  # PackageError names the export command
+        recipe = art.extra.get("quantization", {}).get("recipe", {})
+        if recipe.get("tensorrt_compatible") is False:
+            raise EngineBuildError(f"{pkg.root / art.file} is not a TensorRT-compatible QDQ graph ({recipe.get('format')}, "
+                                   f"activations {recipe.get('activations')}); TensorRT needs static, symmetric int8: "
+                                   f"re-export with --precision int8 --int8-mode static --int8-activations s8 --calib DIR")
+        return art
     if precision == "fp16" and not weak:
         try:
-            return pkg.artifact(encoder, "fp16", "onnxruntime")
+            return pkg.artifact(encoder, "fp16", "onnxruntime", portable=True)
         except PackageError as e:
             raise EngineBuildError(f"TensorRT 11 builds fp16 engines only from an fp16 ONNX (strong typing): {e}; or "
                                    f"install TensorRT 10 (pip install 'tensorrt>=10,<11') to build from the fp32 ONNX")
@@ -235,7 +241,7 @@ def measure_parity(trt: Any, pkg: Package, art: Artifact, path: Path, contract: 
     batch sizes and text lengths other than the export sample."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(pkg.path(pkg.artifact(art.encoder, "fp32", "onnxruntime"))),
+    session = ort.InferenceSession(str(pkg.path(pkg.artifact(art.encoder, "fp32", "onnxruntime", portable=True))),
                                    providers=["CPUExecutionProvider"])
     runtime = trt.Runtime(trt_logger(trt))
     engine = LoadedEngine(trt, runtime, path, contract, art.extra["engine"], contexts=1, cuda_graphs=False, max_graphs=1)
