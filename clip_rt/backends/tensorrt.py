@@ -59,9 +59,10 @@ def trt_logger(trt: Any) -> Any:
                     self.errors: collections.deque[str] = collections.deque(maxlen=8)
 
                 def log(self, severity: Any, msg: str) -> None:
-                    if severity <= trt.ILogger.Severity.ERROR:
+                    level = int(severity)  # pybind11 enums convert to int; they need not support "<"
+                    if level <= int(trt.ILogger.Severity.ERROR):
                         self.errors.append(msg)
-                    if severity <= trt.ILogger.Severity.WARNING:
+                    if level <= int(trt.ILogger.Severity.WARNING):
                         print(f"[TensorRT] {msg}", file=sys.stderr)
 
             _LOGGER = _Logger()
