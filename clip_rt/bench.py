@@ -221,6 +221,7 @@ class Run:
         self.notes: dict[Key, str] = {}
         self.cells: list[Cell] = []
         self.tutorial: wl.Tutorial | None = None  # the end-to-end reference, once end_to_end() opened it
+        self.parity_s = 0.0  # wall seconds spent on parity runs
         for backend in cfg.backends:
             for precision in self.precisions:
                 try:
@@ -246,6 +247,10 @@ class Run:
         for c in self.cells:
             if c.backend == "torch" and c.precision == "fp32":
                 return c
+        failed = [s for s in self.skipped if s.get("backend") == "torch" and s.get("precision") == "fp32"]
+        if failed:  # asked for and already failed: say so once more for parity, without a second attempt
+            self.skipped.append({"what": "parity", "reason": f"no eager fp32 torch reference: {failed[0]['reason']}"})
+            return None
         try:
             cell = open_cell(self.pkg, "torch", "fp32", self.cfg)
         except (BackendUnavailable, PackageError, ClipRtError) as e:
@@ -273,7 +278,7 @@ class Run:
         inputs, cfg = self.inputs, self.cfg
         cells = self.timed_cells()
         if "image" in cfg.encoders:
-            self._image_parity(cells)
+            self._timed_parity(self._image_parity, cells)
             for b in cfg.batch_sizes:
                 jobs = []
                 for c in cells:
@@ -283,7 +288,7 @@ class Run:
                 self.measure(f"model image b{b}", jobs)
         if "text" in cfg.encoders:
             for n in cfg.text_lengths:
-                self._text_parity(cells, n)
+                self._timed_parity(self._text_parity, cells, n)
                 for b in cfg.batch_sizes:
                     jobs = []
                     for c in cells:
@@ -297,6 +302,11 @@ class Run:
                         self.notes[key] = (f"the same {n}-token texts EOT-padded to {self.ctx}, as padding='max_length' "
                                            f"gives; parity against eager on the unpadded ids")
                     self.measure(f"model text L{n} b{b}", jobs)
+
+    def _timed_parity(self, fn: Callable[..., None], *args: Any) -> None:
+        t0 = time.perf_counter()
+        fn(*args)
+        self.parity_s += time.perf_counter() - t0
 
     def _store(self, keys: Sequence[Key], ref_out: np.ndarray, out: np.ndarray,
                ref_top1: np.ndarray | None = None, top1: np.ndarray | None = None) -> None:
@@ -369,7 +379,7 @@ class Run:
                 continue
             targets.append((Key("end-to-end", "zeroshot", c.backend, c.precision, 0), wl.classifier(c.model, ds.classes), c))
         self.tutorial = tutorial
-        self._e2e_parity(targets, tutorial)
+        self._timed_parity(self._e2e_parity, targets, tutorial)
         attn = f"; {tutorial.loaded_with}, attn_implementation={tutorial.attn}" if tutorial else ""
         note = {"tutorial": f"PIL open + CLIPProcessor(text={len(ds.classes)} prompts, images, padding=True) + "
                             f"CLIPModel(**inputs).logits_per_image.softmax(-1): prompts re-encoded every call{attn}",
@@ -440,20 +450,33 @@ class Run:
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, Any]:
-    """Run the matrix; returns {"machine", "config", "methods", "cells", "rows", "skipped"} (see bench_report)."""
+    """Run the matrix; returns {"machine", "config", "methods", "cells", "rows", "skipped", "phases", ...}
+    (row keys: clip_rt.bench_report.ROW_SCHEMA). Progress and skipped cells go to `log` (stderr)."""
     from . import __version__
     from .bench_memory import probe_all
     from .bench_report import check_document, machine_info
 
     t0 = time.perf_counter()
+    phases: dict[str, float] = {}  # wall seconds per phase, for planning runs (parity_s is inside model/e2e)
+
+    def phase(name: str, start: float) -> float:
+        now = time.perf_counter()
+        phases[name] = round(now - start, 1)
+        return now
+
     run = Run(cfg, log)
+    t = phase("open_s", t0)
     if "model" in cfg.modes:
         run.model_mode()
+        t = phase("model_s", t)
     if "end-to-end" in cfg.modes:
         run.end_to_end()
+        t = phase("end_to_end_s", t)
     memory: dict[Key, dict[str, float | None]] = {}
     if cfg.memory:
         memory = probe_all(cfg, list(run.jobs), run.skipped, log)
+        t = phase("memory_s", t)
+    phases["parity_s"] = round(run.parity_s, 1)
     rows = [run.row(k, memory) for k in run.jobs]
     cells = [{"backend": c.backend, "precision": c.precision, "device": cfg.device, "timed": c.timed,
               "load_s": round(c.load_s, 3), "describe": c.model.backend.describe()} for c in run.cells]
@@ -466,7 +489,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
               "inputs": {"crops": run.inputs.crops_source, "files": len(run.inputs.files)}}
     doc = {"clip_rt": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
            "config": config, "methods": METHODS, "cells": cells, "rows": rows, "skipped": run.skipped,
-           "elapsed_s": round(time.perf_counter() - t0, 1)}
+           "elapsed_s": round(time.perf_counter() - t0, 1), "phases": phases}
     problems = check_document(doc)
     if problems:  # a harness bug, not a user error: say exactly what is wrong
         raise RuntimeError("benchmark produced a malformed document: " + "; ".join(problems[:10]))

@@ -263,10 +263,21 @@ def _skipped(doc: dict[str, Any]) -> list[str]:
     return out
 
 
+def describe_run(doc: dict[str, Any]) -> str:
+    """One line: the matrix, the iteration policy and how long the run took."""
+    c = doc["config"]
+    iters = (f"auto ({c['budget_s']} s per row, {c['min_iters']}..{c['max_iters']} calls)" if c["iters"] == "auto"
+             else str(c["iters"]))
+    return (f"{c['package']} on {c['device']}; backends {','.join(c['backends'])}; precisions "
+            f"{','.join(c['precisions'])}; batches {','.join(map(str, c['batch_sizes']))}; text lengths "
+            f"{','.join(map(str, c['text_lengths']))}; modes {','.join(c['modes'])}; iters {iters}, warm-up "
+            f"{c['warmup']}; parity on {c['parity_items']} items; {doc.get('elapsed_s', '?')} s in all")
+
+
 def markdown_table(doc: dict[str, Any]) -> str:
     """A Markdown table of the rows, the machine above it and the skipped cells below."""
     head, lines = table(doc)
-    out = [f"Machine: {describe_machine(doc['machine'])}", "",
+    out = [f"Machine: {describe_machine(doc['machine'])}", "", f"Run: {describe_run(doc)}", "",
            "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     out += ["| " + " | ".join(cells) + " |" for cells in lines]
     skipped = _skipped(doc)
@@ -304,12 +315,17 @@ def plot(doc: dict[str, Any], path: str | os.PathLike) -> Path:
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
-    for ax, ((mode, encoder, length), lines) in zip(axes.flat, sorted(panels.items(), key=str)):
-        for label, points in sorted(lines.items()):
+    labels = sorted({label for lines in panels.values() for label in lines})
+    colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}  # one color per line across panels
+    batches = sorted({r["batch"] for r in doc["rows"]})
+    order = sorted(panels, key=lambda k: (k[0] != "model", k[1], k[2] or 0))  # model first, lengths ascending
+    for ax, (mode, encoder, length) in zip(axes.flat, order):
+        for label, points in sorted(panels[(mode, encoder, length)].items()):
             points.sort()
-            ax.plot([b for b, _ in points], [ms for _, ms in points], marker="o", label=label)
+            ax.plot([b for b, _ in points], [ms for _, ms in points], marker="o", label=label, color=colors[label])
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.set_xticks(batches, [str(b) for b in batches])
         ax.set_title(f"{mode}: {encoder}" + ("" if length is None else f", {length} tokens"))
         ax.set_xlabel("batch size")
         ax.set_ylabel("median latency (ms)")
