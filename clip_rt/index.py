@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import ClipRtError, ImageError, InputError
+from .errors import ClipRtError, ImageError, InputError, PackageError
 from .fsutil import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class Hit:
 def progress_printer(label: str = "embedded") -> Callable[[int, int], None]:
     """A progress(done, total) callback: a tqdm bar on stderr if tqdm is installed, else count lines on stderr."""
     try:
-        from tqdm import tqdm
+        from tqdm import tqdm  # type: ignore[import-untyped]
     except ImportError:
         state = {"last": 0.0}
 
@@ -168,9 +168,13 @@ class ImageIndex:
         precision unless given in kwargs."""
         from .model import load
 
-        opts = {"backend": self.info.get("backend") or "onnxruntime", "precision": self.info.get("precision") or "fp32"}
+        opts: dict[str, Any] = {"backend": self.info.get("backend") or "onnxruntime", "precision": self.info.get("precision") or "fp32"}
         opts.update(kwargs)
-        model = load(str(self.info.get("package")), **opts)
+        try:
+            model = load(str(self.info.get("package")), **opts)
+        except PackageError as e:
+            raise PackageError(f"{e} (the index was built with that package; if it moved, name it: "
+                               f"clip-rt search INDEX --package PKG)") from None
         self.check_model(model)
         return model
 

@@ -113,7 +113,7 @@ class ClipModel:
             return self._encode_frames(_as_list(images), batch_size)
         if preprocess != "cpu":
             raise InputError(f"preprocess must be 'cpu' or 'gpu', got {preprocess!r}")
-        if self._is_model_batch(images):
+        if isinstance(images, np.ndarray) and self._is_model_batch(images):
             return self._encode_pixels(images, batch_size)
         sources = _as_list(images)
         outs = []
@@ -122,7 +122,8 @@ class ClipModel:
             if bad:
                 more = f" (and {len(bad) - 1} more in this batch)" if len(bad) > 1 else ""
                 raise ImageError(bad[0].file, bad[0].reason + more)
-            outs.append(self.backend.encode_images(np.stack(prepared)))  # [b, S, S, 3] -> [b, D]
+            crops = [p for p in prepared if isinstance(p, np.ndarray)]
+            outs.append(self.backend.encode_images(np.stack(crops)))  # [b, S, S, 3] -> [b, D]
         return np.concatenate(outs) if outs else self._empty()
 
     def _encode_frames(self, sources: list[Any], batch_size: int) -> np.ndarray:
@@ -227,5 +228,7 @@ def load(package: str | os.PathLike | Package, backend: str = "onnxruntime", pre
     pkg = package if isinstance(package, Package) else Package.open(Path(package))
     tokenizer = Tokenizer.from_package(pkg)
     cfg = PreprocessConfig.from_manifest(pkg.preprocess)
-    engine = open_backend(backend, pkg, precision=precision, device=device, threads=threads, **options)
+    if threads is not None:  # only passed when asked for: GPU backends have no thread setting
+        options["threads"] = threads
+    engine = open_backend(backend, pkg, precision=precision, device=device, **options)
     return ClipModel(pkg, engine, tokenizer, cfg)
