@@ -49,7 +49,8 @@ class ImageEncoder(nn.Module):
         emb.patch_embedding = fold_normalization(emb.patch_embedding, mean, std)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.permute(0, 3, 1, 2).float()  # [B, S, S, 3] uint8 NHWC -> [B, 3, S, S] float32, 0..255
+        # Cast first, then NHWC -> NCHW: TensorRT accepts uint8 only at I/O and in Cast, not in Transpose.
+        x = pixels.float().permute(0, 3, 1, 2)  # [B, S, S, 3] uint8 -> [B, 3, S, S] float32, 0..255
         pooled = self.vision(pixel_values=x).pooler_output  # [B, width]
         embeds = self.projection(pooled)  # [B, D]
         return embeds / embeds.norm(p=2, dim=-1, keepdim=True)
