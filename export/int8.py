@@ -1,0 +1,259 @@
+"""Static INT8 (QDQ) for one encoder graph, and the per-layer sensitivity search that picks what stays fp32.
+
+The recipe (all onnxruntime.quantization.quantize_static):
+- QDQ format, per-channel symmetric int8 weights; calibrated activation ranges (minmax, entropy or percentile).
+- Only MatMuls with constant weights are quantized: the transformer's q/k/v/out/fc1/fc2 and the final projection.
+  Attention's activation x activation MatMuls, LayerNorm, softmax, GELU and the final L2 normalization stay fp32;
+  so does the patch-embedding Conv (its input is raw 0..255 pixels, and on ONNX Runtime's CPU a QDQ Conv whose
+  output is not quantized runs as dequantize + fp32 Conv, slower than fp32).
+- MatMul outputs are not quantized: DQ(x) . DQ(W) + bias is what ONNX Runtime's CPU fuses into one
+  MatMulIntegerToFloat (bias included), and what TensorRT fuses into an int8 GEMM.
+- Activations "s8" (default): symmetric int8, zero point 0, the form TensorRT's explicit quantization reads. ONNX
+  Runtime's x86 CPU kernels want uint8 activations and convert s8 Q/DQ pairs to u8 at load (QDQS8ToU8Transformer),
+  but only for a Q node with a single consumer; q/k/v share one input, and identical Q nodes are merged by ORT's
+  common-subexpression pass, so each of q/k/v gets a dedicated Q/DQ pair whose scale differs by 1-2 ulp
+  (distinct_shared_scales). Measured on ViT-B/32: without it q/k/v stay fp32 with per-run weight dequantization
+  and the model is slower than fp32; with it, as fast as the u8 variant. "u8": asymmetric uint8 (ONNX Runtime only).
+
+Sensitivity: quantize one unit at a time (a transformer layer's six MatMuls, or the projection) with the cached
+calibration ranges, measure the embedding cosine against the fp32 graph on held-out calibration data, and exclude
+the costliest units until the whole model meets the target (the int8 tolerance with margin). Never on eval data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from clip_rt.errors import InputError
+
+METHODS = ("minmax", "entropy", "percentile")
+ACTIVATIONS = ("s8", "u8")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one INT8 artifact is built. Goes into the manifest."""
+
+    method: str = "percentile"  # calibration: "minmax" | "entropy" | "percentile"
+    percentile: float = 99.999  # for "percentile": the |x| percentile taken as the range
+    activations: str = "s8"  # "s8": symmetric int8 (TensorRT + ONNX Runtime) | "u8": asymmetric (ONNX Runtime only)
+    per_channel: bool = True  # one weight scale per output channel
+    sensitivity: bool = True  # run the per-layer search (else exclude only `exclude`)
+    exclude: tuple[str, ...] = ()  # units or node names always kept fp32 (e.g. "projection", "layers.0")
+    max_excluded: int = 6  # the search stops excluding after this many units
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"calibration method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.activations not in ACTIVATIONS:
+            raise ValueError(f"activations {self.activations!r}: choose one of {', '.join(ACTIVATIONS)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": "QDQ", "weights": "int8 symmetric, per-channel" if self.per_channel else "int8 symmetric",
+                "activations": "int8 symmetric" if self.activations == "s8" else "uint8 asymmetric",
+                "calibration": self.method, **({"percentile": self.percentile} if self.method == "percentile" else {}),
+                "quantized_ops": ["MatMul (constant weights)"], "tensorrt_compatible": self.activations == "s8"}
+
+
+def quantizable_units(model_path: Path) -> dict[str, list[str]]:
+    """Unit name -> names of the MatMul nodes with constant weights in it ("layers.K" or the module, e.g. "projection")."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    init = {i.name for i in model.graph.initializer}
+    units: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in init:
+            continue
+        m = re.search(r"layers\.(\d+)/", node.name)
+        unit = f"layers.{int(m.group(1))}" if m else node.name.strip("/").split("/")[0]
+        units.setdefault(unit, []).append(node.name)
+    return units
+
+
+def activation_matmuls(model_path: Path) -> list[str]:
+    """MatMuls of two activations (attention scores and context): never quantized."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    init = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in init]
+
+
+def distinct_shared_scales(path: Path) -> int:
+    """Give every QuantizeLinear that shares its input with another one its own scale, 1-2 ulp apart (see the module
+    docstring: keeps ORT's CSE from merging q/k/v's dedicated pairs, so its S8->U8 pass applies). Returns how many."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    init = {i.name: i for i in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    by_input: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+        if node.op_type == "QuantizeLinear":
+            by_input.setdefault(node.input[0], []).append(node)
+    changed = 0
+    for qs in by_input.values():
+        for k, q in enumerate(qs[1:], start=1):
+            scale = numpy_helper.to_array(init[q.input[1]]).astype(np.float32)
+            for _ in range(k):
+                scale = np.nextafter(scale, np.float32(np.inf))  # relative change ~1e-7: numerically irrelevant
+            name = f"{q.input[1]}_distinct{k}"
+            graph.initializer.append(numpy_helper.from_array(np.asarray(scale, np.float32), name))
+            q.input[1] = name
+            for dq in consumers.get(q.output[0], []):
+                if dq.op_type == "DequantizeLinear":
+                    dq.input[1] = name
+            changed += 1
+    if changed:
+        onnx.save(model, str(path))
+    return changed
+
+
+def quantize(src: Path, dst: Path, recipe: Recipe, cache: Path, reader: Any = None, stride: int = 1,
+             nodes: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> None:
+    """quantize_static with the recipe. The first call (reader given) calibrates and writes `cache`; later calls
+    reuse the cached ranges. nodes: quantize only these (None: every constant-weight MatMul)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    s8 = recipe.activations == "s8"
+    extra: dict[str, Any] = {
+        "ActivationSymmetric": s8, "WeightSymmetric": True, "MatMulConstBOnly": True,
+        "OpTypesToExcludeOutputQuantization": ["MatMul"],  # DQ . DQ + bias -> MatMulIntegerToFloat
+        "DedicatedQDQPair": True,
+        "CalibPercentile": recipe.percentile,
+        # The histogram of symmetric activations is taken on |x| (one bound); asymmetric ranges keep both signs.
+        "CalibTensorRangeSymmetric": s8,
+    }
+    if reader is not None:
+        extra["CalibStridedMinMax"] = stride  # collect ranges `stride` batches at a time (all methods)
+    with _quiet():
+        quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+                        per_channel=recipe.per_channel, reduce_range=False,
+                        activation_type=QuantType.QInt8 if s8 else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_quantize=list(nodes) if nodes else None,
+                        nodes_to_exclude=list(exclude) + activation_matmuls(src),
+                        calibrate_method=methods[recipe.method], extra_options=extra,
+                        calibration_cache_path=str(cache))
+    if s8:
+        distinct_shared_scales(dst)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime.quantization prints progress to stdout and a pre-processing hint through the root logger on every
+    call; the export log says what happens instead."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def embed(path: Path, input_name: str, batches: Sequence[np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {input_name: b})[0] for b in batches])
+
+
+def cosine_stats(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
+    """(mean, min) row cosine."""
+    r = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    g = got / np.linalg.norm(got, axis=1, keepdims=True)
+    cos = np.sum(r.astype(np.float64) * g, axis=1)
+    return float(cos.mean()), float(cos.min())
+
+
+@dataclass
+class SearchResult:
+    """The per-unit costs and what the search excluded."""
+
+    costs: dict[str, dict[str, float]] = field(default_factory=dict)  # unit -> {"mean_cos", "min_cos"} alone
+    excluded: list[str] = field(default_factory=list)  # units kept fp32, in the order they were excluded
+    steps: list[dict[str, Any]] = field(default_factory=list)  # (excluded so far -> whole-model cosines)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        ranked = sorted(self.costs.items(), key=lambda kv: kv[1]["mean_cos"])
+        return {"unit_cost_alone": {u: {k: round(v, 6) for k, v in c.items()} for u, c in ranked},
+                "excluded": self.excluded, "steps": self.steps, "seconds": round(self.seconds, 1)}
+
+
+def search(src: Path, workdir: Path, recipe: Recipe, cache: Path, input_name: str, batches: Sequence[np.ndarray],
+           target_mean: float, target_min: float, log: Callable[[str], None]) -> SearchResult:
+    """Exclude the costliest units until the whole model meets (target_mean, target_min) on `batches`.
+
+    `batches` are held-out calibration inputs; the reference is the fp32 graph itself (= eager within 1e-6).
+    """
+    t0 = time.perf_counter()
+    units = quantizable_units(src)
+    forced = [u for u in recipe.exclude if u in units]
+    forced_nodes = resolve(src, [n for n in recipe.exclude if n not in units])
+    ref = embed(src, input_name, batches)
+    trial = workdir / f"{src.stem}.trial.onnx"
+    result = SearchResult(excluded=list(forced))
+
+    def whole(excluded: list[str]) -> tuple[float, float]:
+        nodes = [n for u in excluded for n in units[u]] + forced_nodes
+        quantize(src, trial, recipe, cache, exclude=nodes)
+        mean, worst = cosine_stats(ref, embed(trial, input_name, batches))
+        result.steps.append({"excluded": list(excluded), "mean_cos": round(mean, 6), "min_cos": round(worst, 6)})
+        log(f"    excluding {excluded or 'nothing'}: mean cosine {mean:.5f}, min {worst:.5f}")
+        return mean, worst
+
+    mean, worst = whole(result.excluded)
+    if recipe.sensitivity:
+        for unit, nodes in units.items():
+            if unit in forced:
+                continue
+            quantize(src, trial, recipe, cache, nodes=[n for n in nodes if n not in forced_nodes] or None)
+            u_mean, u_min = cosine_stats(ref, embed(trial, input_name, batches))
+            result.costs[unit] = {"mean_cos": u_mean, "min_cos": u_min}
+        ranked = sorted(result.costs, key=lambda u: (result.costs[u]["mean_cos"], result.costs[u]["min_cos"]))
+        log(f"    costliest units alone: " + ", ".join(f"{u} {1 - result.costs[u]['mean_cos']:.2e}" for u in ranked[:4]))
+        for unit in ranked:
+            if (mean >= target_mean and worst >= target_min) or len(result.excluded) >= recipe.max_excluded + len(forced):
+                break
+            result.excluded.append(unit)
+            mean, worst = whole(result.excluded)
+    trial.unlink(missing_ok=True)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def resolve(src: Path, names: Sequence[str]) -> list[str]:
+    """Unit names (layers.K, projection) and node names -> node names; an unknown name is an error."""
+    units = quantizable_units(src)
+    import onnx
+
+    nodes = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node}
+    out: list[str] = []
+    for name in names:
+        if name in units:
+            out.extend(units[name])
+        elif name in nodes:
+            out.append(name)
+        else:
+            raise InputError(f"--int8-exclude {name!r} is neither a unit ({', '.join(units)}) nor a node of {src.name}")
+    return list(dict.fromkeys(out))

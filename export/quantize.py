@@ -1,0 +1,255 @@
+"""The fp16 and int8 precision builders (pipeline.PRECISION_BUILDERS) and their command-line options.
+
+    int8: static QDQ (export/int8.py) calibrated on --calib (export/calibration.py), per-layer sensitivity search,
+          or --int8-mode dynamic; gated on evaluation photos/captions that calibration never saw, and on zero-shot
+          top-1 agreement with eager fp32 when --eval names a labeled folder.
+    fp16: onnxruntime.transformers.float16 with LayerNorm, softmax and the final L2 normalization in fp32 and fp32
+          I/O; gated with ONNX Runtime on the CPU here, and on CUDA too where a CUDA provider is present.
+
+Both start from the plain fp32 graphs ({image,text}.onnx), so TensorRT can read the results. Thresholds come from
+clip_rt/tolerances.py; an artifact below them is not written unless --force (recorded in the manifest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from clip_rt.errors import InputError, ValidationFailed
+from clip_rt.tolerances import tolerance
+
+from . import int8 as q8
+
+if TYPE_CHECKING:
+    from .calibration import CalibrationSet
+    from .pipeline import ExportContext
+    from .zeroshot_eval import LabeledSet
+
+# Kept in fp32 by the fp16 builder: normalization, softmax, the final L2 normalization (ReduceL2 + Div), and the
+# integer/index plumbing of the causal mask and EOT pooling.
+FP16_KEEP_FP32 = ("LayerNormalization", "Softmax", "ReduceL2", "Div", "ArgMax", "Range", "Where", "Less", "Expand")
+# The sensitivity search aims this far inside the int8 tolerance (on held-out calibration data), so that the
+# gate on unseen evaluation data has room: target error = SEARCH_MARGIN x allowed error.
+SEARCH_MARGIN = 0.5
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """The builders' settings (ExportOptions.extra); see add_cli_args for what each means."""
+
+    calib: str | None = None  # folder of real photos (+ captions.csv / classes.txt) for INT8 calibration
+    calib_texts: str | None = None  # captions for the text encoder's calibration (txt or CSV with `caption`)
+    calib_images: int = 128  # at most this many calibration photos
+    calib_captions: int = 512  # at most this many calibration captions
+    int8_mode: str = "static"  # "static" (calibrated QDQ) | "dynamic" (activation ranges computed per call)
+    recipe: q8.Recipe = q8.Recipe()
+    eval_labeled: str | None = None  # labeled folder for zero-shot top-1 agreement
+    eval_labeled_images: int = 200  # at most this many of its images
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> "QuantizeOptions":
+        names = {f.name for f in dataclasses.fields(cls)} - {"recipe"}
+        recipe_names = {f.name for f in dataclasses.fields(q8.Recipe)}
+        recipe = q8.Recipe(**{k[5:]: v for k, v in extra.items() if k.startswith("int8_") and k[5:] in recipe_names})
+        return cls(recipe=recipe, **{k: v for k, v in extra.items() if k in names})
+
+
+def add_cli_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("graph optimization, INT8 and FP16")
+    g.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write fp32 graphs fused with ONNX Runtime's transformer fusions (*.opt.onnx)")
+    g.add_argument("--calib", metavar="DIR", default=None,
+                   help="INT8 calibration: folder of real photos (and captions.csv or classes.txt for the text encoder)")
+    g.add_argument("--calib-texts", metavar="FILE", default=None, help="INT8 calibration captions (txt, or CSV with caption)")
+    g.add_argument("--calib-images", type=int, default=128, help="at most this many calibration photos")
+    g.add_argument("--calib-captions", type=int, default=512, help="at most this many calibration captions")
+    g.add_argument("--int8-mode", choices=("static", "dynamic"), default="static",
+                   help="static: calibrated QDQ; dynamic: weights int8, activation ranges computed at run time")
+    g.add_argument("--int8-method", choices=q8.METHODS, default=q8.Recipe.method, help="calibration method")
+    g.add_argument("--int8-percentile", type=float, default=q8.Recipe.percentile, help="for --int8-method percentile")
+    g.add_argument("--int8-activations", choices=q8.ACTIVATIONS, default=q8.Recipe.activations,
+                   help="s8: symmetric int8 (TensorRT and ONNX Runtime); u8: asymmetric uint8 (ONNX Runtime only)")
+    g.add_argument("--int8-exclude", nargs="+", default=[], metavar="UNIT",
+                   help="keep these fp32: units (layers.K, projection) or ONNX node names")
+    g.add_argument("--int8-sensitivity", action=argparse.BooleanOptionalAction, default=True,
+                   help="per-layer sensitivity search: exclude the costliest layers until the target is met")
+    g.add_argument("--eval", dest="eval_labeled", metavar="DIR", default=None,
+                   help="labeled folder (labels.csv + classes.txt) for zero-shot top-1 agreement of int8/fp16")
+
+
+def options_from_cli(args: argparse.Namespace) -> dict[str, Any]:
+    return {"optimize": args.optimize, "calib": args.calib, "calib_texts": args.calib_texts,
+            "calib_images": args.calib_images, "calib_captions": args.calib_captions, "int8_mode": args.int8_mode,
+            "int8_method": args.int8_method, "int8_percentile": args.int8_percentile,
+            "int8_activations": args.int8_activations, "int8_exclude": tuple(args.int8_exclude),
+            "int8_sensitivity": args.int8_sensitivity, "eval_labeled": args.eval_labeled}
+
+
+# -- shared evaluation helpers -------------------------------------------------------------------------------------
+def _labeled(ctx: "ExportContext", opts: QuantizeOptions) -> "LabeledSet | None":
+    if opts.eval_labeled is None:
+        return None
+    cached = getattr(ctx, "_labeled_set", None)
+    if cached is None:
+        from .zeroshot_eval import load_labeled
+
+        pre = ctx.manifest["preprocess"]
+        cached = load_labeled(opts.eval_labeled, pre["image_size"], pre["resize"], opts.eval_labeled_images)
+        ctx._labeled_set = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def _zero_shot_gate(ctx: "ExportContext", opts: QuantizeOptions, precision: str, files: dict[str, Path]) -> None:
+    """Zero-shot top-1 agreement of the (image, text) pair against eager; recorded in both artifacts' parity."""
+    data = _labeled(ctx, opts)
+    if data is None:
+        return
+    from .zeroshot_eval import agreement, eager_embeddings, onnx_embeddings
+
+    if not hasattr(ctx, "_labeled_eager"):
+        pre = ctx.manifest["preprocess"]
+        ctx._labeled_eager = eager_embeddings(ctx.loaded.model, data, ctx.tokenize, pre["mean"], pre["std"])  # type: ignore[attr-defined]
+    result = agreement(ctx._labeled_eager, onnx_embeddings(files["image"], files["text"], data, ctx.tokenize),  # type: ignore[attr-defined]
+                       data.labels)
+    need = tolerance("onnxruntime", precision).top1_agreement
+    result.update(data=data.source, threshold=need)
+    failed = result["top1_agreement"] < need
+    ctx.log(f"  zero-shot top-1 agreement {result['top1_agreement']:.4f} over {result['n']} images, "
+            f"{result['classes']} classes" + (f"  BELOW THRESHOLD {need}" if failed else "  ok"))
+    if failed and not ctx.options.force:
+        raise ValidationFailed(f"{precision} artifacts fail the zero-shot gate (top-1 agreement "
+                               f"{result['top1_agreement']:.4f} < {need} on {data.source}); nothing was written. "
+                               f"Use --force to write them anyway (recorded in the manifest)")
+    for i, a in enumerate(ctx.artifacts):
+        if a.precision == precision and a.file in {p.name for p in files.values()}:
+            ctx.artifacts[i] = dataclasses.replace(a, parity={**a.parity, "zero_shot": result},
+                                                   forced=a.forced or failed)
+
+
+# -- int8 -------------------------------------------------------------------------------------------------------------
+def _calibration(ctx: "ExportContext", opts: QuantizeOptions) -> "CalibrationSet":
+    from .calibration import load_calibration
+
+    if opts.calib is None:
+        raise InputError("--precision int8 (static) needs calibration photos: pass --calib DIR (a folder of real "
+                         "photos, with captions.csv or classes.txt or --calib-texts for the text encoder), or use "
+                         "--int8-mode dynamic")
+    if ctx.eval_crops_source == "synthetic":
+        raise InputError("--precision int8 is validated on real photos that calibration never saw: pass "
+                         "--eval-images DIR (it may be the --calib folder; the images it picks are then left out "
+                         "of calibration)")
+    pre = ctx.manifest["preprocess"]
+    labeled = _labeled(ctx, opts)
+    held = list(ctx.eval_crops) + (list(labeled.crops) if labeled is not None else [])
+    return load_calibration(opts.calib, opts.calib_texts, pre["image_size"], pre["resize"], held, ctx.eval_texts,
+                            opts.calib_images, opts.calib_captions)
+
+
+def _static_int8(ctx: "ExportContext", opts: QuantizeOptions, encoder: str, data: "CalibrationSet",
+                 src: Path, dst: Path) -> dict[str, Any]:
+    from .calibration import image_batches, reader_for
+
+    recipe = opts.recipe
+    calib, held_out = data.split(16, 64) if recipe.sensitivity else (data, None)
+    name = ctx.contract(encoder).input.name
+    reader, stride = reader_for(encoder, name, calib, ctx.tokenize)
+    cache = ctx.workdir / f"calib.{encoder}.{recipe.method}.json"
+    t0 = time.perf_counter()
+    q8.quantize(src, dst, recipe, cache, reader=reader, stride=stride)
+    ctx.log(f"  calibrated {encoder} ranges ({recipe.method}, {len(reader)} batches, {time.perf_counter() - t0:.1f} s)")
+    tol = tolerance("onnxruntime", "int8")
+    record: dict[str, Any] = {"recipe": recipe.to_json(), "calibration": calib.to_json()}
+    if held_out is not None:
+        batches = (image_batches(held_out.crops) if encoder == "image"
+                   else [ctx.tokenize(held_out.texts[i:i + 8], False) for i in range(0, len(held_out.texts), 8)])
+        target_mean = 1 - SEARCH_MARGIN * (1 - tol.mean_cosine)
+        target_min = 1 - SEARCH_MARGIN * (1 - tol.min_cosine)
+        ctx.log(f"  sensitivity search for {encoder} (target mean {target_mean:.4f}, min {target_min:.3f} on "
+                f"{sum(len(b) for b in batches)} held-out calibration inputs)")
+        result = q8.search(src, ctx.workdir, recipe, cache, name, batches, target_mean, target_min, ctx.log)
+        record["sensitivity"] = {**result.to_json(), "target": {"mean_cos": target_mean, "min_cos": target_min},
+                                 "held_out": {"images": int(len(held_out.crops)), "texts": len(held_out.texts)}}
+        excluded = q8.resolve(src, [*result.excluded, *[n for n in recipe.exclude if n not in result.excluded]])
+    else:
+        excluded = q8.resolve(src, recipe.exclude)
+    if excluded:
+        q8.quantize(src, dst, recipe, cache, exclude=excluded)
+    record["excluded_nodes"] = excluded
+    record["kept_fp32"] = ["patch-embedding Conv", "attention score/context MatMuls", "LayerNorm", "softmax",
+                           "QuickGELU", "final L2 normalization"] + [f"{n}" for n in excluded]
+    return record
+
+
+def _dynamic_int8(src: Path, dst: Path, recipe: q8.Recipe) -> dict[str, Any]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    exclude = q8.resolve(src, recipe.exclude) + q8.activation_matmuls(src)
+    with q8._quiet():
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=recipe.per_channel,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+    return {"recipe": {"format": "dynamic (MatMulInteger / DynamicQuantizeMatMul)", "weights": "int8 per-channel",
+                       "activations": "uint8, range computed per call", "tensorrt_compatible": False},
+            "excluded_nodes": exclude}
+
+
+def build_int8(ctx: "ExportContext") -> None:
+    opts = QuantizeOptions.from_extra(ctx.options.extra)
+    data = _calibration(ctx, opts) if opts.int8_mode == "static" else None
+    if data is not None:
+        ctx.log(f"  calibration data: {data.images_source} ({data.dropped_images} left out as evaluation images), "
+                f"{len(data.texts)} texts from {data.texts_source} ({data.dropped_texts} left out)")
+    files = {}
+    for encoder in ("image", "text"):
+        src, dst = ctx.workdir / f"{encoder}.onnx", ctx.workdir / f"{encoder}.int8.onnx"
+        t0 = time.perf_counter()
+        record = _static_int8(ctx, opts, encoder, data, src, dst) if data is not None else \
+            _dynamic_int8(src, dst, opts.recipe)
+        record["build_seconds"] = round(time.perf_counter() - t0, 1)
+        ctx.log(f"  quantized {encoder} encoder to {dst.name} ({dst.stat().st_size / 2**20:.1f} MiB, "
+                f"{record['build_seconds']} s; fp32 kept: {len(record['excluded_nodes'])} extra nodes)")
+        ctx.gate(dst, encoder, "int8", extra={"quantization": record})
+        files[encoder] = dst
+    _zero_shot_gate(ctx, opts, "int8", files)
+
+
+# -- fp16 -------------------------------------------------------------------------------------------------------------
+def build_fp16(ctx: "ExportContext") -> None:
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from . import validate
+
+    opts = QuantizeOptions.from_extra(ctx.options.extra)
+    gpu = "CUDAExecutionProvider" in ort.get_available_providers()
+    files = {}
+    for encoder in ("image", "text"):
+        src, dst = ctx.workdir / f"{encoder}.onnx", ctx.workdir / f"{encoder}.fp16.onnx"
+        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=list(FP16_KEEP_FP32))
+        onnx.save(model, str(dst))
+        ctx.log(f"  converted {encoder} encoder to {dst.name} ({dst.stat().st_size / 2**20:.1f} MiB)")
+        record: dict[str, Any] = {"fp16": {"kept_fp32_ops": list(FP16_KEEP_FP32), "io": "float32 in/out",
+                                           "converter": "onnxruntime.transformers.float16"}}
+        if gpu:
+            contract = ctx.contract(encoder)
+            got = validate.run_onnx(dst, contract.input.name, ctx.batches(encoder), ("CUDAExecutionProvider",))
+            parity = validate.compare(ctx.eager(encoder), got, "CUDAExecutionProvider")
+            fails = parity.failures(tolerance("onnxruntime", "fp16"))
+            record["validation"] = {"cpu": "onnxruntime CPUExecutionProvider (parity above)",
+                                    "gpu": {**parity.to_json(), "passed": not fails}}
+            if fails and not ctx.options.force:
+                raise ValidationFailed(f"{encoder} fp16 fails its gate on CUDA ({'; '.join(fails)}); nothing was "
+                                       f"written. Use --force to write it anyway")
+        else:
+            record["validation"] = {"cpu": "onnxruntime CPUExecutionProvider (parity above)",
+                                    "gpu": "not run: no CUDAExecutionProvider on the exporting machine"}
+        ctx.gate(dst, encoder, "fp16", extra=record)
+        files[encoder] = dst
+    _zero_shot_gate(ctx, opts, "fp16", files)
+
+
+BUILDERS: dict[str, Callable[["ExportContext"], None]] = {"int8": build_int8, "fp16": build_fp16}
