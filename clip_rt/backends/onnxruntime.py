@@ -10,7 +10,7 @@ documented as safe to call from several threads at once, so no lock is taken her
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from ..contract import EncoderContract, check_precision
 from ..errors import BackendUnavailable, InputError
+from ..ort_options import SessionTuning, make_session_options, warm_up
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -39,6 +40,8 @@ class SessionConfig:
     device_id: int = 0  # GPU ordinal for the CUDA / TensorRT providers
     trt_cache_dir: str | None = None  # TensorRT EP engine cache folder (engines take minutes to build)
     log_severity: int = 3  # 0 verbose .. 4 fatal; 3 keeps ONNX Runtime's warnings off stderr
+    # Spinning, arena, pre-packing, graph level, warm-up (clip_rt/ort_options.py); threads/log_severity above win.
+    tuning: SessionTuning = SessionTuning()
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -82,12 +85,9 @@ def make_session(path: str | Path, config: SessionConfig) -> "ort.InferenceSessi
     if missing:
         raise BackendUnavailable(f"ONNX Runtime {ort.__version__} here has no {', '.join(missing)} (available: "
                                  f"{', '.join(available)}); {GPU_HINT}")
-    options = ort.SessionOptions()
-    options.log_severity_level = config.log_severity
-    if config.threads is not None:
-        if config.threads < 1:
-            raise InputError(f"threads must be >= 1, got {config.threads}")
-        options.intra_op_num_threads = config.threads
+    if config.threads is not None and config.threads < 1:
+        raise InputError(f"threads must be >= 1, got {config.threads}")
+    options = make_session_options(replace(config.tuning, threads=config.threads, log_severity=config.log_severity))
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:  # ONNX Runtime raises its own exception types (Fail, RuntimeException, ...)
@@ -116,13 +116,16 @@ class OnnxRuntimeBackend:
         self._files: dict[str, Path] = {}
         self._sessions: dict[str, Any] = {}
         for encoder in ("image", "text"):
-            path = package.path(package.artifact(encoder, precision, "onnxruntime"))  # sha256-verified
+            # TensorRT EP: the portable graph (fused com.microsoft ops would fall back to CUDA kernels).
+            artifact = package.artifact(encoder, precision, "onnxruntime", portable=config.provider == "tensorrt")
+            path = package.path(artifact)  # sha256-verified
             session = make_session(path, config)
             contract = self._contracts[encoder]
             names = [i.name for i in session.get_inputs()]
             if names != [contract.input.name]:
                 raise BackendUnavailable(f"{path} has inputs {names}, expected [{contract.input.name!r}]; "
                                          f"re-export the package with this clip-rt version")
+            warm_up(session, contract, config.tuning.warmup)
             self._files[encoder] = path
             self._sessions[encoder] = session
 
@@ -143,6 +146,7 @@ class OnnxRuntimeBackend:
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "precision": self.precision, "device": self.device,
                 "providers": self._sessions["image"].get_providers(), "threads": self.config.threads,
+                "tuning": replace(self.config.tuning, threads=self.config.threads).to_json(),
                 "files": {e: p.name for e, p in self._files.items()}}
 
     def close(self) -> None:
@@ -153,7 +157,8 @@ def open_backend(package: "Package", precision: str = "fp32", device: str = "cpu
                  provider: str | None = None, **options: Any) -> OnnxRuntimeBackend:
     """ONNX Runtime on `device` ("cpu", "cuda", "cuda:N"); provider="tensorrt" selects the TensorRT EP on a GPU.
 
-    Extra keyword options are SessionConfig fields. Raises BackendUnavailable, naming the fix, when the
+    Extra keyword options are SessionConfig fields or SessionTuning fields (spinning, prepacking, memory_arena,
+    memory_pattern, graph_level, denormal_as_zero, warmup). Raises BackendUnavailable, naming the fix, when the
     requested provider is not installed or does not start.
     """
     kind, device_id = parse_device(device)
@@ -167,8 +172,10 @@ def open_backend(package: "Package", precision: str = "fp32", device: str = "cpu
         from ..fsutil import cache_dir
 
         options["trt_cache_dir"] = str(cache_dir() / "ort-tensorrt")
+    tuning_names = set(SessionTuning.fields()) - {"threads", "log_severity"}
+    tuning = SessionTuning(**{k: options.pop(k) for k in list(options) if k in tuning_names})
     unknown = set(options) - set(SessionConfig.__dataclass_fields__)
     if unknown:
         raise InputError(f"unknown onnxruntime option(s): {', '.join(sorted(unknown))}")
-    config = SessionConfig(threads=threads, provider=provider, device_id=device_id, **options)
+    config = SessionConfig(threads=threads, provider=provider, device_id=device_id, tuning=tuning, **options)
     return OnnxRuntimeBackend(package, precision, device, config)
