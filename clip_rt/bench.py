@@ -449,6 +449,15 @@ class Run:
                 "parity_ok": ok, "notes": self.notes.get(key, "")}
 
 
+def _cpu_seconds() -> float | None:
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return None
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, Any]:
     """Run the matrix; returns {"machine", "config", "methods", "cells", "rows", "skipped", "phases", ...}
     (row keys: clip_rt.bench_report.ROW_SCHEMA). Progress and skipped cells go to `log` (stderr)."""
@@ -457,7 +466,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     from .bench_report import check_document, machine_info
 
     t0 = time.perf_counter()
-    phases: dict[str, float] = {}  # wall seconds per phase, for planning runs (parity_s is inside model/e2e)
+    phases: dict[str, float | None] = {}  # wall seconds per phase, for planning runs (parity_s is inside model/e2e)
 
     def phase(name: str, start: float) -> float:
         now = time.perf_counter()
@@ -477,6 +486,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
         memory = probe_all(cfg, list(run.jobs), run.skipped, log)
         t = phase("memory_s", t)
     phases["parity_s"] = round(run.parity_s, 1)
+    cpu = _cpu_seconds()
+    phases["cpu_s"] = None if cpu is None else round(cpu, 1)  # user + system, this process and its memory probes
     rows = [run.row(k, memory) for k in run.jobs]
     cells = [{"backend": c.backend, "precision": c.precision, "device": cfg.device, "timed": c.timed,
               "load_s": round(c.load_s, 3), "describe": c.model.backend.describe()} for c in run.cells]

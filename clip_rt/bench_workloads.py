@@ -192,6 +192,7 @@ class Tutorial:
                 self.loaded_with = f"CLIPModel.from_pretrained({where!r})"
         except (OSError, ValueError) as e:
             raise BackendUnavailable(f"transformers cannot load {where} for the end-to-end reference: {e}") from e
+        self.loaded_with += f", {type(self.processor.image_processor).__name__}"
         self._torch = torch
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
