@@ -364,7 +364,7 @@ class Run:
             self.skip("end-to-end mode", f"{why}; end-to-end mode classifies the image files of a --data folder "
                                          f"against the names in its classes.txt", mode="end-to-end")
             return
-        targets: list[tuple[Key, Any, Cell | None]] = []  # (key without batch, target, cell)
+        targets: list[tuple[Key, Any]] = []  # (row key at batch 0, Tutorial or ZeroShotClassifier)
         tutorial = None
         if self.reference is not None:
             try:
@@ -375,9 +375,9 @@ class Run:
             if c.backend == "torch":
                 if tutorial is not None:
                     for v in ("tutorial", "tutorial-cached-text"):
-                        targets.append((Key("end-to-end", "zeroshot", "torch", "fp32", 0, variant=v), tutorial, c))
+                        targets.append((Key("end-to-end", "zeroshot", "torch", "fp32", 0, variant=v), tutorial))
                 continue
-            targets.append((Key("end-to-end", "zeroshot", c.backend, c.precision, 0), wl.classifier(c.model, ds.classes), c))
+            targets.append((Key("end-to-end", "zeroshot", c.backend, c.precision, 0), wl.classifier(c.model, ds.classes)))
         self.tutorial = tutorial
         self._timed_parity(self._e2e_parity, targets, tutorial)
         attn = f"; {tutorial.loaded_with}, attn_implementation={tutorial.attn}" if tutorial else ""
@@ -390,7 +390,7 @@ class Run:
                       f"as its cache does), not timed"}
         for b in self.cfg.batch_sizes:
             jobs = []
-            for base, target, _ in targets:
+            for base, target in targets:
                 key = Key(base.mode, base.encoder, base.backend, base.precision, b, variant=base.variant)
                 jobs.append(Job(key, wl.e2e_call(target, key, self.inputs.files)))
                 self.notes[key] = note[base.variant]
@@ -398,12 +398,13 @@ class Run:
                     self.parity[key] = self.parity[base]
             self.measure(f"end-to-end b{b}", jobs)
 
-    def _e2e_parity(self, targets: list[tuple[Key, Any, Cell | None]], tutorial: Any) -> None:
+    def _e2e_parity(self, targets: list[tuple[Key, Any]], tutorial: Any) -> None:
+        """Image embeddings and top-1 labels of the first parity files against the tutorial's."""
         if tutorial is None:
             return
         files = self.inputs.files[: self.cfg.parity_items]
         ref_emb, ref_top1 = wl.e2e_outputs(tutorial, "tutorial", files)
-        for base, target, _ in targets:
+        for base, target in targets:
             emb, top1 = (ref_emb, ref_top1) if base.variant == "tutorial" else wl.e2e_outputs(target, base.variant, files)
             self._store([base], ref_emb, emb, ref_top1, top1)
 
