@@ -211,13 +211,15 @@ class ClipModel:
 
 
 def load(package: str | os.PathLike | Package, backend: str = "onnxruntime", precision: str = "fp32",
-         device: str = "cpu", threads: int | None = None, **options: Any) -> ClipModel:
+         device: str | None = None, threads: int | None = None, **options: Any) -> ClipModel:
     """Open a model package for inference.
 
     backend: "onnxruntime" (default; CPU, or CUDA / TensorRT execution providers on device="cuda", the latter
         with provider="tensorrt"), "tensorrt" (GPU engines) or "torch" (eager transformers, the reference; needs
         the export extra). A backend, device or precision that cannot run raises BackendUnavailable: there
         is never a silent fallback.
+    device: "cpu", "cuda" or "cuda:N"; None (default) is the backend's natural device: "cuda" for tensorrt,
+        "cpu" for onnxruntime and torch.
     threads: intra-op threads (onnxruntime: per session; torch: torch.set_num_threads, process-global).
     options: backend-specific settings (e.g. provider="tensorrt" for onnxruntime).
     """

@@ -29,7 +29,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="onnxruntime",
                    help="inference backend (torch: the eager transformers reference, needs clip-rt[export])")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="artifact precision")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: the backend's own device: cuda for tensorrt, else cpu)")
     p.add_argument("--provider", choices=("cuda", "tensorrt"), default=None,
                    help="onnxruntime execution provider on a GPU (default with --device cuda: cuda)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the backend's choice)")
