@@ -225,9 +225,10 @@ def search(src: Path, workdir: Path, recipe: Recipe, cache: Path, input_name: st
     mean, worst = whole(result.excluded)
     if recipe.sensitivity:
         for unit, nodes in units.items():
-            if unit in forced:
+            alone = [n for n in nodes if n not in forced_nodes]
+            if unit in forced or not alone:
                 continue
-            quantize(src, trial, recipe, cache, nodes=[n for n in nodes if n not in forced_nodes] or None)
+            quantize(src, trial, recipe, cache, nodes=alone)
             u_mean, u_min = cosine_stats(ref, embed(trial, input_name, batches))
             result.costs[unit] = {"mean_cos": u_mean, "min_cos": u_min}
         ranked = sorted(result.costs, key=lambda u: (result.costs[u]["mean_cos"], result.costs[u]["min_cos"]))

@@ -119,11 +119,15 @@ def _zero_shot_gate(ctx: "ExportContext", opts: QuantizeOptions, precision: str,
     result.update(data=data.source, threshold=need)
     failed = result["top1_agreement"] < need
     ctx.log(f"  zero-shot top-1 agreement {result['top1_agreement']:.4f} over {result['n']} images, "
-            f"{result['classes']} classes" + (f"  BELOW THRESHOLD {need}" if failed else "  ok"))
+            f"{result['classes']} classes (eager median top-1 margin {result['median_top1_margin_eager']:.3g})"
+            + (f"  BELOW THRESHOLD {need}" if failed else "  ok"))
     if failed and not ctx.options.force:
+        hint = (" With random weights the eager top-1 margins are tiny, so any perturbation flips labels: this gate "
+                "is meaningful only for trained weights." if ctx.loaded.source.get("random_init") else "")
         raise ValidationFailed(f"{precision} artifacts fail the zero-shot gate (top-1 agreement "
-                               f"{result['top1_agreement']:.4f} < {need} on {data.source}); nothing was written. "
-                               f"Use --force to write them anyway (recorded in the manifest)")
+                               f"{result['top1_agreement']:.4f} < {need} on {data.source}, eager median top-1 margin "
+                               f"{result['median_top1_margin_eager']:.3g}); nothing was written.{hint} Use --force "
+                               f"to write them anyway (recorded in the manifest)")
     for i, a in enumerate(ctx.artifacts):
         if a.precision == precision and a.file in {p.name for p in files.values()}:
             ctx.artifacts[i] = dataclasses.replace(a, parity={**a.parity, "zero_shot": result},
