@@ -11,6 +11,7 @@ The model holds no per-call state, so one model may serve several threads at onc
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, Union
@@ -20,7 +21,7 @@ import numpy as np
 from .errors import BackendUnavailable, ImageError, InputError
 from .package import Package
 from .preprocess import PreprocessConfig, iter_image_files, open_image, prepare_batch
-from .tokenizer import Tokenizer
+from .tokenizer import TextTruncatedWarning, Tokenizer, truncation_message
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -171,7 +172,15 @@ class ClipModel:
     # -- texts -------------------------------------------------------------------------------------------
     def encode_texts(self, texts: str | Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Texts -> float32 [N, D], L2-normalized, in input order. Texts longer than the context are cut
-        (keeping the end-of-text token), as CLIP's tokenizer does."""
+        (keeping the end-of-text token), as CLIP's tokenizer does, with one TextTruncatedWarning per call."""
+        out, cut = self.encode_texts_counted(texts, batch_size)
+        if cut:
+            warnings.warn(truncation_message(cut, len(out), self.tokenizer.context_length), TextTruncatedWarning,
+                          stacklevel=2)
+        return out
+
+    def encode_texts_counted(self, texts: str | Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, int]:
+        """encode_texts() without the warning: (float32 [N, D], how many texts were cut)."""
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
@@ -181,15 +190,17 @@ class ClipModel:
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         out = np.empty((len(texts), self.embed_dim), dtype=np.float32)  # [N, D]
+        cut = 0
         for chunk in _batches(len(texts), TEXT_CHUNK):
-            ids = self.tokenizer.encode(texts[chunk])  # [n, L] int32, padded with EOT to the chunk's longest
+            ids, n_cut = self.tokenizer.encode_counted(texts[chunk])  # [n, L] int32, EOT-padded to the chunk's longest
+            cut += n_cut
             lengths = (ids == self.tokenizer.eos_id).argmax(axis=1) + 1  # [n] tokens up to and including the first EOT
             order = np.argsort(lengths, kind="stable")
             for b in _batches(len(order), batch_size):
                 rows = order[b]
                 batch = np.ascontiguousarray(ids[rows, : int(lengths[rows].max())])  # [b, l] int32
                 out[chunk.start + rows] = self.backend.encode_texts(batch)  # [b, D]
-        return out
+        return out, cut
 
     # -- both ----------------------------------------------------------------------------------------------
     def similarity(self, images: ImageInput | Sequence[ImageInput], texts: str | Sequence[str]) -> np.ndarray:

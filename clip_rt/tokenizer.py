@@ -34,6 +34,12 @@ class TextTruncatedWarning(UserWarning):
     """Some texts of an encode() call were longer than the context length and were cut."""
 
 
+def truncation_message(cut: int, total: int, context_length: int, what: str = "texts") -> str:
+    """The TextTruncatedWarning text: one per call, however many texts were cut."""
+    return (f"{cut} of {total} {what} were longer than the {context_length}-token context and were cut "
+            f"(the end-of-text token is kept)")
+
+
 class Tokenizer:
     """Texts -> token ids for CLIP's text encoder.
 
@@ -82,6 +88,14 @@ class Tokenizer:
         """A list of texts -> int32 [B, L]: BOS, tokens, EOS, then pad_id up to L, the longest in the batch
         (L <= context_length; an empty list gives [0, 0]). Texts that had to be cut are counted in one
         TextTruncatedWarning per call. A single str raises TypeError (wrap it in a list)."""
+        ids, cut = self.encode_counted(texts)
+        if cut:
+            warnings.warn(truncation_message(cut, len(ids), self.context_length), TextTruncatedWarning, stacklevel=2)
+        return ids
+
+    def encode_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        """encode() without the warning: (int32 [B, L] ids, how many texts were cut), for callers that tokenize
+        in several pieces and warn once for the whole."""
         if isinstance(texts, (str, bytes)):
             raise TypeError("Tokenizer.encode takes a list of texts, not a single string; use encode([text])")
         texts = list(texts)
@@ -89,7 +103,7 @@ class Tokenizer:
             if not isinstance(t, str):
                 raise TypeError(f"Tokenizer.encode: text {i} is {type(t).__name__}, not str: {t!r:.60}")
         if not texts:
-            return np.zeros((0, 0), dtype=np.int32)  # [0, 0]
+            return np.zeros((0, 0), dtype=np.int32), 0  # [0, 0]
         try:
             encodings = self._tok.encode_batch(texts, add_special_tokens=True)
         except TypeError:
@@ -99,10 +113,7 @@ class Tokenizer:
         for row, e in enumerate(encodings):
             ids[row, : len(e.ids)] = e.ids
         cut = sum(1 for e in encodings if e.overflowing)
-        if cut:
-            warnings.warn(f"{cut} of {len(texts)} texts were longer than the {self.context_length}-token context and "
-                          f"were cut (the end-of-text token is kept)", TextTruncatedWarning, stacklevel=2)
-        return ids
+        return ids, cut
 
     __call__ = encode
 

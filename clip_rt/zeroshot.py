@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
@@ -30,6 +31,7 @@ import numpy as np
 from .errors import ImageError, InputError
 from .fsutil import atomic_write_bytes
 from .fsutil import cache_dir as default_cache_dir
+from .tokenizer import TextTruncatedWarning, truncation_message
 
 if TYPE_CHECKING:
     from .model import ClipModel, ImageInput
@@ -231,12 +233,17 @@ class ZeroShotClassifier:
         templates = self.templates
         per_chunk = max(1, PROMPTS_PER_CHUNK // len(templates))
         out = np.empty((len(self.labels), self.model.embed_dim), dtype=np.float32)  # [C, D]
+        cut = 0
         for start in range(0, len(self.labels), per_chunk):
             chunk = self.labels[start: start + per_chunk]
             prompts = [t.replace("{}", label) for t in templates for label in chunk]  # template-major
-            emb = self.model.encode_texts(prompts, batch_size=self.text_batch_size)  # [T * c, D]
+            emb, n_cut = self.model.encode_texts_counted(prompts, batch_size=self.text_batch_size)  # [T * c, D]
+            cut += n_cut
             mean = emb.reshape(len(templates), len(chunk), -1).mean(axis=0)  # [c, D]
             out[start: start + len(chunk)] = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+        if cut:  # one warning for the whole label set, however many chunks it took
+            warnings.warn(truncation_message(cut, len(self.labels) * len(templates), self.model.tokenizer.context_length,
+                                             "prompts"), TextTruncatedWarning, stacklevel=2)
         return out
 
     # -- scoring ------------------------------------------------------------------------------------------
