@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable, TextIO
 
 from ..errors import ClipRtError
 
@@ -36,11 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(command: str) -> Callable[..., None]:
+    """A warnings.showwarning that prints `clip-rt CMD: warning: MESSAGE` (no file, line or source line)."""
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        print(f"clip-rt {command}: warning: {message}", file=sys.stderr if file is None else file)
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        with warnings.catch_warnings():  # restores the caller's warning display on return
+            warnings.showwarning = _one_line_warnings(args.command)
+            return int(args.handler(args) or 0)
     except ClipRtError as e:
         print(f"clip-rt {args.command}: error: {e}", file=sys.stderr)
         return 2
