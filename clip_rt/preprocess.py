@@ -174,11 +174,39 @@ def _load(img: Image.Image, label: str) -> Image.Image:
     return img
 
 
+def _unsupported_format(fp: Any) -> str | None:
+    """The name of a known image/document format Pillow cannot decode, from the file's first bytes, or None."""
+    try:
+        fp.seek(0)
+        head = fp.read(256)
+    except (OSError, AttributeError, ValueError):
+        return None
+    if not isinstance(head, bytes):
+        return None
+    if head[4:8] == b"ftyp":  # ISO base media file: the brand names the codec
+        brand = head[8:12]
+        if brand in (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"):
+            return "HEIF/HEIC"
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
+    if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")):
+        return "JPEG XL"
+    if head.startswith(b"%PDF-"):
+        return "PDF"
+    if head.lstrip().startswith(b"<svg") or (head.lstrip().startswith(b"<?xml") and b"<svg" in head):
+        return "SVG"
+    return None
+
+
 def _decode(fp: Any, label: str, max_pixels: int) -> Image.Image:
     """Header, size check, then pixels. Every failure becomes an ImageError with a human reason."""
     try:
         img = Image.open(fp)
     except UnidentifiedImageError:
+        kind = _unsupported_format(fp)
+        if kind is not None:
+            raise ImageError(label, f"unsupported image format: {kind} (Pillow cannot decode it; convert the file "
+                                    f"to JPEG or PNG)") from None
         raise ImageError(label, "not an image (cannot identify format)") from None
     except Image.DecompressionBombError as e:
         # Pillow refuses on its own above 2 * PIL.Image.MAX_IMAGE_PIXELS, a process-wide setting left untouched
