@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 FORMAT = "clip-rt-index"
 FORMAT_VERSION = 1
 HEADER, EMBEDDINGS, FILES = "header.json", "embeddings.npy", "files.json"
+STAGED = ".new"  # suffix of a data file written by save() before its header commits it
 
 
 class IndexFileError(ClipRtError):
@@ -105,19 +106,25 @@ class ImageIndex:
 
     # -- saving and loading ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the index folder. Each file is replaced atomically, and the header (written last) holds the
-        sha256 of the other two, so a reader sees a consistent index or a clear error, never a mix."""
+        """Write the index folder so that a crash at any point leaves the old index or the new one, whole.
+
+        The data files are first staged as EMBEDDINGS.new / FILES.new (each written atomically), then the header
+        (holding their sha256) replaces the old one atomically: that is the commit point. Then the staged files
+        are renamed into place. A reader whose header does not match the data files uses the staged ones when
+        they match (a save interrupted after its commit), else refuses the index."""
         root = Path(path)
         if root.exists() and not root.is_dir():
             raise InputError(f"{root} exists and is not a folder; choose another index path")
         emb = _npy_bytes(self.embeddings)
         files = (json.dumps(self.files, ensure_ascii=False) + "\n").encode("utf-8")
-        atomic_write_bytes(root / EMBEDDINGS, emb)
-        atomic_write_bytes(root / FILES, files)
+        atomic_write_bytes(root / (EMBEDDINGS + STAGED), emb)
+        atomic_write_bytes(root / (FILES + STAGED), files)
         header = {"format": FORMAT, "format_version": FORMAT_VERSION, "count": len(self), "dim": self.dim,
                   "dtype": "float32", **self.info, "embeddings_sha256": sha256_bytes(emb),
                   "files_sha256": sha256_bytes(files), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         atomic_write_json(root / HEADER, header)
+        os.replace(root / (EMBEDDINGS + STAGED), root / EMBEDDINGS)
+        os.replace(root / (FILES + STAGED), root / FILES)
         return root
 
     @classmethod
@@ -135,16 +142,21 @@ class ImageIndex:
         if not isinstance(header.get("format_version"), int) or header["format_version"] > FORMAT_VERSION:
             raise IndexFileError(f"{root} has index format version {header.get('format_version')}, newer than this "
                                  f"clip-rt reads ({FORMAT_VERSION}); upgrade clip-rt or rebuild the index")
+        data: dict[str, Path] = {}
         for name, key in ((EMBEDDINGS, "embeddings_sha256"), (FILES, "files_sha256")):
-            p = root / name
+            p, staged = root / name, root / (name + STAGED)
+            if staged.is_file() and sha256_file(staged) == header.get(key):
+                data[name] = staged  # a save that committed its header but crashed before renaming this file
+                continue
             if not p.is_file():
                 raise IndexFileError(f"{p} is missing; rebuild the index")
             if sha256_file(p) != header.get(key):
                 raise IndexFileError(f"{p} does not match the checksum in {HEADER} (truncated, corrupt or edited); "
                                      f"rebuild the index")
+            data[name] = p
         try:
-            emb = np.load(root / EMBEDDINGS, allow_pickle=False)
-            files = json.loads((root / FILES).read_text(encoding="utf-8"))
+            emb = np.load(data[EMBEDDINGS], allow_pickle=False)
+            files = json.loads(data[FILES].read_text(encoding="utf-8"))
         except (OSError, ValueError, EOFError) as e:
             raise IndexFileError(f"{root} cannot be read ({e}); rebuild the index") from None
         count, dim = header.get("count"), header.get("dim")
