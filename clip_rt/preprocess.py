@@ -50,7 +50,8 @@ RESCALE = 1.0 / 255.0  # uint8 -> [0, 1], applied inside the model graph
 DEFAULT_MAX_PIXELS = 89_478_485
 # File name endings picked up when a folder is expanded (explicitly named files are taken whatever their name).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif", ".tif",
-                              ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".avif"})
+                              ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".avif",
+                              ".heic", ".heif", ".jxl"})  # the last three: picked up to be reported as unsupported
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,8 @@ def parse_labels(args: argparse.Namespace) -> list[str]:
 
     labels = read_labels_file(args.labels_file) if args.labels_file else \
         [x.strip() for x in args.labels.split(",") if x.strip()]
+    if not labels and args.labels_file:
+        raise InputError(f"labels file {args.labels_file} has no labels (it needs one label per line)")
     if not labels:
         raise InputError("no labels given (--labels a,b,c or --labels-file FILE)")
     return labels
