@@ -43,15 +43,26 @@ def add_verbose_arg(p: argparse.ArgumentParser) -> None:
                    help="log what happens (backend, text-embedding cache hits) on stderr")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record (not the one at creation), so that
+    main() called repeatedly in one process (tests, notebooks) never logs into a stale stream."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup_logging(verbose: bool) -> None:
     """clip_rt's log lines go to stderr: INFO with --verbose, warnings always."""
     logger = logging.getLogger("clip_rt")
-    if not any(getattr(h, "_clip_rt_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._clip_rt_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
-        logger.propagate = False
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
