@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -67,8 +66,7 @@ def showcase(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict:
     photos = labelled_images(data_dir, "caltech101")[0][::45][:20]
     assert len(photos) == 20
     (root / "photos").mkdir()
-    good = [shutil.copyfile(f, root / "photos" / Path(f).name) for f in photos]
-    good = [str(g) for g in good]
+    good = [str(shutil.copyfile(f, root / "photos" / Path(f).name)) for f in photos]
     pixels = faults.load_rgb(photos[3])
     tricky = faults.write_files(root / "tricky", faults.tricky_images(pixels))
     broken = faults.broken_images(Path(photos[0]).read_bytes())
