@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"q2 {m['q2']:.1f}, q3 {m['q3']:.1f}, end {m['q4']:.1f} MiB; growth q2->end "
                   f"{r['growth_last_half_mb']:+.2f} MiB (bound {r['max_growth_mb']}); peak so far {r['peak_rss_mb']:.1f} MiB; "
                   f"{r['ms_per_call']:.2f} ms/call; {'flat' if r['flat'] else 'NOT FLAT'}")
-        print(f"peak RSS (ru_maxrss) {doc['peak_rss_mb']:.1f} MiB; {'flat' if doc['flat'] else 'NOT FLAT'}")
+        print(f"peak RSS (VmHWM) {doc['peak_rss_mb']:.1f} MiB; {'flat' if doc['flat'] else 'NOT FLAT'}")
     return 0 if doc["flat"] else 1
 
 
