@@ -130,8 +130,7 @@ def load_calibration(calib_dir: str | Path, calib_texts: str | Path | None, imag
     eval_set = set(eval_texts)
     kept = [t for t in dict.fromkeys(texts) if t not in eval_set]
     dropped_texts = len(dict.fromkeys(texts)) - len(kept)
-    return CalibrationSet(np.stack(crops), _spread(kept, max_texts), f"{len(crops)} images from {folder}",
-                          texts_source, dropped, dropped_texts)
+    return CalibrationSet(np.stack(crops), _spread(kept, max_texts), str(folder), texts_source, dropped, dropped_texts)
 
 
 class BatchReader:

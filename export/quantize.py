@@ -204,7 +204,8 @@ def build_int8(ctx: "ExportContext") -> None:
     opts = QuantizeOptions.from_extra(ctx.options.extra)
     data = _calibration(ctx, opts) if opts.int8_mode == "static" else None
     if data is not None:
-        ctx.log(f"  calibration data: {data.images_source} ({data.dropped_images} left out as evaluation images), "
+        ctx.log(f"  calibration data: {len(data.crops)} images from {data.images_source} ({data.dropped_images} left "
+                f"out as evaluation images), "
                 f"{len(data.texts)} texts from {data.texts_source} ({data.dropped_texts} left out)")
     files = {}
     for encoder in ("image", "text"):
