@@ -13,7 +13,7 @@ RANDOM_INIT ?=
 DEMO_PKG ?= build/demo-package
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench gpu-check lint clean
+.PHONY: demo test test-full bench gpu-check lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Everything, the ViT-B/32-scale slow tier included (about an hour on 2 cores).
+test-full: $(VENV)/.installed
+	$(PY) -m pytest -m 'slow or not slow' $(PYTEST_ARGS)
+
+gpu-check:
+	scripts/gpu-check
 
 # Not part of `make test`: micro-benchmarks of the hot paths (see benchmarks/README.md).
 bench: $(VENV)/.installed

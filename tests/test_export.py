@@ -252,7 +252,6 @@ def test_failing_gate_writes_nothing_unless_forced(tiny_source: Path, tmp_path: 
 
 
 # -- ViT-B/32 shapes with real photos and captions ------------------------------------------------------------
-@pytest.mark.slow
 def test_vitb32_parity_on_real_data(vitb32_package: Path, vitb32_source: Path, data_dir: Path) -> None:
     """The must-show check at ViT-B/32 shapes: transformers' own CLIPProcessor pixels and CLIPTokenizer ids
     against the package's ONNX files fed through the contract (uint8 crops; int32 ids from tokenizer.json)."""
