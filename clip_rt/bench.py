@@ -38,9 +38,13 @@ METHODS = {
     "timing": "CPU: time.perf_counter around each call. GPU: CUDA events recorded around each call after the "
               "warm-up calls (the calls return host arrays, so they include the device-to-host copy).",
     "interleaving": "Per measurement (mode, encoder, batch, length) every backend/precision runs its warm-up calls, "
-                    "then timed calls round-robin, the starting backend rotating each round, until each has its "
-                    "iteration count. --iters auto: as many calls as fit in --budget seconds per backend and "
-                    "measurement, estimated from the warm-up, clamped to [--min-iters, --max-iters].",
+                    "then its timed calls in blocks of about --block seconds (at least one call), the backends taking "
+                    "turns block by block, the starting one rotating each round, until each has its iteration "
+                    "count. Before every block the harness idles --settle seconds, so that the previous backend's "
+                    "worker threads (ONNX Runtime spins ~50 ms after a run by default) do not steal the cores from "
+                    "the next. --iters auto: as many calls as fit in --budget seconds per backend and measurement, "
+                    "estimated from the warm-up, clamped to [--min-iters, --max-iters]. Every backend runs with "
+                    "clip_rt.load defaults (onnxruntime: spinning on, its default thread count).",
     "statistics": "median, p90 and p99 of the timed calls (linear interpolation: with fewer than 100 calls p99 lies "
                   "between the two slowest); throughput = batch / median latency.",
     "memory": "peak_rss_mb: VmHWM of a fresh process (python -m clip_rt.bench_memory) that opens only that "
@@ -83,6 +87,8 @@ class BenchConfig:
     min_iters: int = 3  # auto iterations: at least this many timed calls
     max_iters: int = 200  # auto iterations: at most this many
     parity_items: int = 32  # images / texts in the parity set
+    block_s: float = 0.25  # timed calls run in blocks of about this long per backend before the next one's turn
+    settle_s: float = 0.1  # idle pause before each block, so the last backend's spinning threads have parked
     memory: bool = True  # measure peak RSS in a fresh process per cell
 
 
@@ -94,7 +100,8 @@ class Job:
     call: Callable[[int], Any]
     warm: list[float] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
-    target: int = 0
+    target: int = 0  # timed calls wanted
+    block: int = 1  # timed calls per turn
 
 
 # -- timing -------------------------------------------------------------------------------------------------
@@ -131,23 +138,43 @@ class Timer:
         return start.elapsed_time(end) / 1e3
 
 
+def _rotated(jobs: list[Job], r: int) -> list[Job]:
+    k = r % len(jobs)
+    return jobs[k:] + jobs[:k]
+
+
 def run_interleaved(jobs: list[Job], timer: Timer, cfg: BenchConfig) -> None:
-    """Warm-up then timed calls, round-robin over the jobs, rotating who goes first each round."""
-    for w in range(cfg.warmup):
-        for job in jobs[w % len(jobs):] + jobs[: w % len(jobs)]:
-            job.warm.append(timer(job.call, w))
+    """Warm-up, then timed calls in blocks, round-robin over the jobs, rotating who goes first each round.
+
+    Before each block the harness sleeps cfg.settle_s: ONNX Runtime's (and OpenMP's) worker threads keep
+    spinning for a while after a call (measured here: ~45 ms of CPU after an ORT run), and on a small CPU
+    they would slow down whichever backend runs next. Within a block a backend runs back to back (steady
+    state, as in a server); a block lasts about cfg.block_s."""
+    for w_job in _rotated(jobs, 0):
+        time.sleep(cfg.settle_s)
+        for w in range(cfg.warmup):
+            w_job.warm.append(timer(w_job.call, w))
     for job in jobs:
+        if cfg.iters is None and not job.warm:  # no warm-up: the first timed call is the estimate
+            time.sleep(cfg.settle_s)
+            job.times.append(timer(job.call, 0))
+        samples = job.warm or job.times
+        estimate = float(np.median(samples)) if samples else None
         if cfg.iters is not None:
             job.target = cfg.iters
-            continue
-        if not job.warm:  # no warm-up: the first timed call is the estimate
-            job.times.append(timer(job.call, 0))
-        estimate = float(np.median(job.warm or job.times))
-        job.target = int(min(cfg.max_iters, max(cfg.min_iters, math.floor(cfg.budget_s / max(estimate, 1e-6)))))
+        else:
+            assert estimate is not None
+            job.target = int(min(cfg.max_iters, max(cfg.min_iters, math.floor(cfg.budget_s / max(estimate, 1e-6)))))
+        if estimate is not None:
+            job.block = max(1, min(job.target, math.floor(cfg.block_s / max(estimate, 1e-6))))
     rnd = 0
     while any(len(j.times) < j.target for j in jobs):
-        for job in jobs[rnd % len(jobs):] + jobs[: rnd % len(jobs)]:
-            if len(job.times) < job.target:
+        for job in _rotated(jobs, rnd):
+            todo = min(job.target - len(job.times), job.block)
+            if todo <= 0:
+                continue
+            time.sleep(cfg.settle_s)
+            for _ in range(todo):
                 job.times.append(timer(job.call, cfg.warmup + len(job.times)))
         rnd += 1
 
@@ -196,6 +223,9 @@ def _check(cfg: BenchConfig, pkg: "Package") -> None:
     if cfg.iters is not None and cfg.iters < 1 or cfg.warmup < 0 or cfg.min_iters < 1 or cfg.max_iters < cfg.min_iters:
         raise InputError(f"need iters >= 1, warmup >= 0 and 1 <= min_iters <= max_iters (got iters={cfg.iters}, "
                          f"warmup={cfg.warmup}, min_iters={cfg.min_iters}, max_iters={cfg.max_iters})")
+    if not (cfg.budget_s > 0 and cfg.block_s >= 0 and cfg.settle_s >= 0 and cfg.parity_items >= 1):
+        raise InputError(f"need budget > 0, block >= 0, settle >= 0 and parity items >= 1 (got {cfg.budget_s}, "
+                         f"{cfg.block_s}, {cfg.settle_s}, {cfg.parity_items})")
 
 
 def _log(msg: str) -> None:

@@ -75,6 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds of timed calls per row with --iters auto")
     p.add_argument("--min-iters", type=int, default=3, help="with --iters auto: at least this many timed calls")
     p.add_argument("--max-iters", type=int, default=200, help="with --iters auto: at most this many timed calls")
+    p.add_argument("--block", dest="block_s", type=float, default=0.25,
+                   help="seconds of back-to-back calls per backend before the next backend's turn")
+    p.add_argument("--settle", dest="settle_s", type=float, default=0.1,
+                   help="idle seconds before each block, so the previous backend's spinning threads have parked")
     p.add_argument("--parity-items", type=int, default=32, help="images and texts in the parity set")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                    help="peak RSS per row, from a fresh process per backend and precision")
@@ -94,7 +98,8 @@ def run_bench_cli(args: argparse.Namespace) -> int:
                       batch_sizes=args.batch_sizes, text_lengths=args.text_lengths, modes=args.modes,
                       encoders=args.encoders, data=args.data, device=args.device, threads=args.threads,
                       iters=args.iters, warmup=args.warmup, budget_s=args.budget_s, min_iters=args.min_iters,
-                      max_iters=args.max_iters, parity_items=args.parity_items, memory=args.memory)
+                      max_iters=args.max_iters, parity_items=args.parity_items, block_s=args.block_s,
+                      settle_s=args.settle_s, memory=args.memory)
     doc = run_bench(cfg)
     if args.json_out:
         atomic_write_json(args.json_out, doc)
