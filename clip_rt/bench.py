@@ -512,6 +512,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     if "end-to-end" in cfg.modes:
         run.end_to_end()
         t = phase("end_to_end_s", t)
+    if not run.jobs:
+        raise InputError("nothing was measured: every part of the matrix was skipped (reasons above)")
     memory: dict[Key, dict[str, float | None]] = {}
     if cfg.memory:
         memory = probe_all(cfg, list(run.jobs), run.skipped, log)

@@ -140,3 +140,12 @@ def test_unavailable_cell_is_skipped_not_dropped(tiny_package: Path, tmp_path: P
     # torch was not asked for, so no speedup; parity still runs against an untimed eager reference
     row = doc["rows"][0]
     assert row["speedup"] is None and row["min_cosine"] > 0.9999
+
+
+def test_end_to_end_without_data_is_skipped_with_reason(tiny_package: Path, capsys: pytest.CaptureFixture[str]):
+    """End-to-end mode needs --data; asked for alone, nothing is measured, and the command says why (exit 2)."""
+    rc = main(["bench", str(tiny_package), "--backends", "onnxruntime", "--mode", "end-to-end", "--no-memory"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "skipping end-to-end mode: no --data given" in err
+    assert "nothing was measured" in err
