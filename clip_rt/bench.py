@@ -52,8 +52,8 @@ METHODS = {
               "(/proc/self/clear_refs = 5) before each call; rows run in ascending batch and length, so memory an "
               "allocator keeps from a smaller earlier call counts, as in a long-running process. peak_gpu_mb: GPU "
               "memory held by that process after the call (nvidia-smi; CUDA context included).",
-    "parity": "Cosine of each row's embeddings against eager fp32 PyTorch (transformers CLIPModel) on the same "
-              "inputs: the first --parity-items crops of --data (random pixels without it) for images, as many "
+    "parity": "Cosine of each row's embeddings against eager fp32 PyTorch (transformers CLIPModel; the timed torch "
+              "cell, else one opened untimed, on the CPU if torch cannot use the run's device) on the same inputs: the first --parity-items crops of --data (random pixels without it) for images, as many "
               "texts of the row's length for text, run in batches of 32. top1_agreement: zero-shot labels "
               "(a photo of a {class}.) against eager's, when --data has classes.txt. Padded rows compare with eager "
               "on the unpadded ids. parity_ok applies clip_rt.tolerances (end-to-end: min with RUNTIME_MIN_COSINE, "
@@ -181,8 +181,9 @@ def run_interleaved(jobs: list[Job], timer: Timer, cfg: BenchConfig) -> None:
 
 # -- opening the matrix ---------------------------------------------------------------------------------------
 def package_precisions(pkg: "Package") -> tuple[str, ...]:
-    """Precisions with both an image and a text onnxruntime artifact, in PRECISIONS order (fp32 first)."""
-    return tuple(p for p in PRECISIONS if pkg.find("image", p) and pkg.find("text", p))
+    """Precisions with both an image and a text artifact (ONNX or TensorRT engine), in PRECISIONS order."""
+    return tuple(p for p in PRECISIONS if any(pkg.find("image", p, b) and pkg.find("text", p, b)
+                                              for b in ("onnxruntime", "tensorrt")))
 
 
 @dataclass
@@ -191,18 +192,21 @@ class Cell:
     precision: str
     model: "ClipModel"
     load_s: float
+    device: str
     timed: bool = True  # False: opened only as the parity reference
 
 
-def open_cell(pkg: "Package", backend: str, precision: str, cfg: BenchConfig) -> Cell:
+def open_cell(pkg: "Package", backend: str, precision: str, cfg: BenchConfig, device: str | None = None) -> Cell:
+    """clip_rt.load for one cell of the matrix, on cfg.device unless `device` says otherwise."""
     from .model import load
 
+    device = device or cfg.device
     t0 = time.perf_counter()
     try:
-        model = load(pkg, backend=backend, precision=precision, device=cfg.device, threads=cfg.threads)
+        model = load(pkg, backend=backend, precision=precision, device=device, threads=cfg.threads)
     except ImportError as e:  # a backend module that is not part of this build
         raise BackendUnavailable(f"backend {backend!r} is not available in this build ({e})") from e
-    return Cell(backend, precision, model, time.perf_counter() - t0)
+    return Cell(backend, precision, model, time.perf_counter() - t0, device)
 
 
 def _check(cfg: BenchConfig, pkg: "Package") -> None:
@@ -273,22 +277,28 @@ class Run:
         self.skipped.append({**where, "reason": reason})
 
     def _reference(self) -> Cell | None:
-        """Eager fp32 torch: the timed torch cell, or one opened untimed for parity only."""
+        """Eager fp32 torch: the timed torch cell, or one opened untimed for parity only (on the run's device,
+        or on the CPU when torch cannot run on that device: parity is about numbers, not speed)."""
         for c in self.cells:
             if c.backend == "torch" and c.precision == "fp32":
                 return c
         failed = [s for s in self.skipped if s.get("backend") == "torch" and s.get("precision") == "fp32"]
-        if failed:  # asked for and already failed: say so once more for parity, without a second attempt
-            self.skipped.append({"what": "parity", "reason": f"no eager fp32 torch reference: {failed[0]['reason']}"})
-            return None
-        try:
-            cell = open_cell(self.pkg, "torch", "fp32", self.cfg)
-        except (BackendUnavailable, PackageError, ClipRtError) as e:
-            self.skip("parity", f"eager fp32 torch (the parity reference) cannot run: {e}", what="parity")
-            return None
-        cell.timed = False
-        self.cells.append(cell)
-        return cell
+        devices = [] if failed else [self.cfg.device]
+        if self.cfg.device != "cpu":
+            devices.append("cpu")
+        reason = failed[0]["reason"] if failed else ""
+        for device in devices:
+            try:
+                cell = open_cell(self.pkg, "torch", "fp32", self.cfg, device=device)
+            except ClipRtError as e:  # BackendUnavailable, PackageError, ModelSourceError, ...
+                reason = str(e)
+                continue
+            cell.timed = False
+            self.cells.append(cell)
+            self.log(f"opened torch fp32 on {device} as the parity reference (untimed) in {cell.load_s:.1f} s")
+            return cell
+        self.skip("parity", f"no eager fp32 torch reference can run, so rows carry no parity: {reason}", what="parity")
+        return None
 
     def timed_cells(self) -> list[Cell]:
         return [c for c in self.cells if c.timed]
@@ -398,12 +408,12 @@ class Run:
         tutorial = None
         if self.reference is not None:
             try:
-                tutorial = wl.Tutorial(self.pkg, ds.classes, self.cfg.device)
+                tutorial = wl.Tutorial(self.pkg, ds.classes, self.reference.device)
             except (BackendUnavailable, ClipRtError) as e:
                 self.skip("end-to-end torch reference", str(e), backend="torch", precision="fp32", mode="end-to-end")
         for c in self.timed_cells():
             if c.backend == "torch":
-                if tutorial is not None:
+                if tutorial is not None:  # timed only with a timed torch cell, hence on the run's device
                     for v in ("tutorial", "tutorial-cached-text"):
                         targets.append((Key("end-to-end", "zeroshot", "torch", "fp32", 0, variant=v), tutorial))
                 continue
@@ -522,10 +532,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, 
     cpu = _cpu_seconds()
     phases["cpu_s"] = None if cpu is None else round(cpu, 1)  # user + system, this process and its memory probes
     rows = [run.row(k, memory) for k in run.jobs]
-    cells = [{"backend": c.backend, "precision": c.precision, "device": cfg.device, "timed": c.timed,
+    cells = [{"backend": c.backend, "precision": c.precision, "device": c.device, "timed": c.timed,
               "load_s": round(c.load_s, 3), "describe": c.model.backend.describe()} for c in run.cells]
     if run.tutorial is not None:
-        cells.append({"backend": "torch", "precision": "fp32", "device": cfg.device, "timed": "torch" in cfg.backends,
+        cells.append({"backend": "torch", "precision": "fp32", "device": str(run.tutorial.device),
+                      "timed": any(c.timed and c.backend == "torch" for c in run.cells),
                       "load_s": None, "describe": {"end_to_end_reference": run.tutorial.loaded_with,
                                                     "attn_implementation": run.tutorial.attn}})
     config = {**asdict(cfg), "precisions": list(run.precisions), "iters": cfg.iters or "auto",

@@ -171,6 +171,9 @@ class Tutorial:
             from transformers import CLIPModel, CLIPProcessor
         except ImportError as e:
             raise missing_dependency(e.name or "transformers", "export", "the end-to-end reference") from e
+        if device != "cpu" and not torch.cuda.is_available():
+            raise BackendUnavailable(f"the end-to-end reference on {device!r} needs a CUDA build of torch "
+                                     f"(torch {torch.__version__} sees no GPU)")
         src = package.source
         where = str(src["model"])
         revision = src.get("revision") or "main"  # hub sources record their commit; local folders have none
