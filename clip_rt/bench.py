@@ -69,7 +69,7 @@ METHODS = {
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """One benchmark run. Defaults finish in about 5 minutes for ViT-B/32 (fp32 + int8) on 2 idle CPU cores."""
+    """One benchmark run. Defaults finish in about 4 minutes for ViT-B/32 (fp32 + int8) on 2 idle CPU cores."""
 
     package: str  # model package folder
     backends: tuple[str, ...] = ("torch", "onnxruntime")  # fixed default, never auto-detected: same rows everywhere

@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "files -> decode -> preprocess -> encode -> zero-shot probabilities over the classes of --data, "
                     "against transformers' CLIPProcessor + CLIPModel used as the tutorials do. Backends are "
                     "interleaved block by block. The defaults finish in about 5 minutes for ViT-B/32 with fp32 and "
-                    "int8 artifacts on 2 idle CPU cores (4.4 minutes measured).")
+                    "int8 artifacts on 2 idle CPU cores (3.7 minutes measured; up to 10 on a heavily shared machine).")
     p.add_argument("package", help="model package folder")
     p.add_argument("--backends", type=_csv(str, BACKENDS), default="torch,onnxruntime", metavar="LIST",
                    help="comma-separated backends; torch is the eager reference that speedups are against. The "
