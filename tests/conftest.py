@@ -103,3 +103,24 @@ def vitb32_package(vitb32_source: Path, tmp_path_factory: pytest.TempPathFactory
     eval_images = DATA_DIR / "imagenet_sample" / "images"
     args = ["--eval-images", str(eval_images)] if eval_images.is_dir() else []
     return export(vitb32_source, tmp_path_factory.mktemp("vitb32-pkg") / "pkg", *args)
+
+
+# -- runtime fixtures shared by the runtime test files ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model(tiny_package: Path):
+    """The tiny package loaded with the default backend (ONNX Runtime, fp32, CPU), once per test module."""
+    import clip_rt
+
+    return clip_rt.load(tiny_package)
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh disk cache ($CLIP_RT_CACHE) and an empty memory cache for each test."""
+    from clip_rt import zeroshot
+
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("CLIP_RT_CACHE", str(folder))
+    zeroshot.clear_memory_cache()
+    yield folder
+    zeroshot.clear_memory_cache()

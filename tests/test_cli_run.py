@@ -10,27 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import clip_rt
 from clip_rt import zeroshot
 from clip_rt.backends.onnxruntime import OnnxRuntimeBackend
 from clip_rt.cli import main
 from runtime_reference import class_names, hf_reference, labelled_images, run_lean_cli
 
 pytest.importorskip("transformers", reason="the parity reference is transformers (export extra)")
-
-
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("CLIP_RT_CACHE", str(folder))
-    zeroshot.clear_memory_cache()
-    yield folder
-    zeroshot.clear_memory_cache()
-
-
-@pytest.fixture(scope="module")
-def model(tiny_package: Path) -> clip_rt.ClipModel:
-    return clip_rt.load(tiny_package)
 
 
 def transformers_top1(ref, files: list[str], labels: list[str], template: str) -> list[int]:

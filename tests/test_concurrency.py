@@ -16,7 +16,6 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-import clip_rt
 import faults
 from clip_rt import zeroshot
 from clip_rt.tokenizer import TextTruncatedWarning
@@ -24,20 +23,6 @@ from runtime_reference import LEAN_PRELUDE, flickr, labelled_images, run_lean
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 8
-
-
-@pytest.fixture(scope="module")
-def model(tiny_package: Path) -> clip_rt.ClipModel:
-    return clip_rt.load(tiny_package)
-
-
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("CLIP_RT_CACHE", str(folder))
-    zeroshot.clear_memory_cache()
-    yield folder
-    zeroshot.clear_memory_cache()
 
 
 def run_in_threads(n: int, work: Callable[[int], Any]) -> list[Any]:

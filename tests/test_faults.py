@@ -36,20 +36,6 @@ from runtime_reference import cosines, labelled_images, run_lean_cli
 LABELS = "face,leopard,motorbike,airplane"
 
 
-@pytest.fixture(scope="module")
-def model(tiny_package: Path) -> clip_rt.ClipModel:
-    return clip_rt.load(tiny_package)
-
-
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("CLIP_RT_CACHE", str(folder))
-    zeroshot.clear_memory_cache()
-    yield folder
-    zeroshot.clear_memory_cache()
-
-
 def run_main(argv: list[str]) -> tuple[int, str, str]:
     """clip-rt in this process: (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()

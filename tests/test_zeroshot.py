@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,21 +20,6 @@ from clip_rt.zeroshot import ZeroShotClassifier, resolve_templates
 from runtime_reference import ROOT, class_names, cosines, hf_reference, labelled_images
 
 pytest.importorskip("transformers", reason="the parity reference is transformers (export extra)")
-
-
-@pytest.fixture(scope="module")
-def model(tiny_package: Path) -> clip_rt.ClipModel:
-    return clip_rt.load(tiny_package)
-
-
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh disk cache ($CLIP_RT_CACHE) and an empty memory cache for each test."""
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("CLIP_RT_CACHE", str(folder))
-    zeroshot.clear_memory_cache()
-    yield folder
-    zeroshot.clear_memory_cache()
 
 
 class TextCallCounter:
