@@ -10,12 +10,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import pickle
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import faults
 import numpy as np
 import pytest
 from PIL import Image
@@ -386,29 +386,6 @@ def test_bomb_refused_from_header_before_decoding():
         prepare(Image.fromarray(photo()), CFG, max_pixels=50_000)
 
 
-def _as_nobody(fn, *args):
-    """Run fn(*args) in a forked child that dropped root (root reads every file, hiding permission errors)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        try:
-            os.close(r)
-            os.setgid(65534)
-            os.setuid(65534)
-            try:
-                result = ("ok", fn(*args))
-            except BaseException as e:  # noqa: BLE001 - shipped back to the parent
-                result = ("raised", e)
-            os.write(w, pickle.dumps(result))
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return pickle.loads(data)
-
-
 def _permission_case(root: str) -> tuple:
     files, errors = iter_image_files([root])
     out = prepare_batch([os.path.join(root, "secret.jpg"), os.path.join(root, "open.jpg")], CFG, workers=1)
@@ -427,7 +404,7 @@ def test_permission_denied_file_and_folder():
         os.mkdir(Path(root, "locked"))
         Path(root, "locked", "x.jpg").write_bytes(data)
         os.chmod(Path(root, "locked"), 0)
-        status, value = _as_nobody(_permission_case, root) if os.geteuid() == 0 else ("ok", _permission_case(root))
+        status, value = faults.as_nobody(_permission_case, root) if os.geteuid() == 0 else ("ok", _permission_case(root))
         assert status == "ok", value
         files, errors, out = value
         assert files == [os.path.join(root, "open.jpg"), os.path.join(root, "secret.jpg")]
