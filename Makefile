@@ -29,7 +29,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Everything, the ViT-B/32-scale slow tier included (about an hour on 2 cores).
+# Everything, the ViT-B/32-scale slow tier included (30-60 minutes on 2 cores; not timed as one run).
 test-full: $(VENV)/.installed
 	$(PY) -m pytest -m 'slow or not slow' $(PYTEST_ARGS)
 
