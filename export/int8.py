@@ -2,10 +2,11 @@
 
 The recipe (all onnxruntime.quantization.quantize_static):
 - QDQ format, per-channel symmetric int8 weights; calibrated activation ranges (minmax, entropy or percentile).
-- Only MatMuls with constant weights are quantized: the transformer's q/k/v/out/fc1/fc2 and the final projection.
-  Attention's activation x activation MatMuls, LayerNorm, softmax, GELU and the final L2 normalization stay fp32;
-  so does the patch-embedding Conv (its input is raw 0..255 pixels, and on ONNX Runtime's CPU a QDQ Conv whose
-  output is not quantized runs as dequantize + fp32 Conv, slower than fp32).
+- Only MatMuls with constant weights are quantized: the patch embedding (traced as a MatMul over flattened patches,
+  export/wrappers.py), the transformer's q/k/v/out/fc1/fc2 and the final projection. Attention's activation x
+  activation MatMuls, LayerNorm, softmax, GELU and the final L2 normalization stay fp32. The patch embedding reads
+  pixels - 128, the integers -128..127: its activation scale is fixed at 1 (TensorQuantOverrides), so its input is
+  represented exactly and only its weights are rounded.
 - MatMul outputs are not quantized: DQ(x) . DQ(W) + bias is what ONNX Runtime's CPU fuses into one
   MatMulIntegerToFloat (bias included), and what TensorRT fuses into an int8 GEMM.
 - Activations "s8" (default): symmetric int8, zero point 0, the form TensorRT's explicit quantization reads. ONNX
@@ -89,6 +90,19 @@ def activation_matmuls(model_path: Path) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in init]
 
 
+def exact_integer_inputs(model_path: Path, s8: bool) -> dict[str, list[dict[str, Any]]]:
+    """TensorQuantOverrides for MatMul inputs that hold exact integers -128..127: the patch embedding's shifted pixels
+    (export/wrappers.py). Scale 1 (zero point 0 for int8, 128 for uint8) represents them without rounding, where a
+    calibrated range would round every pixel."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    init = {i.name for i in model.graph.initializer}
+    zero = np.array(0, np.int8) if s8 else np.array(128, np.uint8)
+    return {n.input[0]: [{"scale": np.array(1.0, np.float32), "zero_point": zero}] for n in model.graph.node
+            if n.op_type == "MatMul" and n.input[1] in init and n.name.startswith("/patch_embedding/")}
+
+
 def distinct_shared_scales(path: Path) -> int:
     """Give every QuantizeLinear that shares its input with another one its own scale, 1-2 ulp apart (see the module
     docstring: keeps ORT's CSE from merging q/k/v's dedicated pairs, so its S8->U8 pass applies). Returns how many."""
@@ -140,6 +154,9 @@ def quantize(src: Path, dst: Path, recipe: Recipe, cache: Path, reader: Any = No
         # The histogram of symmetric activations is taken on |x| (one bound); asymmetric ranges keep both signs.
         "CalibTensorRangeSymmetric": s8,
     }
+    overrides = exact_integer_inputs(src, s8)
+    if overrides:
+        extra["TensorQuantOverrides"] = overrides
     if reader is not None:
         extra["CalibStridedMinMax"] = stride  # collect ranges `stride` batches at a time (all methods)
     with _quiet():

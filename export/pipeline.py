@@ -149,7 +149,8 @@ def _optimize_fp32(ctx: ExportContext, encoders: list[str]) -> None:
         t0 = time.perf_counter()
         heads, width, layers = encoder_dims(ctx.loaded.model.config, encoder)
         src, dst = ctx.workdir / f"{encoder}.onnx", ctx.workdir / f"{encoder}.opt.onnx"
-        report = optimize_onnx(src, dst, encoder, heads, width, layers)
+        # The image encoder's last layer runs for the class token only (wrappers.ClassTokenLayer): no fusable pattern.
+        report = optimize_onnx(src, dst, encoder, heads, width, layers, layers - 1 if encoder == "image" else -1)
         ctx.log(f"  fused {encoder} encoder to {dst.name}: {report.summary()} ({time.perf_counter() - t0:.1f} s)")
         warning = report.warning()
         if warning:

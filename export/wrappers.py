@@ -1,10 +1,17 @@
 """The two modules that get traced to ONNX, each honoring its contract (clip_rt/contract.py).
 
 ImageEncoder: pixels uint8 [B, S, S, 3] RGB -> image_embeds float32 [B, D], L2-normalized.
-    The cast, the 1/255 rescale and the mean/std normalization are folded into the patch-embedding
-    convolution: conv(W, (x/255 - m)/s) = conv(W / (255 s), x) - sum(W * m / s). This is exact because
-    CLIP's patch convolution has stride == kernel and no padding, so every output sees whole kernels
-    and the constant term is the same at every position. The graph gains a bias and no new ops.
+    - The patch-embedding convolution runs as one MatMul over the flattened p x p x 3 patches (the same
+      arithmetic: CLIP's patch convolution has stride == kernel and no padding, so it is a GEMM of the
+      patches and the reshaped kernel). The cast, a shift by -128, the 1/255 rescale and the mean/std
+      normalization are folded into that MatMul's weights and bias:
+      W . ((x/255 - m)/s) = (W / (255 s)) . (x - 128) + [128 sum(W / (255 s)) - sum(W m / s)].
+      The shifted pixels are the integers -128..127, exact in int8 with scale 1, so the INT8 artifact
+      quantizes the patch embedding as an integer GEMM with no activation rounding at all.
+    - The last transformer layer runs for the class token only: its output is read at token 0 alone, so
+      the keys and values need every token, and the query, attention, output projection and MLP need one
+      row. Every kept row is computed exactly as transformers computes it; the rows transformers computes
+      and then drops are not computed (1/12 of ViT-B/32's work).
 TextEncoder: input_ids int32 [B, L] -> text_embeds float32 [B, D], L2-normalized, pooled by the source
     model's own text transformer (argmax of ids for old configs with eos_token_id == 2, first EOS
     position otherwise), so any L and any padding after the EOT token behave exactly as in transformers.
@@ -40,18 +47,74 @@ def fold_normalization(conv: nn.Conv2d, mean: Sequence[float], std: Sequence[flo
     return folded
 
 
+def patch_linear(conv: nn.Conv2d, mean: Sequence[float], std: Sequence[float], rescale: float = 1 / 255,
+                 shift: float = 128.0) -> nn.Linear:
+    """The patch convolution as a Linear over flattened (row, column, channel) patches of raw pixels minus `shift`.
+
+    Computes what `conv` computes on normalized pixels: see the module docstring for the folding."""
+    folded = fold_normalization(conv, mean, std, rescale)  # raw 0..255 pixels in, NCHW
+    w = folded.weight.detach().double()  # [O, C, p, p]
+    out = nn.Linear(w.shape[1] * w.shape[2] * w.shape[3], w.shape[0], bias=True)
+    with torch.no_grad():
+        out.weight.copy_(w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).float())  # [O, p*p*C], (row, col, channel)
+        out.bias.copy_((folded.bias.detach().double() + shift * w.sum(dim=(1, 2, 3))).float())
+    return out
+
+
+class ClassTokenLayer(nn.Module):
+    """A CLIP encoder layer evaluated for token 0 only: [B, T, W] -> [B, 1, W].
+
+    Keys and values come from all T rows (T static: the image's patch count + 1); the rest is transformers' eager
+    arithmetic on row 0 (pre-LN, softmax(q k^T * scale) v, out_proj, residual, pre-LN MLP, residual)."""
+
+    def __init__(self, layer: nn.Module, tokens: int):
+        super().__init__()
+        self.layer, self.tokens = layer, tokens
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        layer, t = self.layer, self.tokens
+        attn = layer.self_attn
+        heads, dim = attn.num_heads, attn.head_dim
+        x = layer.layer_norm1(hidden)  # [B, T, W]
+        q = attn.q_proj(x[:, :1]).reshape(-1, 1, heads, dim).transpose(1, 2)  # [B, H, 1, d]
+        k = attn.k_proj(x).reshape(-1, t, heads, dim).transpose(1, 2)  # [B, H, T, d]
+        v = attn.v_proj(x).reshape(-1, t, heads, dim).transpose(1, 2)
+        weights = torch.softmax(torch.matmul(q, k.transpose(2, 3)) * attn.scale, dim=-1)  # [B, H, 1, T]
+        context = torch.matmul(weights, v).transpose(1, 2).reshape(-1, 1, heads * dim)  # [B, 1, W]
+        h = hidden[:, :1] + attn.out_proj(context)
+        return h + layer.mlp(layer.layer_norm2(h))
+
+
 class ImageEncoder(nn.Module):
     def __init__(self, clip: "CLIPModel", mean: Sequence[float], std: Sequence[float]):
         super().__init__()
-        self.vision = copy.deepcopy(clip.vision_model)  # the caller's eager model stays untouched
+        vision = copy.deepcopy(clip.vision_model)  # the caller's eager model stays untouched
+        emb = vision.embeddings
+        self.patch = int(emb.patch_size)
+        self.grid = int(emb.image_size) // self.patch
+        self.patch_embedding = patch_linear(emb.patch_embedding, mean, std)
+        self.class_embedding = emb.class_embedding  # [W]
+        self.position_embedding = emb.position_embedding  # [N + 1, W]
+        self.pre_layrnorm = vision.pre_layrnorm
+        *body, last = vision.encoder.layers
+        # Exported node names keep "layers.K/" (the INT8 sensitivity search groups MatMuls by layer).
+        self.layers = nn.ModuleList([*body, ClassTokenLayer(last, self.grid ** 2 + 1)])
+        self.post_layernorm = vision.post_layernorm
         self.projection = copy.deepcopy(clip.visual_projection)
-        emb = self.vision.embeddings
-        emb.patch_embedding = fold_normalization(emb.patch_embedding, mean, std)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        # Cast first, then NHWC -> NCHW: TensorRT accepts uint8 only at I/O and in Cast, not in Transpose.
-        x = pixels.float().permute(0, 3, 1, 2)  # [B, S, S, 3] uint8 -> [B, 3, S, S] float32, 0..255
-        pooled = self.vision(pixel_values=x).pooler_output  # [B, width]
+        g, p = self.grid, self.patch
+        # Cast first: TensorRT accepts uint8 only at I/O and in Cast, not in Reshape/Transpose.
+        x = pixels.float() - 128.0  # [B, S, S, 3] uint8 -> float32, the integers -128..127
+        x = x.reshape(-1, g, p, g, p, 3).permute(0, 1, 3, 2, 4, 5).reshape(-1, g * g, p * p * 3)  # [B, N, p*p*3]
+        patches = self.patch_embedding(x)  # [B, N, W]
+        cls = self.class_embedding.expand(patches.shape[0], 1, -1)  # [B, 1, W]
+        h = torch.cat([cls, patches], dim=1) + self.position_embedding.weight  # [B, N + 1, W]
+        h = self.pre_layrnorm(h)
+        for layer in self.layers[:-1]:
+            h = layer(h, None)
+        h = self.layers[-1](h)  # [B, 1, W]: the class token only
+        pooled = self.post_layernorm(h[:, 0])  # [B, W]
         embeds = self.projection(pooled)  # [B, D]
         return embeds / embeds.norm(p=2, dim=-1, keepdim=True)
 
