@@ -63,10 +63,11 @@ def tiny_q_package(tiny_source: Path, data_dir: Path, tmp_path_factory: pytest.T
 
 # -- INT8 ------------------------------------------------------------------------------------------------------------
 def test_int8_manifest_records_recipe_data_and_gate(tiny_q_package: Path) -> None:
+    """Two gated INT8 artifacts per encoder: the QDQ file (portable: TensorRT) and its lowering for ONNX Runtime's
+    CPU (what clip_rt.load picks), with one recipe and calibration record."""
     pkg = Package.open(tiny_q_package)
-    for encoder in ("image", "text"):
-        a = pkg.artifact(encoder, "int8")
-        assert a.file == f"{encoder}.int8.onnx" and not a.forced
+    for encoder, a in [(e, pkg.artifact(e, "int8", portable=p)) for e in ("image", "text") for p in (True, False)]:
+        assert a.file == (f"{encoder}.int8.onnx" if not a.optimized else f"{encoder}.int8.opt.onnx") and not a.forced
         q = a.extra["quantization"]
         assert q["recipe"]["format"] == "QDQ" and q["recipe"]["calibration"] == "percentile"
         assert q["recipe"]["tensorrt_compatible"] is True
@@ -74,7 +75,8 @@ def test_int8_manifest_records_recipe_data_and_gate(tiny_q_package: Path) -> Non
         cal = q["calibration"]
         assert cal["images"] >= 32 and cal["texts"] >= 100 and "flickr8k" in cal["images_source"]
         sens = q["sensitivity"]
-        assert set(sens["unit_cost_alone"]) == {"layers.0", "layers.1", "projection"}
+        units = {"layers.0", "layers.1", "projection"} | ({"patch_embedding"} if encoder == "image" else set())
+        assert set(sens["unit_cost_alone"]) == units
         assert sens["steps"][0]["excluded"] == [] and sens["target"]["mean_cos"] > INT8.mean_cosine
         assert a.parity["thresholds"] == {"min_cosine": INT8.min_cosine, "mean_cosine": INT8.mean_cosine}
         assert a.parity["min_cosine"] >= INT8.min_cosine and a.parity["mean_cosine"] >= INT8.mean_cosine
@@ -92,7 +94,7 @@ def test_int8_graph_is_qdq_s8_and_runs_as_integer_matmuls(tiny_q_package: Path, 
 
     pkg = Package.open(tiny_q_package)
     for encoder in ("image", "text"):
-        path = pkg.path(pkg.artifact(encoder, "int8"))
+        path = pkg.path(pkg.artifact(encoder, "int8", portable=True))
         model = onnx.load(str(path))
         init = {i.name: i for i in model.graph.initializer}
         qs = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
@@ -100,6 +102,11 @@ def test_int8_graph_is_qdq_s8_and_runs_as_integer_matmuls(tiny_q_package: Path, 
         for q in qs:
             zp = numpy_helper.to_array(init[q.input[2]])
             assert zp.dtype == np.int8 and not zp.any(), f"{q.name}: zero point {zp} (TensorRT needs int8, 0)"
+        if encoder == "image":  # the patch embedding reads pixels - 128: exact in int8 at scale 1, never calibrated
+            prod = {o: n for n in model.graph.node for o in n.output}
+            mm = next(n for n in model.graph.node if n.name == "/patch_embedding/MatMul")
+            q = prod[prod[mm.input[0]].input[0]]  # MatMul <- DequantizeLinear <- QuantizeLinear
+            assert q.op_type == "QuantizeLinear" and float(numpy_helper.to_array(init[q.input[1]])) == 1.0
         layers = pkg.model["vision" if encoder == "image" else "text"]["layers"]
         ops = ort_optimized_ops(path, tmp_path)
         assert ops.get("MatMulIntegerToFloat", 0) >= 6 * layers + 1, ops
@@ -161,7 +168,8 @@ def test_calibration_methods(method: str, tiny_source: Path, data_dir: Path, tmp
             return {n.input[0]: float(numpy_helper.to_array(init[n.input[1]])) for n in m.graph.node
                     if n.op_type == "QuantizeLinear"}
 
-        mine, theirs = scales(pkg.path(a)), scales(ref.path(ref.artifact(encoder, "int8")))
+        qdq = pkg.artifact(encoder, "int8", portable=True)
+        mine, theirs = scales(pkg.path(qdq)), scales(ref.path(ref.artifact(encoder, "int8", portable=True)))
         shared = set(mine) & set(theirs)
         assert shared and any(abs(mine[k] - theirs[k]) > 1e-6 * theirs[k] for k in shared)
 
@@ -218,6 +226,9 @@ def test_sensitivity_search_excludes_the_breaking_layer(outlier_source: Path, da
     assert sens["excluded"][0] == "layers.1"
     assert "/text/encoder/layers.1/mlp/fc2/MatMul" in a.extra["quantization"]["excluded_nodes"]
     assert a.parity["min_cosine"] >= INT8.min_cosine and not a.forced
+    # The lowering keeps the excluded layer fp32 too: its fused Attention and its MatMuls stay float.
+    assert a.file == "text.int8.opt.onnx" and len(a.extra["graph"]["kept_fp32"]) == 1
+    assert a.extra["graph"]["ops"]["QAttention"] == 1
 
 
 def test_force_writes_a_failing_int8_and_says_so(outlier_source: Path, data_dir: Path, tmp_path: Path) -> None:
@@ -267,11 +278,67 @@ def test_load_precision_int8_uses_int8_artifacts(tiny_q_package: Path, data_dir:
     files = sorted((data_dir / "imagenet_sample" / "images").iterdir())[:12]
     texts = ["a photo of a goldfish.", "a diagram of a bridge", "two people walking on a beach at sunset"]
     with clip_rt.load(tiny_q_package) as fp32, clip_rt.load(tiny_q_package, precision="int8") as q:
-        assert q.describe()["files"] == {"image": "image.int8.onnx", "text": "text.int8.onnx"}
+        assert q.describe()["files"] == {"image": "image.int8.opt.onnx", "text": "text.int8.opt.onnx"}
         ci = cosines(fp32.encode_images(files, batch_size=5), q.encode_images(files, batch_size=5))
         ct = cosines(fp32.encode_texts(texts), q.encode_texts(texts))
     assert ci.min() >= INT8.min_cosine and ct.min() >= INT8.min_cosine
     assert ci.min() < 0.99999 or ct.min() < 0.99999
+
+
+def test_lowered_int8_is_the_qdq_artifact_in_integer_ops(tiny_q_package: Path, tmp_path: Path) -> None:
+    """The lowered file holds QAttention per fused attention and MatMulIntegerToFloat (bias folded) per other weight
+    MatMul, no weight left in float, and computes what the QDQ file computes, at shapes other than the trace's."""
+    import onnx
+    import onnxruntime as ort
+
+    pkg = Package.open(tiny_q_package)
+    for encoder in ("image", "text"):
+        low, qdq = pkg.artifact(encoder, "int8"), pkg.artifact(encoder, "int8", portable=True)
+        assert low.optimized and low.extra["graph"]["lowered_from"] == qdq.file
+        layers = pkg.model["vision" if encoder == "image" else "text"]["layers"]
+        full = layers - 1 if encoder == "image" else layers  # the image's class-token layer has no fused attention
+        ops = op_counts_of(pkg.path(low))
+        assert ops.get("QAttention", 0) == full == low.extra["graph"]["ops"]["QAttention"]
+        assert "Attention" not in ops and "DequantizeLinear" not in ops
+        assert ops["MatMulIntegerToFloat"] == low.extra["graph"]["ops"]["MatMulIntegerToFloat"]
+        assert low.extra["graph"]["biases_folded"] >= 3 * full
+        # No weight MatMul left in float in the file (the image class-token layer keeps its two activation MatMuls).
+        m = onnx.load(str(pkg.path(low)))
+        init = {i.name for i in m.graph.initializer}
+        assert not [n.name for n in m.graph.node if n.op_type == "MatMul" and n.input[1] in init]
+        contract = pkg.contract(encoder)
+        sessions = [ort.InferenceSession(str(pkg.path(a)), providers=["CPUExecutionProvider"]) for a in (low, qdq)]
+        shapes = [{"batch": 3}] if encoder == "image" else [{"batch": 2, "sequence": 7}, {"batch": 3, "sequence": 77}]
+        for axes in shapes:
+            x = contract.sample_input(seed=5, **axes)
+            a, b = (s.run(None, {contract.input.name: x})[0] for s in sessions)
+            assert cosines(a, b).min() >= 0.9999, (encoder, axes)
+
+
+def test_lowering_refuses_weights_from_another_export(tiny_q_package: Path, tmp_path: Path) -> None:
+    """The QDQ weights must dequantize to the fused graph's: a fused graph with other weights is refused."""
+    import onnx
+    from onnx import numpy_helper
+
+    from clip_rt.export.lower import lower_int8
+
+    pkg = Package.open(tiny_q_package)
+    fused = onnx.load(str(pkg.path(pkg.artifact("text", "fp32"))))
+    for i, t in enumerate(fused.graph.initializer):
+        if t.name.endswith("qkv_weight"):
+            fused.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 1.5, t.name))
+    onnx.save(fused, str(tmp_path / "other.onnx"))
+    with pytest.raises(ValueError, match="do not match the fused graph"):
+        lower_int8(tmp_path / "other.onnx", pkg.path(pkg.artifact("text", "int8", portable=True)), tmp_path / "x.onnx")
+
+
+def op_counts_of(path: Path) -> dict[str, int]:
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
 
 
 def test_cli_options_round_trip() -> None:
@@ -301,8 +368,7 @@ def test_vitb32_int8_accuracy_on_unseen_real_data(vitb32_source: Path, data_dir:
                  "--calib", str(data_dir / "flickr8k"), "--calib-images", "64", "--calib-captions", "256", "--eval-images", str(data_dir / "imagenet_sample" / "images"),
                  "--eval-texts", str(data_dir / "flickr8k" / "captions.csv"))
     pkg = Package.open(out)
-    for encoder in ("image", "text"):
-        a = pkg.artifact(encoder, "int8")
-        assert a.parity["mean_cosine"] >= 0.995 and a.parity["min_cosine"] >= 0.98, (encoder, a.parity)
+    for encoder, a in [(e, pkg.artifact(e, "int8", portable=p)) for e in ("image", "text") for p in (True, False)]:
+        assert a.parity["mean_cosine"] >= 0.995 and a.parity["min_cosine"] >= 0.98, (encoder, a.file, a.parity)
         assert pkg.artifact(encoder, "fp32").parity["min_cosine"] >= 0.99999
         assert a.extra["quantization"]["calibration"]["texts_dropped_as_eval"] > 0 or encoder == "image"

@@ -116,8 +116,10 @@ class OnnxRuntimeBackend:
         self._files: dict[str, Path] = {}
         self._sessions: dict[str, Any] = {}
         for encoder in ("image", "text"):
-            # TensorRT EP: the portable graph (fused com.microsoft ops would fall back to CUDA kernels).
-            artifact = package.artifact(encoder, precision, "onnxruntime", portable=config.provider == "tensorrt")
+            # TensorRT EP: the portable graph (fused com.microsoft ops would fall back to CUDA kernels). INT8 on CUDA:
+            # the QDQ graph too; the lowered INT8 graph (export/lower.py) is written for ONNX Runtime's CPU kernels.
+            portable = config.provider == "tensorrt" or (precision == "int8" and device != "cpu")
+            artifact = package.artifact(encoder, precision, "onnxruntime", portable=portable)
             path = package.path(artifact)  # sha256-verified
             session = make_session(path, config)
             contract = self._contracts[encoder]
