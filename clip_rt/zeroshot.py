@@ -229,27 +229,47 @@ class ZeroShotClassifier:
         return value
 
     def compute_label_matrix(self) -> np.ndarray:
-        """Run the text encoder: [C, D] = normalize(mean over templates of normalized prompt embeddings)."""
+        """Run the text encoder: [C, D] = normalize(mean over templates of normalized prompt embeddings).
+
+        Each distinct label is encoded once (ImageNet's class list repeats names): repeated labels get the very same
+        row, where encoding them at different batch positions could differ in the last float bit."""
         templates = self.templates
+        labels = list(dict.fromkeys(self.labels))  # distinct, in first-seen order
         per_chunk = max(1, PROMPTS_PER_CHUNK // len(templates))
-        out = np.empty((len(self.labels), self.model.embed_dim), dtype=np.float32)  # [C, D]
+        out = np.empty((len(labels), self.model.embed_dim), dtype=np.float32)  # [C', D]
         cut = 0
-        for start in range(0, len(self.labels), per_chunk):
-            chunk = self.labels[start: start + per_chunk]
+        for start in range(0, len(labels), per_chunk):
+            chunk = labels[start: start + per_chunk]
             prompts = [t.replace("{}", label) for t in templates for label in chunk]  # template-major
             emb, n_cut = self.model.encode_texts_counted(prompts, batch_size=self.text_batch_size)  # [T * c, D]
             cut += n_cut
             mean = emb.reshape(len(templates), len(chunk), -1).mean(axis=0)  # [c, D]
             out[start: start + len(chunk)] = mean / np.linalg.norm(mean, axis=1, keepdims=True)
         if cut:  # one warning for the whole label set, however many chunks it took
-            warnings.warn(truncation_message(cut, len(self.labels) * len(templates), self.model.tokenizer.context_length,
+            warnings.warn(truncation_message(cut, len(labels) * len(templates), self.model.tokenizer.context_length,
                                              "prompts"), TextTruncatedWarning, stacklevel=2)
-        return out
+        if len(labels) == len(self.labels):
+            return out
+        row = {label: i for i, label in enumerate(labels)}
+        return out[[row[label] for label in self.labels]]  # [C, D]
 
     # -- scoring ------------------------------------------------------------------------------------------
     def logits(self, image_embeds: np.ndarray) -> np.ndarray:
-        """float32 [N, D] normalized image embeddings -> [N, C] logits (logit_scale * cosine)."""
-        return self.model.logit_scale * (image_embeds @ self.text_embeddings.T)  # [N, C]
+        """float32 [N, D] normalized image embeddings -> [N, C] logits (logit_scale * cosine).
+
+        A repeated label's column is computed once and copied: BLAS may round a column differently at another
+        position, and the same label must get the same score."""
+        first: dict[str, int] = {}  # distinct label -> its column among the distinct ones
+        rows: list[int] = []  # first occurrence of each distinct label
+        column = []
+        for i, label in enumerate(self.labels):
+            if label not in first:
+                first[label] = len(rows)
+                rows.append(i)
+            column.append(first[label])
+        if len(rows) == len(self.labels):
+            return self.model.logit_scale * (image_embeds @ self.text_embeddings.T)  # [N, C]
+        return (self.model.logit_scale * (image_embeds @ self.text_embeddings[rows].T))[:, column]  # [N, C]
 
     def _top(self, scores: np.ndarray, top_k: int | None) -> list[list[Prediction]]:
         k = scores.shape[1] if top_k is None else min(top_k, scores.shape[1])
