@@ -332,6 +332,25 @@ def test_lowering_refuses_weights_from_another_export(tiny_q_package: Path, tmp_
         lower_int8(tmp_path / "other.onnx", pkg.path(pkg.artifact("text", "int8", portable=True)), tmp_path / "x.onnx")
 
 
+def test_lowering_follows_u8_activations_and_no_optimize(tiny_source: Path, data_dir: Path, tmp_path: Path) -> None:
+    """--int8-activations u8 (asymmetric zero points) lowers with those zero points; --no-optimize has no fused graph
+    to lower into, so the QDQ file is what load(precision="int8") runs."""
+    import clip_rt
+
+    common = ["--precision", "int8", "--no-int8-sensitivity", "--calib-images", "64", "--calib-captions", "200",
+              *data_args(data_dir)[:4]]
+    u8 = Package.open(export(tiny_source, tmp_path / "u8", "--int8-activations", "u8", *common))
+    for encoder in ("image", "text"):
+        low, qdq = u8.artifact(encoder, "int8"), u8.artifact(encoder, "int8", portable=True)
+        assert low.file == f"{encoder}.int8.opt.onnx" and qdq.extra["quantization"]["recipe"]["tensorrt_compatible"] is False
+        assert low.parity["min_cosine"] >= INT8.min_cosine and abs(low.parity["mean_cosine"] - qdq.parity["mean_cosine"]) < 1e-4
+    plain = export(tiny_source, tmp_path / "plain", "--no-optimize", *common)
+    assert sorted(a.file for a in Package.open(plain).artifacts if a.precision == "int8") == \
+        ["image.int8.onnx", "text.int8.onnx"]
+    with clip_rt.load(plain, precision="int8") as q:
+        assert q.describe()["files"] == {"image": "image.int8.onnx", "text": "text.int8.onnx"}
+
+
 def op_counts_of(path: Path) -> dict[str, int]:
     import onnx
 
