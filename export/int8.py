@@ -81,25 +81,26 @@ def quantizable_units(model_path: Path) -> dict[str, list[str]]:
     return units
 
 
-def activation_matmuls(model_path: Path) -> list[str]:
-    """MatMuls of two activations (attention scores and context): never quantized."""
+def load_graph(model_path: Path) -> Any:
+    """The onnx GraphProto of `model_path` (about a second for ViT-B/32: load once per use)."""
     import onnx
 
-    model = onnx.load(str(model_path), load_external_data=False)
-    init = {i.name for i in model.graph.initializer}
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in init]
+    return onnx.load(str(model_path), load_external_data=False).graph
 
 
-def exact_integer_inputs(model_path: Path, s8: bool) -> dict[str, list[dict[str, Any]]]:
-    """TensorQuantOverrides for MatMul inputs that hold exact integers -128..127: the patch embedding's shifted pixels
-    (export/wrappers.py). Scale 1 (zero point 0 for int8, 128 for uint8) represents them without rounding, where a
-    calibrated range would round every pixel."""
-    import onnx
+def activation_matmuls(graph: Any) -> list[str]:
+    """MatMuls of two activations (attention scores and context) in `graph`: never quantized."""
+    init = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] not in init]
 
-    model = onnx.load(str(model_path), load_external_data=False)
-    init = {i.name for i in model.graph.initializer}
+
+def exact_integer_inputs(graph: Any, s8: bool) -> dict[str, list[dict[str, Any]]]:
+    """TensorQuantOverrides for MatMul inputs of `graph` that hold exact integers -128..127: the patch embedding's
+    shifted pixels (export/wrappers.py). Scale 1 (zero point 0 for int8, 128 for uint8) represents them without
+    rounding, where a calibrated range would round every pixel."""
+    init = {i.name for i in graph.initializer}
     zero = np.array(0, np.int8) if s8 else np.array(128, np.uint8)
-    return {n.input[0]: [{"scale": np.array(1.0, np.float32), "zero_point": zero}] for n in model.graph.node
+    return {n.input[0]: [{"scale": np.array(1.0, np.float32), "zero_point": zero}] for n in graph.node
             if n.op_type == "MatMul" and n.input[1] in init and n.name.startswith("/patch_embedding/")}
 
 
@@ -154,7 +155,8 @@ def quantize(src: Path, dst: Path, recipe: Recipe, cache: Path, reader: Any = No
         # The histogram of symmetric activations is taken on |x| (one bound); asymmetric ranges keep both signs.
         "CalibTensorRangeSymmetric": s8,
     }
-    overrides = exact_integer_inputs(src, s8)
+    graph = load_graph(src)
+    overrides = exact_integer_inputs(graph, s8)
     if overrides:
         extra["TensorQuantOverrides"] = overrides
     if reader is not None:
@@ -164,7 +166,7 @@ def quantize(src: Path, dst: Path, recipe: Recipe, cache: Path, reader: Any = No
                         per_channel=recipe.per_channel, reduce_range=False,
                         activation_type=QuantType.QInt8 if s8 else QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_quantize=list(nodes) if nodes else None,
-                        nodes_to_exclude=list(exclude) + activation_matmuls(src),
+                        nodes_to_exclude=list(exclude) + activation_matmuls(graph),
                         calibrate_method=methods[recipe.method], extra_options=extra,
                         calibration_cache_path=str(cache))
     if s8:

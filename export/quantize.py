@@ -191,7 +191,7 @@ def _static_int8(ctx: "ExportContext", opts: QuantizeOptions, encoder: str, data
 def _dynamic_int8(src: Path, dst: Path, recipe: q8.Recipe) -> dict[str, Any]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    exclude = q8.resolve(src, recipe.exclude) + q8.activation_matmuls(src)
+    exclude = q8.resolve(src, recipe.exclude) + q8.activation_matmuls(q8.load_graph(src))
     with q8._quiet():
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=recipe.per_channel,
                          weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
