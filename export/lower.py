@@ -66,6 +66,13 @@ class _QuantMatMul:
     weight_scale: np.ndarray  # float32 [N] (or scalar)
 
 
+def _initializer(name: str, init: dict[str, Any], prod: dict[str, Any]) -> str | None:
+    """The initializer behind tensor `name`, through Identity nodes (the exporter dedups equal weights that way)."""
+    while name not in init and name in prod and prod[name].op_type == "Identity":
+        name = prod[name].input[0]
+    return name if name in init else None
+
+
 def _quantized_matmuls(qdq: Any) -> dict[str, _QuantMatMul]:
     """MatMul node name -> its integers and scales, for every MatMul of DQ(Q(x)) and DQ(int8 constant)."""
     from onnx import numpy_helper
@@ -75,9 +82,8 @@ def _quantized_matmuls(qdq: Any) -> dict[str, _QuantMatMul]:
     prod = {o: n for n in g.node for o in n.output}
 
     def const(name: str) -> np.ndarray | None:
-        while name not in init and name in prod and prod[name].op_type == "Identity":
-            name = prod[name].input[0]
-        return numpy_helper.to_array(init[name]) if name in init else None
+        found = _initializer(name, init, prod)
+        return numpy_helper.to_array(init[found]) if found is not None else None
 
     out: dict[str, _QuantMatMul] = {}
     for n in g.node:
@@ -102,10 +108,10 @@ def _quantized_matmuls(qdq: Any) -> dict[str, _QuantMatMul]:
     return out
 
 
-def _check_weight(name: str, r: _QuantMatMul, fp32: np.ndarray) -> None:
+def _check_weight(name: str, weight: np.ndarray, scale: np.ndarray, fp32: np.ndarray) -> None:
     """The QDQ weight must be the fused graph's fp32 weight, quantized: within half a step (+ float slack)."""
-    deq = r.weight.astype(np.float32) * r.weight_scale
-    if deq.shape != fp32.shape or np.any(np.abs(deq - fp32) > 0.5001 * r.weight_scale + 1e-7):
+    deq = weight.astype(np.float32) * scale
+    if deq.shape != fp32.shape or np.any(np.abs(deq - fp32) > 0.5001 * scale + 1e-7):
         raise ValueError(f"int8 lowering: the QDQ weights of {name} do not match the fused graph's fp32 weights "
                          f"(the two files come from different exports?)")
 
@@ -127,11 +133,7 @@ def lower_int8(fused_path: Path, qdq_path: Path, dst: Path) -> LoweringReport:
     by_input: dict[str, list[str]] = {}
     for name, r in qmm.items():
         by_input.setdefault(r.x, []).append(name)
-
-    def const_name(name: str) -> str | None:
-        while name not in init and name in prod and prod[name].op_type == "Identity":
-            name = prod[name].input[0]
-        return name if name in init else None
+    graph_outputs = {o.name for o in g.output}
 
     new_inits: list[Any] = []
     quantized: dict[str, tuple[str, str, str, float]] = {}  # tensor -> (u8 tensor, scale, zero point, scale value)
@@ -169,7 +171,7 @@ def lower_int8(fused_path: Path, qdq_path: Path, dst: Path) -> LoweringReport:
             weight = np.concatenate([r.weight for r in rs], axis=1)
             scales = np.concatenate([np.broadcast_to(r.weight_scale, (r.weight.shape[1],)) for r in rs])
             fp32 = numpy_helper.to_array(init[n.input[1]])
-            _check_weight(n.name, _QuantMatMul(rs[0].x, rs[0].scale, rs[0].zero_point, weight, scales), fp32)
+            _check_weight(n.name, weight, scales, fp32)
             if any(abs(r.scale - rs[0].scale) > SAME_SCALE * rs[0].scale for r in rs[1:]):
                 report.kept_fp32.append(n.name)  # q/k/v calibrated apart: QAttention takes one input scale
                 continue
@@ -185,15 +187,15 @@ def lower_int8(fused_path: Path, qdq_path: Path, dst: Path) -> LoweringReport:
             report.qattention += 1
         elif n.op_type == "MatMul" and n.name in qmm:
             r = qmm[n.name]
-            weight_name = const_name(n.input[1])
+            weight_name = _initializer(n.input[1], init, prod)
             if weight_name is None:
                 continue
-            _check_weight(n.name, r, numpy_helper.to_array(init[weight_name]))
+            _check_weight(n.name, r.weight, r.weight_scale, numpy_helper.to_array(init[weight_name]))
             out, bias = n.output[0], ""
             users = consumers.get(n.output[0], [])
-            if len(users) == 1 and users[0].op_type == "Add" and n.output[0] not in {o.name for o in g.output}:
+            if len(users) == 1 and users[0].op_type == "Add" and n.output[0] not in graph_outputs:
                 other = [i for i in users[0].input if i != n.output[0]]
-                b = const_name(other[0]) if len(other) == 1 else None
+                b = _initializer(other[0], init, prod) if len(other) == 1 else None
                 if b is not None and numpy_helper.to_array(init[b]).shape == (r.weight.shape[1],):
                     out, bias = users[0].output[0], b
                     drop.add(id(users[0]))
