@@ -193,6 +193,16 @@ class ZeroShotClassifier:
             raise InputError("a label is empty")
         self.model = model
         self.labels = labels
+        # A repeated label (ImageNet's class list repeats names) is encoded and scored once and copied, so that it
+        # gets the very same row and score: at another batch or BLAS position the last float bit could differ.
+        position: dict[str, int] = {}  # distinct label -> its position among the distinct labels
+        self._distinct: list[int] = []  # index of each distinct label's first occurrence
+        self._column: list[int] = []  # label i -> position of its distinct label
+        for i, label in enumerate(labels):
+            if label not in position:
+                position[label] = len(self._distinct)
+                self._distinct.append(i)
+            self._column.append(position[label])
         self.templates = resolve_templates(templates)
         self.cache = cache
         self.key = cache_key(model, self.labels, self.templates)
@@ -231,10 +241,9 @@ class ZeroShotClassifier:
     def compute_label_matrix(self) -> np.ndarray:
         """Run the text encoder: [C, D] = normalize(mean over templates of normalized prompt embeddings).
 
-        Each distinct label is encoded once (ImageNet's class list repeats names): repeated labels get the very same
-        row, where encoding them at different batch positions could differ in the last float bit."""
+        Each distinct label is encoded once; a repeated label's row is a copy."""
         templates = self.templates
-        labels = list(dict.fromkeys(self.labels))  # distinct, in first-seen order
+        labels = [self.labels[i] for i in self._distinct]
         per_chunk = max(1, PROMPTS_PER_CHUNK // len(templates))
         out = np.empty((len(labels), self.model.embed_dim), dtype=np.float32)  # [C', D]
         cut = 0
@@ -248,28 +257,17 @@ class ZeroShotClassifier:
         if cut:  # one warning for the whole label set, however many chunks it took
             warnings.warn(truncation_message(cut, len(labels) * len(templates), self.model.tokenizer.context_length,
                                              "prompts"), TextTruncatedWarning, stacklevel=2)
-        if len(labels) == len(self.labels):
-            return out
-        row = {label: i for i, label in enumerate(labels)}
-        return out[[row[label] for label in self.labels]]  # [C, D]
+        return out if len(labels) == len(self.labels) else out[self._column]  # [C, D]
 
     # -- scoring ------------------------------------------------------------------------------------------
     def logits(self, image_embeds: np.ndarray) -> np.ndarray:
         """float32 [N, D] normalized image embeddings -> [N, C] logits (logit_scale * cosine).
 
-        A repeated label's column is computed once and copied: BLAS may round a column differently at another
-        position, and the same label must get the same score."""
-        first: dict[str, int] = {}  # distinct label -> its column among the distinct ones
-        rows: list[int] = []  # first occurrence of each distinct label
-        column = []
-        for i, label in enumerate(self.labels):
-            if label not in first:
-                first[label] = len(rows)
-                rows.append(i)
-            column.append(first[label])
-        if len(rows) == len(self.labels):
+        A repeated label's column is computed once and copied (see __init__)."""
+        if len(self._distinct) == len(self.labels):
             return self.model.logit_scale * (image_embeds @ self.text_embeddings.T)  # [N, C]
-        return (self.model.logit_scale * (image_embeds @ self.text_embeddings[rows].T))[:, column]  # [N, C]
+        distinct = self.model.logit_scale * (image_embeds @ self.text_embeddings[self._distinct].T)  # [N, C']
+        return distinct[:, self._column]  # [N, C]
 
     def _top(self, scores: np.ndarray, top_k: int | None) -> list[list[Prediction]]:
         k = scores.shape[1] if top_k is None else min(top_k, scores.shape[1])
