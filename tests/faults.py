@@ -10,6 +10,7 @@ Everything here writes real files with Pillow, zlib and the standard library; no
     symlink_loops(folder)     links that make a folder walk go round in circles
     as_nobody(fn, *args)      fn(*args) in a forked child without root, so permission bits apply
     run_crashing(code, at)    Python code in a subprocess that dies (os._exit) at the n-th call of a function
+    run_in_threads(n, work)   work(i) in n threads released together; the results, or the first error re-raised
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,28 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_in_threads(n: int, work: Callable[[int], Any]) -> list[Any]:
+    """work(i) in n threads released together by a barrier; returns the results, re-raising the first error."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = work(i)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
 
 # What each EXIF Orientation value asks a viewer to do with the stored pixels, in numpy terms.
 VIEWER = {2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud, 5: lambda a: a.transpose(1, 0, 2),

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,28 +22,6 @@ from runtime_reference import LEAN_PRELUDE, flickr, labelled_images, run_lean
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 8
-
-
-def run_in_threads(n: int, work: Callable[[int], Any]) -> list[Any]:
-    """work(i) in n threads released together by a barrier; returns the results, re-raising the first error."""
-    barrier = threading.Barrier(n)
-    results: list[Any] = [None] * n
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait()
-            results[i] = work(i)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
-            errors.append(e)
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
 
 
 def _same(a: Any, b: Any) -> float:
@@ -92,7 +69,7 @@ def test_eight_threads_give_the_serial_results(model, data_dir, tmp_path):
         def work(i: int) -> list[tuple[int, Any]]:
             order = np.random.default_rng(i).permutation(len(tasks))
             return [(int(k), tasks[k]()) for _ in range(2) for k in order]
-        runs = run_in_threads(THREADS, work)
+        runs = faults.run_in_threads(THREADS, work)
     worst = max(_same(result, serial[k]) for run in runs for k, result in run)
     print(f"\n{THREADS} threads x 2 rounds x {len(tasks)} tasks: largest difference from the serial results {worst:.2e}")
     assert worst <= 1e-6
@@ -101,7 +78,7 @@ def test_eight_threads_give_the_serial_results(model, data_dir, tmp_path):
 def test_classifiers_built_in_eight_threads_at_once(model, cache):
     """All miss the memory cache together, compute, and write the same keys: each key ends as one whole file."""
     label_sets = [[f"{kind} {i}" for i in range(12)] for kind in ("tool", "fruit", "animal", "vehicle")]
-    results = run_in_threads(THREADS, lambda i: zeroshot.ZeroShotClassifier(model, label_sets[i % 4],
+    results = faults.run_in_threads(THREADS, lambda i: zeroshot.ZeroShotClassifier(model, label_sets[i % 4],
                                                                             templates="imagenet"))
     for i, clf in enumerate(results):
         assert np.abs(clf.text_embeddings - results[i % 4].text_embeddings).max() <= 1e-6

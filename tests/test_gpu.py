@@ -13,13 +13,13 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+import faults
 from clip_rt.tolerances import tolerance
 
 DATA = ("imagenet_sample", "caltech101")
@@ -281,25 +281,16 @@ def test_eight_threads_share_one_backend(fp16_package: Path, references: dict[st
                       cuda_graphs=cuda_graphs) as b:
         want = {"image": b.encode_images(references["pixels"][:5]), "text": b.encode_texts(references["ids"][:6]),
                 "frames": b.encode_frames(references["frames"][:3])}
-        errors: list[BaseException] = []
 
         def work(i: int) -> None:
-            try:
-                for _ in range(10):
-                    got = {"image": b.encode_images(references["pixels"][:5]),
-                           "text": b.encode_texts(references["ids"][:6]),
-                           "frames": b.encode_frames(references["frames"][:3])}
-                    for k in want:
-                        assert cosines(got[k], want[k]).min() > 0.99999, f"thread {i}: {k} changed under concurrency"
-            except BaseException as e:  # noqa: BLE001 - reported by the main thread
-                errors.append(e)
+            for _ in range(10):
+                got = {"image": b.encode_images(references["pixels"][:5]),
+                       "text": b.encode_texts(references["ids"][:6]),
+                       "frames": b.encode_frames(references["frames"][:3])}
+                for k in want:
+                    assert cosines(got[k], want[k]).min() > 0.99999, f"thread {i}: {k} changed under concurrency"
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors[0]
+        faults.run_in_threads(8, work)  # re-raises the first thread's failure
 
 
 # -- without a GPU (run everywhere) -------------------------------------------------------------------------------------

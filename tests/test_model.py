@@ -4,7 +4,6 @@ threads, the torch reference backend, and refusals instead of silent fallbacks."
 from __future__ import annotations
 
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from PIL import Image
 import clip_rt
 from clip_rt.errors import BackendUnavailable, ImageError, PackageError
 from clip_rt.tolerances import RUNTIME_MIN_COSINE, tolerance
+import faults
 from runtime_reference import TRICKY_TEXTS, cosines, flickr, hf_reference
 
 pytest.importorskip("transformers", reason="the parity reference is transformers (export extra)")
@@ -136,11 +136,7 @@ def test_safe_from_several_threads(model, photos, data_dir):
             if np.abs(model.encode_texts([texts[k] for k in j], batch_size=4) - want_txt[j]).max() > 1e-5:
                 failures.append(f"texts differ in thread {seed}")
 
-    threads = [threading.Thread(target=work, args=(s,)) for s in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    faults.run_in_threads(6, work)
     assert not failures, failures
 
 

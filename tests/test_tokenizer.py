@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import threading
 import warnings
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from clip_rt.errors import InputError, PackageError
 from clip_rt.package import Package, write_manifest
 from clip_rt.tokenizer import TextTruncatedWarning, Tokenizer
 
+import faults
 from tokenizer_corpus import TRICKY, corpus
 
 CONTEXT = 77
@@ -148,23 +148,7 @@ def test_concurrent_encode_is_safe(tok, texts):
     # warnings.catch_warnings is not thread safe, so the truncation warnings are filtered for the whole test.
     chunks = [texts[i::8] for i in range(8)]
     serial = [tok.encode(c) for c in chunks]
-    results: dict[int, list[np.ndarray]] = {}
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(8)
-
-    def work(i: int) -> None:
-        try:
-            barrier.wait()
-            results[i] = [tok.encode(chunks[i]) for _ in range(2)]
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    results = faults.run_in_threads(8, lambda i: [tok.encode(chunks[i]) for _ in range(2)])
     for i in range(8):
         for got in results[i]:
             np.testing.assert_array_equal(got, serial[i])
