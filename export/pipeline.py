@@ -150,7 +150,10 @@ def _optimize_fp32(ctx: ExportContext, encoders: list[str]) -> None:
         heads, width, layers = encoder_dims(ctx.loaded.model.config, encoder)
         src, dst = ctx.workdir / f"{encoder}.onnx", ctx.workdir / f"{encoder}.opt.onnx"
         # The image encoder's last layer runs for the class token only (wrappers.ClassTokenLayer): no fusable pattern.
-        report = optimize_onnx(src, dst, encoder, heads, width, layers, layers - 1 if encoder == "image" else -1)
+        # The INT8 lowering reads the fused graph before the row padding (a scratch file, dropped at the end).
+        unpadded = ctx.workdir / f"{encoder}.fused.onnx" if "int8" in ctx.options.precisions else None
+        report = optimize_onnx(src, dst, encoder, heads, width, layers, layers - 1 if encoder == "image" else -1,
+                               unpadded=unpadded)
         ctx.log(f"  fused {encoder} encoder to {dst.name}: {report.summary()} ({time.perf_counter() - t0:.1f} s)")
         warning = report.warning()
         if warning:

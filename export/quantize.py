@@ -218,7 +218,7 @@ def build_int8(ctx: "ExportContext") -> None:
                 f"{record['build_seconds']} s; fp32 kept: {len(record['excluded_nodes'])} extra nodes)")
         ctx.gate(dst, encoder, "int8", extra={"quantization": record, "graph": {"optimized": False}})
         files[encoder] = dst
-        fused = ctx.workdir / f"{encoder}.opt.onnx"
+        fused = ctx.workdir / f"{encoder}.fused.onnx"  # written by pipeline._optimize_fp32 when int8 is asked for
         if data is not None and fused.is_file():
             # Registered after the QDQ file: Package.artifact(encoder, "int8") (the last match) gives ONNX Runtime
             # this one, portable=True (TensorRT) the QDQ file.

@@ -182,6 +182,72 @@ def test_runtime_loads_the_fused_graph(tiny_package: Path) -> None:
         assert emb.shape == (2, 32)
 
 
+def test_aliased_rows_are_padded_without_changing_the_result() -> None:
+    """pad_aliased_rows: MLP hidden widths whose rows are 4 KiB long are padded through the first MatMul (weights, a
+    bias shared by two layers), a plain 4 KiB input gets a Pad node, other widths are left alone, and ONNX Runtime
+    gives the same outputs before and after."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from clip_rt.export.optimize import ROW_PAD, pad_aliased_rows
+
+    rng = np.random.default_rng(0)
+    w = lambda *shape: numpy_helper.from_array((rng.standard_normal(shape) * 0.05).astype(np.float32),
+                                               f"w{len(inits)}")
+    inits: list = []
+    for shape in ((64, 1024), (1024, 64), (64, 1024), (1024, 64), (1024, 32), (64, 1000), (1000, 32)):
+        inits.append(w(*shape))
+    inits.append(numpy_helper.from_array((rng.standard_normal(1024) * 0.1).astype(np.float32), "shared_bias"))
+    nodes = []
+    h = "x"
+    for layer in range(2):  # two MLPs sharing one bias tensor (the export deduplicates equal constants)
+        fc1, fc2 = inits[2 * layer].name, inits[2 * layer + 1].name
+        nodes += [helper.make_node("MatMul", [h, fc1], [f"h{layer}"], name=f"fc1_{layer}"),
+                  helper.make_node("Add", ["shared_bias", f"h{layer}"], [f"hb{layer}"], name=f"bias_{layer}"),
+                  helper.make_node("QuickGelu", [f"hb{layer}"], [f"a{layer}"], name=f"act_{layer}",
+                                   domain="com.microsoft", alpha=1.702),
+                  helper.make_node("MatMul", [f"a{layer}", fc2], [f"y{layer}"], name=f"fc2_{layer}")]
+        h = f"y{layer}"
+    inits.append(numpy_helper.from_array(np.array([0, 5, 1024], np.int64), "flat"))
+    nodes += [helper.make_node("Reshape", ["z", "flat"], ["zf"], name="flatten"),
+              helper.make_node("MatMul", ["zf", inits[4].name], ["p"], name="patches"),  # 4 KiB rows, no MLP above
+              helper.make_node("MatMul", ["x", inits[5].name], ["u"], name="wide"),  # 1000 floats: not aliased
+              helper.make_node("MatMul", ["u", inits[6].name], ["v"], name="narrow")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 7, 64]),
+                                           helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", 5, 32, 32])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("y1", "p", "v")],
+                              inits)
+    # No com.microsoft opset import, as in the optimizer's model before it is saved: the Pad's rank must still be found.
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"x": rng.standard_normal((3, 7, 64)).astype(np.float32),
+             "z": rng.standard_normal((3, 5, 32, 32)).astype(np.float32)}
+
+    def run(m):
+        runnable = onnx.ModelProto()
+        runnable.CopyFrom(m)
+        runnable.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        return ort.InferenceSession(runnable.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+    before = run(model)
+
+    padded = onnx.ModelProto()
+    padded.CopyFrom(model)
+    assert pad_aliased_rows(padded) == {"hidden": 2, "pad": 1}
+    after = run(padded)
+    for a, b in zip(before, after):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+
+    shapes = {n.name: [list(i.dims) for i in padded.graph.initializer if i.name in n.input] for n in padded.graph.node}
+    wide = 1024 + ROW_PAD
+    for layer in range(2):
+        assert shapes[f"fc1_{layer}"] == [[64, wide]] and shapes[f"bias_{layer}"] == [[wide]]
+        assert shapes[f"fc2_{layer}"] == [[wide, 64]]
+    assert shapes["patches"] == [[wide, 32]] and shapes["wide"] == [[64, 1000]] and shapes["narrow"] == [[1000, 32]]
+    assert [n.op_type for n in padded.graph.node].count("Pad") == 1
+    assert "shared_bias" not in {i.name for i in padded.graph.initializer}  # both users got their own padded copy
+
+
 @pytest.mark.slow
 def test_vitb32_all_layers_fuse(vitb32_package: Path) -> None:
     pkg = Package.open(vitb32_package)
@@ -189,4 +255,6 @@ def test_vitb32_all_layers_fuse(vitb32_package: Path) -> None:
         graph = pkg.artifact(encoder, "fp32").extra["graph"]
         full = layers - 1 if encoder == "image" else layers  # the image's class-token layer does not fuse
         assert graph["fusions"]["Attention"] == full and graph["fusions"]["QuickGelu"] == layers
+        # 3072 (image) and 2048 (text) hidden floats are 4 KiB multiples; the image's patches get a Pad node
+        assert graph["padded_rows"] == ({"hidden": layers, "pad": 1} if encoder == "image" else {"hidden": layers})
         assert pkg.artifact(encoder, "fp32").parity["min_cosine"] >= FP32.min_cosine
