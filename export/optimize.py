@@ -138,8 +138,9 @@ def pad_aliased_rows(model: Any) -> dict[str, int]:
 
     MatMul(act(MatMul(x, W1) [+ b]), W2) with constant W1 [*, K], b [K], W2 [K, N]: W1 and b get ROW_PAD zero columns,
     W2 ROW_PAD zero rows, so the hidden activations are born padded and the products gain exact zeros. Any other such
-    MatMul(A, W2) gets Pad(A) on its last axis and W2's zero rows. Each padded tensor is a new initializer (the
-    export deduplicates equal constants, so one bias may serve several layers)."""
+    MatMul(A, W2) gets Pad(A) on its last axis (one Pad per tensor) and W2's zero rows. Padded constants are new
+    initializers, one per constant (the export deduplicates equal constants, so one bias may serve several layers);
+    the originals go when nothing else reads them."""
     import numpy as np
     from onnx import helper, numpy_helper
 
@@ -151,16 +152,29 @@ def pad_aliased_rows(model: Any) -> dict[str, int]:
     ranks: dict[str, int] | None = None
     counts = {"hidden": 0, "pad": 0, "skipped": 0}
     before: dict[int, Any] = {}  # id(node) -> Pad node to insert in front of it
+    pad_outputs: set[str] = set()
     new_inits: list[Any] = []
 
-    def constant(name: str) -> np.ndarray | None:
+    def source(name: str) -> str:
         while name not in init and name in prod and prod[name].op_type == "Identity":
             name = prod[name].input[0]
+        return name
+
+    def constant(name: str) -> np.ndarray | None:
+        name = source(name)
         return numpy_helper.to_array(init[name]) if name in init else None
 
-    def rebind(node: Any, slot: int, value: np.ndarray) -> None:
-        name = f"{node.name or node.output[0]}/input{slot}_padded{ROW_PAD}"
-        new_inits.append(numpy_helper.from_array(value, name))
+    padded_inits: set[str] = set()
+
+    def rebind(node: Any, slot: int, axis: int) -> None:
+        """node.input[slot] := that constant with ROW_PAD zeros appended along `axis` (one copy per constant)."""
+        name = f"{source(node.input[slot])}/padded{ROW_PAD}_axis{axis}"
+        if name not in padded_inits:
+            value = constant(node.input[slot])
+            widths = [(0, 0)] * value.ndim
+            widths[axis] = (0, ROW_PAD)
+            new_inits.append(numpy_helper.from_array(np.pad(value, widths), name))
+            padded_inits.add(name)
         node.input[slot] = name
 
     def private(tensor: str) -> bool:
@@ -194,10 +208,10 @@ def pad_aliased_rows(model: Any) -> dict[str, int]:
         chain = hidden_chain(n.input[0], k)
         if chain is not None:
             mm1, add = chain
-            rebind(mm1, 1, np.pad(constant(mm1.input[1]), ((0, 0), (0, ROW_PAD))))
+            rebind(mm1, 1, axis=1)
             if add is not None:
-                slot = next(i for i, t in enumerate(add.input) if (c := constant(t)) is not None and c.shape == (k,))
-                rebind(add, slot, np.pad(constant(add.input[slot]), (0, ROW_PAD)))
+                rebind(add, next(i for i, t in enumerate(add.input) if (c := constant(t)) is not None and c.shape == (k,)),
+                       axis=0)
             counts["hidden"] += 1
         else:
             if ranks is None:  # rank of each activation, for the Pad node's pads (opset 17 has no axes input)
@@ -206,13 +220,15 @@ def pad_aliased_rows(model: Any) -> dict[str, int]:
             if not rank:
                 counts["skipped"] += 1
                 continue
-            pads = f"{n.name or n.output[0]}/pads{ROW_PAD}"
-            new_inits.append(numpy_helper.from_array(np.array([0] * (2 * rank - 1) + [ROW_PAD], np.int64), pads))
             padded = f"{n.input[0]}_padded{ROW_PAD}"
-            before[id(n)] = helper.make_node("Pad", [n.input[0], pads], [padded], name=f"{n.name}/pad_rows")
+            if padded not in pad_outputs:  # one Pad per tensor, however many MatMuls read it
+                pads = f"{padded}/pads"
+                new_inits.append(numpy_helper.from_array(np.array([0] * (2 * rank - 1) + [ROW_PAD], np.int64), pads))
+                before[id(n)] = helper.make_node("Pad", [n.input[0], pads], [padded], name=f"{n.name}/pad_rows")
+                pad_outputs.add(padded)
+                counts["pad"] += 1
             n.input[0] = padded
-            counts["pad"] += 1
-        rebind(n, 1, np.pad(w2, ((0, ROW_PAD), (0, 0))))
+        rebind(n, 1, axis=0)
     if new_inits:
         nodes = []
         for n in graph.node:

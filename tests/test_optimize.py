@@ -212,11 +212,12 @@ def test_aliased_rows_are_padded_without_changing_the_result() -> None:
     inits.append(numpy_helper.from_array(np.array([0, 5, 1024], np.int64), "flat"))
     nodes += [helper.make_node("Reshape", ["z", "flat"], ["zf"], name="flatten"),
               helper.make_node("MatMul", ["zf", inits[4].name], ["p"], name="patches"),  # 4 KiB rows, no MLP above
+              helper.make_node("MatMul", ["zf", inits[4].name], ["p2"], name="patches_again"),  # shares the Pad
               helper.make_node("MatMul", ["x", inits[5].name], ["u"], name="wide"),  # 1000 floats: not aliased
               helper.make_node("MatMul", ["u", inits[6].name], ["v"], name="narrow")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 7, 64]),
                                            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", 5, 32, 32])],
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("y1", "p", "v")],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("y1", "p", "p2", "v")],
                               inits)
     # No com.microsoft opset import, as in the optimizer's model before it is saved: the Pad's rank must still be found.
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -243,9 +244,14 @@ def test_aliased_rows_are_padded_without_changing_the_result() -> None:
     for layer in range(2):
         assert shapes[f"fc1_{layer}"] == [[64, wide]] and shapes[f"bias_{layer}"] == [[wide]]
         assert shapes[f"fc2_{layer}"] == [[wide, 64]]
-    assert shapes["patches"] == [[wide, 32]] and shapes["wide"] == [[64, 1000]] and shapes["narrow"] == [[1000, 32]]
+    assert shapes["patches"] == shapes["patches_again"] == [[wide, 32]]
+    assert shapes["wide"] == [[64, 1000]] and shapes["narrow"] == [[1000, 32]]
     assert [n.op_type for n in padded.graph.node].count("Pad") == 1
-    assert "shared_bias" not in {i.name for i in padded.graph.initializer}  # both users got their own padded copy
+    # One padded copy per constant (the two fc1 Adds share one), the originals gone, the Pad's pads added.
+    names = {i.name for i in padded.graph.initializer}
+    p = f"padded{ROW_PAD}"
+    assert names == {f"w0/{p}_axis1", f"w1/{p}_axis0", f"w2/{p}_axis1", f"w3/{p}_axis0",
+                     f"w4/{p}_axis0", "w5", "w6", f"shared_bias/{p}_axis0", "flat", f"zf_{p}/pads"}
 
 
 @pytest.mark.slow
