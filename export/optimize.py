@@ -238,7 +238,7 @@ def pad_aliased_rows(model: Any) -> dict[str, int]:
         del graph.node[:]
         graph.node.extend(nodes)
         graph.initializer.extend(new_inits)
-        used = {i for n in graph.node for i in n.input}
+        used = {i for n in graph.node for i in n.input} | outputs
         kept = [t for t in graph.initializer if t.name in used]
         del graph.initializer[:]
         graph.initializer.extend(kept)
