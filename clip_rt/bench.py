@@ -53,7 +53,8 @@ METHODS = {
               "allocator keeps from a smaller earlier call counts, as in a long-running process. peak_gpu_mb: GPU "
               "memory held by that process after the call (nvidia-smi; CUDA context included).",
     "parity": "Cosine of each row's embeddings against eager fp32 PyTorch (transformers CLIPModel; the timed torch "
-              "cell, else one opened untimed, on the CPU if torch cannot use the run's device) on the same inputs: the first --parity-items crops of --data (random pixels without it) for images, as many "
+              "cell, else one opened untimed, on the CPU if torch cannot use the run's device) on the same inputs: "
+              "the first --parity-items crops of --data (random pixels without it) for images, as many "
               "texts of the row's length for text, run in batches of 32. top1_agreement: zero-shot labels "
               "(a photo of a {class}.) against eager's, when --data has classes.txt. Padded rows compare with eager "
               "on the unpadded ids. parity_ok applies clip_rt.tolerances (end-to-end: min with RUNTIME_MIN_COSINE, "

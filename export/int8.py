@@ -65,27 +65,25 @@ class Recipe:
                 "quantized_ops": ["MatMul (constant weights)"], "tensorrt_compatible": self.activations == "s8"}
 
 
-def quantizable_units(model_path: Path) -> dict[str, list[str]]:
-    """Unit name -> names of the MatMul nodes with constant weights in it ("layers.K" or the module, e.g. "projection")."""
+def load_graph(model_path: Path) -> Any:
+    """The onnx GraphProto of `model_path` (about a second for ViT-B/32: load once per use)."""
     import onnx
 
-    model = onnx.load(str(model_path), load_external_data=False)
-    init = {i.name for i in model.graph.initializer}
+    return onnx.load(str(model_path), load_external_data=False).graph
+
+
+def quantizable_units(graph: Any) -> dict[str, list[str]]:
+    """Unit name -> names of the MatMul nodes with constant weights in it ("layers.K" or the module, e.g. "projection"),
+    for `graph` (load_graph)."""
+    init = {i.name for i in graph.initializer}
     units: dict[str, list[str]] = {}
-    for node in model.graph.node:
+    for node in graph.node:
         if node.op_type != "MatMul" or node.input[1] not in init:
             continue
         m = re.search(r"layers\.(\d+)/", node.name)
         unit = f"layers.{int(m.group(1))}" if m else node.name.strip("/").split("/")[0]
         units.setdefault(unit, []).append(node.name)
     return units
-
-
-def load_graph(model_path: Path) -> Any:
-    """The onnx GraphProto of `model_path` (about a second for ViT-B/32: load once per use)."""
-    import onnx
-
-    return onnx.load(str(model_path), load_external_data=False).graph
 
 
 def activation_matmuls(graph: Any) -> list[str]:
@@ -226,7 +224,7 @@ def search(src: Path, workdir: Path, recipe: Recipe, cache: Path, input_name: st
     `batches` are held-out calibration inputs; the reference is the fp32 graph itself (= eager within 1e-6).
     """
     t0 = time.perf_counter()
-    units = quantizable_units(src)
+    units = quantizable_units(load_graph(src))
     forced = [u for u in recipe.exclude if u in units]
     forced_nodes = resolve(src, [n for n in recipe.exclude if n not in units])
     ref = embed(src, input_name, batches)
@@ -264,10 +262,9 @@ def search(src: Path, workdir: Path, recipe: Recipe, cache: Path, input_name: st
 
 def resolve(src: Path, names: Sequence[str]) -> list[str]:
     """Unit names (layers.K, projection) and node names -> node names; an unknown name is an error."""
-    units = quantizable_units(src)
-    import onnx
-
-    nodes = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node}
+    graph = load_graph(src)
+    units = quantizable_units(graph)
+    nodes = {n.name for n in graph.node}
     out: list[str] = []
     for name in names:
         if name in units:

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from .graph import constant_behind, drop_unused_initializers, initializer_behind
+
 # Relative difference under which two activation scales for one tensor count as the same: the QDQ file gives q, k
 # and v scales 1-2 ulp apart on purpose (int8.distinct_shared_scales).
 SAME_SCALE = 1e-5
@@ -66,24 +68,14 @@ class _QuantMatMul:
     weight_scale: np.ndarray  # float32 [N] (or scalar)
 
 
-def _initializer(name: str, init: dict[str, Any], prod: dict[str, Any]) -> str | None:
-    """The initializer behind tensor `name`, through Identity nodes (the exporter dedups equal weights that way)."""
-    while name not in init and name in prod and prod[name].op_type == "Identity":
-        name = prod[name].input[0]
-    return name if name in init else None
-
-
 def _quantized_matmuls(qdq: Any) -> dict[str, _QuantMatMul]:
     """MatMul node name -> its integers and scales, for every MatMul of DQ(Q(x)) and DQ(int8 constant)."""
-    from onnx import numpy_helper
-
     g = qdq.graph
     init = {i.name: i for i in g.initializer}
     prod = {o: n for n in g.node for o in n.output}
 
     def const(name: str) -> np.ndarray | None:
-        found = _initializer(name, init, prod)
-        return numpy_helper.to_array(init[found]) if found is not None else None
+        return constant_behind(name, init, prod)
 
     out: dict[str, _QuantMatMul] = {}
     for n in g.node:
@@ -187,7 +179,7 @@ def lower_int8(fused_path: Path, qdq_path: Path, dst: Path) -> LoweringReport:
             report.qattention += 1
         elif n.op_type == "MatMul" and n.name in qmm:
             r = qmm[n.name]
-            weight_name = _initializer(n.input[1], init, prod)
+            weight_name = initializer_behind(n.input[1], init, prod)
             if weight_name is None:
                 continue
             _check_weight(n.name, r.weight, r.weight_scale, numpy_helper.to_array(init[weight_name]))
@@ -195,7 +187,7 @@ def lower_int8(fused_path: Path, qdq_path: Path, dst: Path) -> LoweringReport:
             users = consumers.get(n.output[0], [])
             if len(users) == 1 and users[0].op_type == "Add" and n.output[0] not in graph_outputs:
                 other = [i for i in users[0].input if i != n.output[0]]
-                b = _initializer(other[0], init, prod) if len(other) == 1 else None
+                b = initializer_behind(other[0], init, prod) if len(other) == 1 else None
                 if b is not None and numpy_helper.to_array(init[b]).shape == (r.weight.shape[1],):
                     out, bias = users[0].output[0], b
                     drop.add(id(users[0]))
@@ -220,10 +212,7 @@ def lower_int8(fused_path: Path, qdq_path: Path, dst: Path) -> LoweringReport:
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(new_inits)
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    kept = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(kept)
+    drop_unused_initializers(g)
     if not any(o.domain == "com.microsoft" for o in fused.opset_import):
         fused.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(fused, str(dst))

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .graph import constant_behind, drop_unused_initializers, initializer_behind
+
 # Fused operator types whose counts go into the manifest (ClipOnnxModel.get_fused_operator_statistics).
 FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "LayerNormalization", "QuickGelu",
              "BiasGelu", "Gelu", "FastGelu")
@@ -155,20 +157,14 @@ def pad_aliased_rows(model: Any) -> dict[str, int]:
     pad_outputs: set[str] = set()
     new_inits: list[Any] = []
 
-    def source(name: str) -> str:
-        while name not in init and name in prod and prod[name].op_type == "Identity":
-            name = prod[name].input[0]
-        return name
-
     def constant(name: str) -> np.ndarray | None:
-        name = source(name)
-        return numpy_helper.to_array(init[name]) if name in init else None
+        return constant_behind(name, init, prod)
 
     padded_inits: set[str] = set()
 
     def rebind(node: Any, slot: int, axis: int) -> None:
         """node.input[slot] := that constant with ROW_PAD zeros appended along `axis` (one copy per constant)."""
-        name = f"{source(node.input[slot])}/padded{ROW_PAD}_axis{axis}"
+        name = f"{initializer_behind(node.input[slot], init, prod)}/padded{ROW_PAD}_axis{axis}"
         if name not in padded_inits:
             value = constant(node.input[slot])
             widths = [(0, 0)] * value.ndim
@@ -238,10 +234,7 @@ def pad_aliased_rows(model: Any) -> dict[str, int]:
         del graph.node[:]
         graph.node.extend(nodes)
         graph.initializer.extend(new_inits)
-        used = {i for n in graph.node for i in n.input} | outputs
-        kept = [t for t in graph.initializer if t.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+        drop_unused_initializers(graph)
         del graph.value_info[:]  # shapes recorded before padding would contradict the padded ones
     return {k: v for k, v in counts.items() if v}
 
@@ -253,16 +246,20 @@ def _ranks(model: Any) -> dict[str, int]:
     # A light copy: weights become typed inputs (shape inference needs their shapes, not their values); small
     # constants (Reshape targets and the like) stay, since shapes can depend on their values.
     g = model.graph
-    small = [t for t in g.initializer if len(t.raw_data) <= 4096 and not t.external_data]
-    weights = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.initializer
-               if not (len(t.raw_data) <= 4096 and not t.external_data)]
+    small: list[Any] = []
+    weights: list[Any] = []
+    for t in g.initializer:
+        if len(t.raw_data) <= 4096 and not t.external_data:
+            small.append(t)
+        else:
+            weights.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     probe = helper.make_model(helper.make_graph(list(g.node), g.name, [*g.input, *weights], list(g.output), small),
                               opset_imports=list(model.opset_import), ir_version=model.ir_version)
     if not any(o.domain == "com.microsoft" for o in probe.opset_import):  # the optimizer adds it only when saving
         probe.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     try:
         graph = shape_inference.infer_shapes(probe).graph
-    except Exception:  # onnx's InferenceError and friends: fall back to the declared shapes
+    except shape_inference.InferenceError:  # a node onnx cannot type: only the declared shapes are known
         graph = probe.graph
     return {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.input, *graph.value_info]
             if v.type.tensor_type.HasField("shape")}

@@ -79,7 +79,7 @@ def test_classifiers_built_in_eight_threads_at_once(model, cache):
     """All miss the memory cache together, compute, and write the same keys: each key ends as one whole file."""
     label_sets = [[f"{kind} {i}" for i in range(12)] for kind in ("tool", "fruit", "animal", "vehicle")]
     results = faults.run_in_threads(THREADS, lambda i: zeroshot.ZeroShotClassifier(model, label_sets[i % 4],
-                                                                            templates="imagenet"))
+                                                                                   templates="imagenet"))
     for i, clf in enumerate(results):
         assert np.abs(clf.text_embeddings - results[i % 4].text_embeddings).max() <= 1e-6
     files = sorted(p.name for p in (cache / "text-embeddings").iterdir())

@@ -61,12 +61,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated tokens per text (BOS and EOT included) for the text encoder")
     p.add_argument("--mode", dest="modes", type=_csv(str, MODES), default=",".join(MODES), metavar="LIST",
                    help="comma-separated: model, end-to-end")
-    p.add_argument("--encoders", type=_csv(str, ENCODERS), default=",".join(ENCODERS), metavar="LIST", help="model mode: image, text")
+    p.add_argument("--encoders", type=_csv(str, ENCODERS), default=",".join(ENCODERS), metavar="LIST",
+                   help="model mode: image, text")
     p.add_argument("--data", default=None,
                    help="labeled image folder (labels.csv, classes.txt, like shared/data/caltech101): real crops for "
                         "parity, top-1 agreement, and the files and labels of end-to-end mode (skipped without it)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads per backend; unset: each library's default")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads per backend; unset: each library's default")
     p.add_argument("--iters", type=_iters, default="auto", metavar="N|auto",
                    help="timed calls per row; auto: as many as fit in --budget seconds, at least --min-iters, at "
                         "most --max-iters")
