@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 MODES = ("model", "end-to-end")
 ENCODERS = ("image", "text")
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 
 METHODS = {
     "timing": "CPU: time.perf_counter around each call. GPU: CUDA events recorded around each call after the "
@@ -73,7 +73,7 @@ class BenchConfig:
     """One benchmark run. Defaults finish in about 4 minutes for ViT-B/32 (fp32 + int8) on 2 idle CPU cores."""
 
     package: str  # model package folder
-    backends: tuple[str, ...] = ("torch", "onnxruntime")  # fixed default, never auto-detected: same rows everywhere
+    backends: tuple[str, ...] = ("torch", "onnxruntime", "openvino")  # fixed default, never auto-detected: same rows everywhere
     precisions: tuple[str, ...] | None = None  # None: every precision the package has onnxruntime artifacts for
     batch_sizes: tuple[int, ...] = (1, 32)
     text_lengths: tuple[int, ...] = (8, 16, 77)  # tokens per text, BOS and EOT included; 77 = CLIP's context

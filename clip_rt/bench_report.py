@@ -31,7 +31,7 @@ ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx
              "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
              "asimd", "asimddp", "asimdhp", "sve", "sve2", "i8mm", "bf16")
 # Distributions whose versions change the numbers (absent ones are reported as null).
-VERSIONED = ("clip-rt", "numpy", "onnxruntime", "onnxruntime-gpu", "torch", "transformers", "tokenizers",
+VERSIONED = ("clip-rt", "numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "transformers", "tokenizers",
              "Pillow", "tensorrt", "cuda-python")
 
 
@@ -127,7 +127,8 @@ def describe_machine(machine: dict[str, Any]) -> str:
         cores += f", cgroup quota {cpu['cgroup_cpu_quota']} CPUs"
     gpu = ", ".join(g["name"] for g in machine["gpu"]) if machine.get("gpu") else "no GPU"
     v = machine["versions"]
-    libs = ", ".join(f"{k} {v[k]}" for k in ("onnxruntime", "onnxruntime-gpu", "torch", "transformers", "tensorrt")
+    libs = ", ".join(f"{k} {v[k]}" for k in ("onnxruntime", "onnxruntime-gpu", "openvino", "torch", "transformers",
+                                                  "tensorrt")
                      if v.get(k))
     return (f"{cpu['model']} ({cores}; {' '.join(cpu['isa_flags']) or 'no listed ISA flags'}), "
             f"{machine.get('ram_gb')} GB RAM, {gpu}; {libs}")

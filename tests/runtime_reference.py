@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Modules the lean runtime must never need. tqdm is blocked too: it is optional (progress bars only).
 BLOCKED = ("torch", "torchvision", "transformers", "onnx", "onnxscript", "tensorrt", "cuda", "safetensors", "tqdm",
-           "huggingface_hub")
+           "huggingface_hub", "openvino")
 
 # Run before the code under test: any import of a blocked top-level module raises ModuleNotFoundError,
 # exactly as if it were not installed.

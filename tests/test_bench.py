@@ -3,6 +3,7 @@ complete (or skipped with a reason), and the writers. Timings are not asserted: 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -83,9 +84,16 @@ def test_matrix_is_complete(bench_run):
     for p in precisions:
         if p != "fp32":
             assert any(s.get("backend") == "torch" and s.get("precision") == p and s["reason"] for s in doc["skipped"])
-    # fp32 ONNX Runtime against eager: the same arithmetic, so parity passes its tolerance row.
+    openvino = importlib.util.find_spec("openvino") is not None
+    for b in (1, 3):  # the default backends include openvino: rows where it is installed, a reason where not
+        if openvino:
+            assert ("openvino", "fp32", "model", "image", b, None, None) in have
+            assert ("openvino", "fp32", "model", "text", b, 77, None) in have
+    if not openvino:
+        assert any(s.get("backend") == "openvino" and "clip-rt[openvino]" in s["reason"] for s in doc["skipped"])
+    # fp32 ONNX Runtime and OpenVINO against eager: the same arithmetic, so parity passes its tolerance row.
     for r in rows:
-        if r["backend"] == "onnxruntime" and r["precision"] == "fp32" and r["mode"] == "model":
+        if r["backend"] in ("onnxruntime", "openvino") and r["precision"] == "fp32" and r["mode"] == "model":
             assert r["parity_ok"] is True, r
             assert r["top1_agreement"] is None or r["top1_agreement"] >= 0.9
         if r["reference"]:

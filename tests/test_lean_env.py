@@ -41,7 +41,8 @@ def test_lean_embeddings_match_transformers(which, request, data_dir, tmp_path):
 
 
 def test_lean_classify_index_and_refusals(tiny_package, data_dir, tmp_path):
-    """Zero-shot, the index and the similarity API run without torch; asking for torch says how to get it."""
+    """Zero-shot, the index and the similarity API run without torch; asking for torch or openvino says how to get
+    it."""
     code = f"""
 import json, clip_rt
 from clip_rt.errors import BackendUnavailable
@@ -57,8 +58,14 @@ try:
     torch_error = None
 except BackendUnavailable as e:
     torch_error = str(e)
+try:
+    clip_rt.load({str(tiny_package)!r}, backend="openvino")
+    openvino_error = None
+except BackendUnavailable as e:
+    openvino_error = str(e)
 print(json.dumps({{"preds": [[p.label for p in row] for row in preds], "n": len(index), "errors": len(errors),
-                  "hits": len(hits), "sim": m.similarity(files, ["a cat"]).shape, "torch_error": torch_error}}))
+                  "hits": len(hits), "sim": m.similarity(files, ["a cat"]).shape, "torch_error": torch_error,
+                  "openvino_error": openvino_error}}))
 """
     proc = run_lean(code, env={"CLIP_RT_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stderr
@@ -67,3 +74,4 @@ print(json.dumps({{"preds": [[p.label for p in row] for row in preds], "n": len(
     assert out["n"] == 3000 and out["errors"] == 0 and out["hits"] == 2 and out["sim"] == [2, 1]
     assert "embedded 3000/3000 images" in proc.stderr  # tqdm is blocked: counts instead of a bar
     assert "pip install 'clip-rt[export]'" in out["torch_error"]
+    assert "pip install 'clip-rt[openvino]'" in out["openvino_error"]

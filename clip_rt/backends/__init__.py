@@ -16,13 +16,14 @@ if TYPE_CHECKING:
 
 BACKENDS: dict[str, str] = {
     "onnxruntime": "clip_rt.backends.onnxruntime",
+    "openvino": "clip_rt.backends.openvino",
     "tensorrt": "clip_rt.backends.tensorrt",
     "torch": "clip_rt.backends.torch",
 }
 
 # The device a backend runs on when none is named (load(device=None), the CLI without --device): TensorRT only
-# runs on a GPU, the others default to the CPU.
-DEFAULT_DEVICES: dict[str, str] = {"onnxruntime": "cpu", "tensorrt": "cuda", "torch": "cpu"}
+# runs on a GPU, OpenVINO (as used here) only on the CPU, the others default to the CPU.
+DEFAULT_DEVICES: dict[str, str] = {"onnxruntime": "cpu", "openvino": "cpu", "tensorrt": "cuda", "torch": "cpu"}
 
 
 def default_device(backend: str) -> str:

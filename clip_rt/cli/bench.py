@@ -50,9 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "interleaved block by block. The defaults finish in about 5 minutes for ViT-B/32 with fp32 and "
                     "int8 artifacts on 2 idle CPU cores (3.7 minutes measured; up to 10 on a heavily shared machine).")
     p.add_argument("package", help="model package folder")
-    p.add_argument("--backends", type=_csv(str, BACKENDS), default="torch,onnxruntime", metavar="LIST",
+    p.add_argument("--backends", type=_csv(str, BACKENDS), default="torch,onnxruntime,openvino",
+                   metavar="LIST",
                    help="comma-separated backends; torch is the eager reference that speedups are against. The "
-                        "default never includes tensorrt: ask for it (it needs an NVIDIA GPU and --device cuda)")
+                        "default never includes tensorrt: ask for it (it needs an NVIDIA GPU and --device cuda); "
+                        "openvino is skipped with its reason where it is not installed or --device is a GPU")
     p.add_argument("--precisions", type=_csv(str, PRECISIONS), default=None, metavar="LIST",
                    help="comma-separated precisions; unset: every precision the package has artifacts for. A "
                         "backend/precision that cannot run is skipped with its reason")

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..model import ClipModel
 
 HELP = argparse.ArgumentDefaultsHelpFormatter
-BACKEND_CHOICES = ("onnxruntime", "tensorrt", "torch")  # the keys of clip_rt.backends.BACKENDS
+BACKEND_CHOICES = ("onnxruntime", "openvino", "tensorrt", "torch")  # the keys of clip_rt.backends.BACKENDS
 
 
 # -- shared by the run and index commands --------------------------------------------------------------
