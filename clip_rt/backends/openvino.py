@@ -28,12 +28,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..contract import EncoderContract, check_precision
-from ..errors import BackendUnavailable, InputError
+from ..errors import BackendUnavailable, InputError, missing_dependency
 
 if TYPE_CHECKING:
     from ..package import Package
 
-INSTALL_HINT = "install it with: pip install 'clip-rt[openvino]'"
 HINTS = ("latency", "throughput")
 GEMM_LAYERS = ("FullyConnected", "MatMul", "Convolution")  # runtime layer types that carry the weight GEMMs
 LOW_FLOAT = ("bf16", "f16")
@@ -64,7 +63,7 @@ def _import_openvino() -> Any:
     try:
         import openvino
     except ImportError as e:
-        raise BackendUnavailable(f"the openvino backend needs the OpenVINO runtime ({e}); {INSTALL_HINT}") from e
+        raise missing_dependency(e.name or "openvino", "openvino", "the openvino backend") from e
     return openvino
 
 

@@ -33,7 +33,7 @@ class TorchBackend:
         check_precision(precision)
         if precision != "fp32":
             raise BackendUnavailable(f"the torch backend is the fp32 eager reference; precision {precision!r} runs "
-                                     f"on backend='onnxruntime' (or 'tensorrt')")
+                                     f"on backend='onnxruntime' (or 'openvino', 'tensorrt')")
         kind, device_id = parse_device(device)
         try:
             import torch

@@ -47,8 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "times the encoders on prepared inputs (uint8 crops, int32 ids); 'end-to-end' mode times image "
                     "files -> decode -> preprocess -> encode -> zero-shot probabilities over the classes of --data, "
                     "against transformers' CLIPProcessor + CLIPModel used as the tutorials do. Backends are "
-                    "interleaved block by block. The defaults finish in about 5 minutes for ViT-B/32 with fp32 and "
-                    "int8 artifacts on 2 idle CPU cores (3.7 minutes measured; up to 10 on a heavily shared machine).")
+                    "interleaved block by block. The defaults finish in about 6 minutes for ViT-B/32 with fp32 and "
+                    "int8 artifacts on 2 CPU cores (5.6 minutes measured with OpenVINO installed; more on a heavily "
+                    "shared machine).")
     p.add_argument("package", help="model package folder")
     p.add_argument("--backends", type=_csv(str, BACKENDS), default="torch,onnxruntime,openvino",
                    metavar="LIST",
