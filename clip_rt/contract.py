@@ -81,6 +81,13 @@ class EncoderContract:
             ids[row, n - 1] = EOT_ID
         return ids
 
+    def warmup_inputs(self) -> list[np.ndarray]:
+        """What a backend runs at load to warm up: batch 1 and the profile's opt batch (texts at the opt length), so
+        that kernel selection, arena growth and pre-packing happen at load, not on the first user call."""
+        _, opt, _ = self.axis_ranges["batch"]
+        extra = {"sequence": self.axis_ranges["sequence"][1]} if "sequence" in self.axis_ranges else {}
+        return [self.sample_input(seed=0, batch=batch, **extra) for batch in (1, opt)]
+
     def check_input(self, array: np.ndarray) -> np.ndarray:
         """Validate an input array against the contract; returns it (contiguous, right dtype)."""
         if array.dtype != np.dtype(self.input.dtype):

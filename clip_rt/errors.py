@@ -44,3 +44,15 @@ def missing_dependency(module: str, extra: str, purpose: str) -> BackendUnavaila
     """The error for a heavy optional import that failed, with the install hint."""
     return BackendUnavailable(f"{purpose} needs the Python package '{module}', which is not installed; "
                               f"install it with: pip install 'clip-rt[{extra}]'")
+
+
+def check_threads(threads: object) -> None:
+    """InputError unless `threads` (a backend's thread count) is a positive int or None (the library's default)."""
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads must be a positive int or None, got {threads!r}")
+
+
+def check_warmup(warmup: object) -> None:
+    """InputError unless `warmup` (calls per encoder at load) is an int >= 0."""
+    if not isinstance(warmup, int) or warmup < 0:
+        raise InputError(f"warmup must be an int >= 0, got {warmup!r}")

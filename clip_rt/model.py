@@ -226,7 +226,7 @@ def load(package: str | os.PathLike | Package, backend: str = "onnxruntime", pre
     """Open a model package for inference.
 
     backend: "onnxruntime" (default; CPU, or CUDA / TensorRT execution providers on device="cuda", the latter
-        with provider="tensorrt"), "openvino" (CPU; the fastest INT8 on x86 measured here; the openvino extra),
+        with provider="tensorrt"), "openvino" (CPU; the plain and QDQ INT8 files on OpenVINO; the openvino extra),
         "tensorrt" (GPU engines) or "torch" (eager transformers, the reference; needs the export extra). A
         backend, device or precision that cannot run raises BackendUnavailable: there is never a silent fallback.
     device: "cpu", "cuda" or "cuda:N"; None (default) is the backend's natural device: "cuda" for tensorrt,

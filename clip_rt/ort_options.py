@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputError
+from .errors import InputError, check_threads, check_warmup
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -40,12 +40,10 @@ class SessionTuning:
     log_severity: int = 3  # 0 verbose .. 4 fatal; 3 keeps ONNX Runtime's warnings off stderr
 
     def __post_init__(self) -> None:
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise InputError(f"threads must be a positive int or None, got {self.threads!r}")
+        check_threads(self.threads)
         if self.graph_level not in GRAPH_LEVELS:
             raise InputError(f"graph_level must be one of {', '.join(GRAPH_LEVELS)}, got {self.graph_level!r}")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise InputError(f"warmup must be an int >= 0, got {self.warmup!r}")
+        check_warmup(self.warmup)
         if not 0 <= self.log_severity <= 4:
             raise InputError(f"log_severity must be 0..4, got {self.log_severity!r}")
 
@@ -81,15 +79,8 @@ def make_session_options(tuning: SessionTuning = SessionTuning()) -> "ort.Sessio
 
 
 def warm_up(session: "ort.InferenceSession", contract: "EncoderContract", runs: int) -> None:
-    """Run `runs` times on contract samples (batch 1 and the profile's opt batch; texts at the opt length), so
-    that kernel selection, arena growth and pre-packing happen at load, not on the first user call."""
-    if runs <= 0:
-        return
-    _, opt, _ = contract.axis_ranges["batch"]
-    shapes = [{"batch": 1}, {"batch": opt}]
-    if "sequence" in contract.axis_ranges:
-        seq = contract.axis_ranges["sequence"][1]
-        shapes = [{**s, "sequence": seq} for s in shapes]
+    """Run `runs` times on the contract's warm-up inputs (EncoderContract.warmup_inputs)."""
+    inputs = contract.warmup_inputs() if runs > 0 else []
     for _ in range(runs):
-        for axes in shapes:
-            session.run(None, {contract.input.name: contract.sample_input(seed=0, **axes)})
+        for array in inputs:
+            session.run(None, {contract.input.name: array})

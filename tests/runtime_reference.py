@@ -65,6 +65,31 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+def concurrent_mismatches(model: Any, photos: Sequence[str], texts: Sequence[str], threads: int, rounds: int,
+                          picks: tuple[int, int], batch_sizes: tuple[int, int]) -> list[str]:
+    """`threads` threads released together each encode, `rounds` times, random picks (picks[0] photos, picks[1] texts,
+    at batch_sizes) and compare them with the serial embeddings; one line per thread and round that differed by
+    more than 1e-5 (empty: the model is safe to share)."""
+    import faults
+
+    want_img, want_txt = model.encode_images(list(photos)), model.encode_texts(list(texts))
+    failures: list[str] = []
+
+    def work(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(rounds):
+            i, j = rng.permutation(len(photos))[:picks[0]], rng.permutation(len(texts))[:picks[1]]
+            got_img = model.encode_images([photos[k] for k in i], batch_size=batch_sizes[0])
+            if np.abs(got_img - want_img[i]).max() > 1e-5:
+                failures.append(f"images differ in thread {seed}")
+            got_txt = model.encode_texts([texts[k] for k in j], batch_size=batch_sizes[1])
+            if np.abs(got_txt - want_txt[j]).max() > 1e-5:
+                failures.append(f"texts differ in thread {seed}")
+
+    faults.run_in_threads(threads, work)
+    return failures
+
+
 # -- data ---------------------------------------------------------------------------------------------------
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as f:

@@ -13,8 +13,7 @@ from PIL import Image
 import clip_rt
 from clip_rt.errors import BackendUnavailable, ImageError, PackageError
 from clip_rt.tolerances import RUNTIME_MIN_COSINE, tolerance
-import faults
-from runtime_reference import TRICKY_TEXTS, cosines, flickr, hf_reference
+from runtime_reference import TRICKY_TEXTS, concurrent_mismatches, cosines, flickr, hf_reference
 
 pytest.importorskip("transformers", reason="the parity reference is transformers (export extra)")
 
@@ -122,21 +121,8 @@ def test_encode_images_names_the_bad_file(model, photos, tmp_path):
 
 
 def test_safe_from_several_threads(model, photos, data_dir):
-    texts = flickr(data_dir)[1][:30]
-    want_img, want_txt = model.encode_images(photos[:12]), model.encode_texts(texts)
-    failures: list[str] = []
-
-    def work(seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        for _ in range(4):
-            i = rng.permutation(12)[:7]
-            j = rng.permutation(30)[:11]
-            if np.abs(model.encode_images([photos[k] for k in i], batch_size=3) - want_img[i]).max() > 1e-5:
-                failures.append(f"images differ in thread {seed}")
-            if np.abs(model.encode_texts([texts[k] for k in j], batch_size=4) - want_txt[j]).max() > 1e-5:
-                failures.append(f"texts differ in thread {seed}")
-
-    faults.run_in_threads(6, work)
+    failures = concurrent_mismatches(model, photos[:12], flickr(data_dir)[1][:30], threads=6, rounds=4, picks=(7, 11),
+                                     batch_sizes=(3, 4))
     assert not failures, failures
 
 

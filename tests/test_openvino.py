@@ -14,8 +14,7 @@ import clip_rt
 from clip_rt.backends.openvino import check_runtime_precision
 from clip_rt.errors import BackendUnavailable, InputError, PackageError
 from clip_rt.tolerances import tolerance
-import faults
-from runtime_reference import TRICKY_TEXTS, cosines, flickr, hf_reference
+from runtime_reference import TRICKY_TEXTS, concurrent_mismatches, cosines, flickr, hf_reference
 
 FP32 = tolerance("openvino", "fp32")
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
@@ -84,20 +83,8 @@ def test_describe_says_what_runs(ov_model):
 
 @needs_openvino
 def test_safe_from_several_threads(ov_model, photos, data_dir):
-    texts = flickr(data_dir)[1][:24]
-    want_img, want_txt = ov_model.encode_images(photos[:10]), ov_model.encode_texts(texts)
-    failures: list[str] = []
-
-    def work(seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        for _ in range(3):
-            i, j = rng.permutation(10)[:6], rng.permutation(24)[:9]
-            if np.abs(ov_model.encode_images([photos[k] for k in i], batch_size=4) - want_img[i]).max() > 1e-5:
-                failures.append(f"images differ in thread {seed}")
-            if np.abs(ov_model.encode_texts([texts[k] for k in j], batch_size=5) - want_txt[j]).max() > 1e-5:
-                failures.append(f"texts differ in thread {seed}")
-
-    faults.run_in_threads(4, work)
+    failures = concurrent_mismatches(ov_model, photos[:10], flickr(data_dir)[1][:24], threads=4, rounds=3,
+                                     picks=(6, 9), batch_sizes=(4, 5))
     assert not failures, failures
 
 
