@@ -13,7 +13,7 @@ RANDOM_INIT ?=
 DEMO_PKG ?= build/demo-package
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-full bench gpu-check lint clean
+.PHONY: demo test test-full bench cpu-peak gpu-check lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ gpu-check:
 # Not part of `make test`: micro-benchmarks of the hot paths (see benchmarks/README.md).
 bench: $(VENV)/.installed
 	$(PY) -m pytest benchmarks --benchmark-only $(PYTEST_ARGS)
+
+# x86 only, needs a C compiler: fp32 FMA and int8 VNNI peak rates of this CPU, the ceilings docs/CPU_SPEED.md uses.
+CC ?= cc
+build/cpu_peak: benchmarks/cpu_peak.c
+	mkdir -p build
+	$(CC) -O2 -Wall -Wextra -pthread -o $@ $<
+
+cpu-peak: build/cpu_peak
+	build/cpu_peak
 
 lint: $(VENV)/.installed
 	$(PY) -m mypy

@@ -1,0 +1,193 @@
+/* Peak multiply-add rates of this x86 CPU: fp32 FMA and int8 VNNI, per thread and for N threads at once.
+ *
+ * docs/CPU_SPEED.md compares clip-rt's INT8 GEMMs and eager PyTorch's fp32 GEMMs with these ceilings. No library
+ * reports them: they are instruction throughputs at the clock the machine actually runs, so they are measured here
+ * with 12 independent accumulator chains per thread (enough to hide FMA/VNNI latency on current x86 cores) and no
+ * memory traffic.
+ *
+ *   make cpu-peak                     # builds build/cpu_peak and runs it on every CPU the process may use
+ *   build/cpu_peak [threads] [seconds]
+ *
+ * One multiply-add = one fp32 FMA lane or one u8 x s8 product summed by VPDPBUSD (4 per 32-bit lane). Every rate
+ * is the best of three runs, and the clock the best of ten: on a shared host other tenants only ever slow it down.
+ */
+#define _GNU_SOURCE
+#include <immintrin.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#define CHAINS 12
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/* Each kernel runs `iters` rounds of CHAINS independent multiply-adds and returns a value that depends on every
+ * result, so the compiler cannot drop the work. */
+__attribute__((target("avx512f"))) static double fma_zmm(long iters) {
+    __m512 acc[CHAINS], b = _mm512_set1_ps(1.0000001f), c = _mm512_set1_ps(1e-7f);
+    for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_set1_ps((float)i);
+    for (long k = 0; k < iters; k++)
+#pragma GCC unroll 12
+        for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_fmadd_ps(acc[i], b, c);
+    double s = 0;
+    for (int i = 0; i < CHAINS; i++) s += _mm512_reduce_add_ps(acc[i]);
+    return s;
+}
+
+__attribute__((target("avx2,fma"))) static double fma_ymm(long iters) {
+    __m256 acc[CHAINS], b = _mm256_set1_ps(1.0000001f), c = _mm256_set1_ps(1e-7f);
+    for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_set1_ps((float)i);
+    for (long k = 0; k < iters; k++)
+#pragma GCC unroll 12
+        for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_fmadd_ps(acc[i], b, c);
+    float lanes[8];
+    double s = 0;
+    for (int i = 0; i < CHAINS; i++) {
+        _mm256_storeu_ps(lanes, acc[i]);
+        for (int j = 0; j < 8; j++) s += lanes[j];
+    }
+    return s;
+}
+
+__attribute__((target("avx512f,avx512vnni"))) static double vnni_zmm(long iters) {
+    __m512i acc[CHAINS], u = _mm512_set1_epi8(3), w = _mm512_set1_epi8(-2);
+    for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_set1_epi32(i);
+    for (long k = 0; k < iters; k++)
+#pragma GCC unroll 12
+        for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_dpbusd_epi32(acc[i], u, w);
+    double s = 0;
+    for (int i = 0; i < CHAINS; i++) s += _mm512_reduce_add_epi32(acc[i]);
+    return s;
+}
+
+__attribute__((target("avx512f,avx512vl,avx512vnni"))) static double vnni_ymm(long iters) {
+    __m256i acc[CHAINS], u = _mm256_set1_epi8(3), w = _mm256_set1_epi8(-2);
+    for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_set1_epi32(i);
+    for (long k = 0; k < iters; k++)
+#pragma GCC unroll 12
+        for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_dpbusd_epi32(acc[i], u, w);
+    int lanes[8];
+    double s = 0;
+    for (int i = 0; i < CHAINS; i++) {
+        _mm256_storeu_si256((__m256i *)lanes, acc[i]);
+        for (int j = 0; j < 8; j++) s += lanes[j];
+    }
+    return s;
+}
+
+enum Isa { AVX2_FMA, AVX512F, AVX512_VNNI };
+
+static int supported(enum Isa isa) {
+    switch (isa) {
+    case AVX2_FMA: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case AVX512F: return __builtin_cpu_supports("avx512f");
+    case AVX512_VNNI: return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+    }
+    return 0;
+}
+
+typedef struct {
+    const char *name;
+    enum Isa isa;
+    double (*run)(long);
+    int macs_per_op; /* multiply-adds per instruction */
+} Kernel;
+
+static const Kernel KERNELS[] = {
+    {"fp32 FMA, 512-bit", AVX512F, fma_zmm, 16},
+    {"fp32 FMA, 256-bit", AVX2_FMA, fma_ymm, 8},
+    {"int8 VNNI (u8 x s8), 512-bit", AVX512_VNNI, vnni_zmm, 64},
+    {"int8 VNNI (u8 x s8), 256-bit", AVX512_VNNI, vnni_ymm, 32},
+};
+
+typedef struct {
+    const Kernel *k;
+    long iters;
+    double seconds, sink;
+    pthread_barrier_t *start;
+} Job;
+
+static void *worker(void *arg) {
+    Job *j = arg;
+    pthread_barrier_wait(j->start);
+    double t = now();
+    j->sink = j->k->run(j->iters);
+    j->seconds = now() - t;
+    return NULL;
+}
+
+/* Rate in G multiply-adds per second summed over `threads` threads running at once (each timed on its own; the
+ * slowest sets the aggregate, as in a parallel GEMM). */
+static double measure(const Kernel *k, int threads, long iters, double *sink) {
+    pthread_t tid[256];
+    Job jobs[256];
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, threads);
+    for (int i = 0; i < threads; i++) {
+        jobs[i] = (Job){k, iters, 0, 0, &start};
+        pthread_create(&tid[i], NULL, worker, &jobs[i]);
+    }
+    double slowest = 0;
+    for (int i = 0; i < threads; i++) {
+        pthread_join(tid[i], NULL);
+        if (jobs[i].seconds > slowest) slowest = jobs[i].seconds;
+        *sink += jobs[i].sink;
+    }
+    pthread_barrier_destroy(&start);
+    return (double)threads * iters * CHAINS * k->macs_per_op / slowest / 1e9;
+}
+
+/* Clock estimate: a chain of dependent integer adds retires one per cycle on every x86 core of the last decade.
+ * The best of several short runs: time stolen by other tenants of a shared host only ever lowers it. */
+static double clock_ghz(double seconds) {
+    long n = (long)(seconds * 2.5e7); /* 8 adds per round: the loop's own counter and branch hide behind them */
+    double best = 0;
+    for (int r = 0; r < 10; r++) {
+        unsigned long v = 0;
+        double t = now();
+        for (long i = 0; i < n; i++)
+            __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
+                             "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0"
+                             : "+r"(v));
+        double ghz = 8.0 * n / (now() - t) / 1e9;
+        if (ghz > best) best = ghz;
+    }
+    return best;
+}
+
+int main(int argc, char **argv) {
+    cpu_set_t cpus;
+    sched_getaffinity(0, sizeof cpus, &cpus);
+    int threads = argc > 1 ? atoi(argv[1]) : CPU_COUNT(&cpus);
+    double seconds = argc > 2 ? atof(argv[2]) : 1.0;
+    if (threads < 1 || threads > 256 || seconds <= 0) {
+        fprintf(stderr, "usage: %s [threads 1..256] [seconds > 0]\n", argv[0]);
+        return 2;
+    }
+    __builtin_cpu_init();
+    double ghz = clock_ghz(seconds / 2), sink = 0;
+    printf("clock (dependent-add chain): %.2f GHz; %d thread(s) at once\n", ghz, threads);
+    printf("%-30s %12s %12s %16s\n", "instruction", "GMAC/s/thr", "GMAC/s all", "MAC/cycle/thr");
+    for (size_t i = 0; i < sizeof KERNELS / sizeof *KERNELS; i++) {
+        const Kernel *k = &KERNELS[i];
+        if (!supported(k->isa)) {
+            printf("%-30s not supported by this CPU\n", k->name);
+            continue;
+        }
+        double probe = measure(k, 1, 1000000, &sink);                      /* ~1M rounds to size the real run */
+        long iters = (long)(seconds * probe * 1e9 / (CHAINS * k->macs_per_op));
+        double all = 0; /* best of three, for the same reason as the clock */
+        for (int r = 0; r < 3; r++) {
+            double rate = measure(k, threads, iters / 3, &sink);
+            if (rate > all) all = rate;
+        }
+        printf("%-30s %12.1f %12.1f %16.1f\n", k->name, all / threads, all, all / threads / ghz);
+    }
+    return sink == 12345.678 ? 1 : 0; /* keeps the results live */
+}
