@@ -17,6 +17,7 @@
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #define CHAINS 12
@@ -27,59 +28,37 @@ static double now(void) {
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
-/* Each kernel runs `iters` rounds of CHAINS independent multiply-adds and returns a value that depends on every
- * result, so the compiler cannot drop the work. */
-__attribute__((target("avx512f"))) static double fma_zmm(long iters) {
-    __m512 acc[CHAINS], b = _mm512_set1_ps(1.0000001f), c = _mm512_set1_ps(1e-7f);
-    for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_set1_ps((float)i);
-    for (long k = 0; k < iters; k++)
-#pragma GCC unroll 12
-        for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_fmadd_ps(acc[i], b, c);
-    double s = 0;
-    for (int i = 0; i < CHAINS; i++) s += _mm512_reduce_add_ps(acc[i]);
-    return s;
-}
-
-__attribute__((target("avx2,fma"))) static double fma_ymm(long iters) {
-    __m256 acc[CHAINS], b = _mm256_set1_ps(1.0000001f), c = _mm256_set1_ps(1e-7f);
-    for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_set1_ps((float)i);
-    for (long k = 0; k < iters; k++)
-#pragma GCC unroll 12
-        for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_fmadd_ps(acc[i], b, c);
-    float lanes[8];
-    double s = 0;
-    for (int i = 0; i < CHAINS; i++) {
-        _mm256_storeu_ps(lanes, acc[i]);
-        for (int j = 0; j < 8; j++) s += lanes[j];
+/* One kernel per instruction: `iters` rounds of CHAINS independent multiply-adds, returning a sum of every lane so
+ * the compiler cannot drop the work. STEP(x) is one multiply-add into accumulator x. */
+#define PEAK_KERNEL(NAME, TARGET, VEC, LANE, INIT, STEP)                                                   \
+    __attribute__((target(TARGET))) static double NAME(long iters) {                                       \
+        VEC acc[CHAINS];                                                                                    \
+        for (int i = 0; i < CHAINS; i++) acc[i] = INIT(i);                                                  \
+        for (long k = 0; k < iters; k++) {                                                                  \
+            _Pragma("GCC unroll 12") for (int i = 0; i < CHAINS; i++) acc[i] = STEP(acc[i]);                \
+        }                                                                                                   \
+        double s = 0;                                                                                       \
+        for (int i = 0; i < CHAINS; i++) {                                                                  \
+            LANE lanes[sizeof(VEC) / sizeof(LANE)];                                                         \
+            memcpy(lanes, &acc[i], sizeof lanes);                                                           \
+            for (size_t j = 0; j < sizeof lanes / sizeof *lanes; j++) s += lanes[j];                        \
+        }                                                                                                   \
+        return s;                                                                                           \
     }
-    return s;
-}
 
-__attribute__((target("avx512f,avx512vnni"))) static double vnni_zmm(long iters) {
-    __m512i acc[CHAINS], u = _mm512_set1_epi8(3), w = _mm512_set1_epi8(-2);
-    for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_set1_epi32(i);
-    for (long k = 0; k < iters; k++)
-#pragma GCC unroll 12
-        for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_dpbusd_epi32(acc[i], u, w);
-    double s = 0;
-    for (int i = 0; i < CHAINS; i++) s += _mm512_reduce_add_epi32(acc[i]);
-    return s;
-}
+#define FMA512(x) _mm512_fmadd_ps(x, _mm512_set1_ps(1.0000001f), _mm512_set1_ps(1e-7f))
+#define FMA256(x) _mm256_fmadd_ps(x, _mm256_set1_ps(1.0000001f), _mm256_set1_ps(1e-7f))
+#define VNNI512(x) _mm512_dpbusd_epi32(x, _mm512_set1_epi8(3), _mm512_set1_epi8(-2))
+#define VNNI256(x) _mm256_dpbusd_epi32(x, _mm256_set1_epi8(3), _mm256_set1_epi8(-2))
+#define F512(i) _mm512_set1_ps((float)(i))
+#define F256(i) _mm256_set1_ps((float)(i))
+#define I512(i) _mm512_set1_epi32(i)
+#define I256(i) _mm256_set1_epi32(i)
 
-__attribute__((target("avx512f,avx512vl,avx512vnni"))) static double vnni_ymm(long iters) {
-    __m256i acc[CHAINS], u = _mm256_set1_epi8(3), w = _mm256_set1_epi8(-2);
-    for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_set1_epi32(i);
-    for (long k = 0; k < iters; k++)
-#pragma GCC unroll 12
-        for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_dpbusd_epi32(acc[i], u, w);
-    int lanes[8];
-    double s = 0;
-    for (int i = 0; i < CHAINS; i++) {
-        _mm256_storeu_si256((__m256i *)lanes, acc[i]);
-        for (int j = 0; j < 8; j++) s += lanes[j];
-    }
-    return s;
-}
+PEAK_KERNEL(fma_zmm, "avx512f", __m512, float, F512, FMA512)
+PEAK_KERNEL(fma_ymm, "avx2,fma", __m256, float, F256, FMA256)
+PEAK_KERNEL(vnni_zmm, "avx512f,avx512vnni", __m512i, int, I512, VNNI512)
+PEAK_KERNEL(vnni_ymm, "avx512f,avx512vl,avx512vnni", __m256i, int, I256, VNNI256)
 
 enum Isa { AVX2_FMA, AVX512F, AVX512_VNNI };
 

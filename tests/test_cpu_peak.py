@@ -25,7 +25,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def binary(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cpu_peak") / "cpu_peak"
-    subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(out), str(SOURCE)], check=True)
+    subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-pthread", "-o", str(out), str(SOURCE)], check=True)
     return out
 
 
