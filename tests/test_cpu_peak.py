@@ -41,23 +41,32 @@ def _run(binary: Path, *args: str) -> tuple[float, dict[str, dict[str, float]], 
     return ghz, rows, done.stdout
 
 
+def _best_of(binary: Path, runs: int) -> tuple[float, dict[str, float], str]:
+    """Per-kernel best rate and best clock over several runs: other work on the machine only ever lowers them."""
+    ghz, best, outs = 0.0, {}, []
+    for _ in range(runs):
+        g, rows, out = _run(binary, "1", "0.3")
+        ghz, outs = max(ghz, g), outs + [out]
+        for name, row in rows.items():
+            best[name] = max(best.get(name, 0.0), row["thr"])
+    return ghz, best, "\n".join(outs)
+
+
 def test_rates_are_physical(binary):
-    ghz, rows, out = _run(binary, "1", "0.2")
+    ghz, rate, out = _best_of(binary, runs=2)
     assert 0.5 < ghz < 7.0, out
-    fma = rows.get("fp32 FMA, 256-bit")
-    if fma is None:
+    if "fp32 FMA, 256-bit" not in rate:
         pytest.skip(f"no AVX2+FMA on this CPU:\n{out}")
-    # x86 cores do 8 to 32 fp32 FMAs per cycle (1-2 ports x 8-16 lanes); a shared host can only lower it.
-    assert 1.0 < fma["cycle"] <= 40.0, out
-    vnni = rows.get("int8 VNNI (u8 x s8), 512-bit")
-    if vnni is None:
+    # x86 cores do 8 to 32 fp32 FMAs per cycle (1-2 ports x 8-16 lanes).
+    assert 1.0 < rate["fp32 FMA, 256-bit"] / ghz <= 40.0, out
+    if "int8 VNNI (u8 x s8), 512-bit" not in rate:
         assert "not supported by this CPU" in out
         return
-    # VPDPBUSD sums 4 u8 x s8 products per 32-bit lane where FMA does 1 fp32 product: 4x per cycle on every VNNI
-    # core (the two measured back to back, so a noisy host gets a wide margin, not a different answer).
-    fma512 = rows["fp32 FMA, 512-bit"]
-    assert 2.0 < vnni["cycle"] / fma512["cycle"] < 6.0, out
-    assert vnni["cycle"] <= 160.0, out
+    # VPDPBUSD sums 4 u8 x s8 products per 32-bit lane where FMA does 1 fp32 product: ~4x per cycle on every VNNI
+    # core. A kernel that miscounts its multiply-adds by 2x or more lands outside these bounds.
+    ratio = rate["int8 VNNI (u8 x s8), 512-bit"] / rate["fp32 FMA, 512-bit"]
+    assert 2.5 < ratio < 6.0, out
+    assert rate["int8 VNNI (u8 x s8), 512-bit"] / ghz <= 160.0, out
 
 
 def test_bad_arguments_are_refused(binary):
