@@ -29,3 +29,12 @@ def drop_unused_initializers(graph: Any) -> None:
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+
+
+def ensure_contrib_opset(model: Any) -> None:
+    """Add the com.microsoft opset import to `model` (an onnx ModelProto, edited in place) unless it has one: ONNX
+    Runtime's transformer optimizer adds it only when saving, and a graph holding contrib ops needs it to load."""
+    from onnx import helper
+
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .graph import constant_behind, drop_unused_initializers, initializer_behind
+from .graph import constant_behind, drop_unused_initializers, ensure_contrib_opset, initializer_behind
 
 # Relative difference under which two activation scales for one tensor count as the same: the QDQ file gives q, k
 # and v scales 1-2 ulp apart on purpose (int8.distinct_shared_scales).
@@ -213,7 +213,6 @@ def lower_int8(fused_path: Path, qdq_path: Path, dst: Path) -> LoweringReport:
     g.node.extend(nodes)
     g.initializer.extend(new_inits)
     drop_unused_initializers(g)
-    if not any(o.domain == "com.microsoft" for o in fused.opset_import):
-        fused.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    ensure_contrib_opset(fused)
     onnx.save(fused, str(dst))
     return report

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .graph import constant_behind, drop_unused_initializers, initializer_behind
+from .graph import constant_behind, drop_unused_initializers, ensure_contrib_opset, initializer_behind
 
 # Fused operator types whose counts go into the manifest (ClipOnnxModel.get_fused_operator_statistics).
 FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "LayerNormalization", "QuickGelu",
@@ -255,8 +255,7 @@ def _ranks(model: Any) -> dict[str, int]:
             weights.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     probe = helper.make_model(helper.make_graph(list(g.node), g.name, [*g.input, *weights], list(g.output), small),
                               opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    if not any(o.domain == "com.microsoft" for o in probe.opset_import):  # the optimizer adds it only when saving
-        probe.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    ensure_contrib_opset(probe)
     try:
         graph = shape_inference.infer_shapes(probe).graph
     except shape_inference.InferenceError:  # a node onnx cannot type: only the declared shapes are known

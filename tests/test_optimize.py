@@ -190,6 +190,7 @@ def test_aliased_rows_are_padded_without_changing_the_result() -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
+    from clip_rt.export.graph import ensure_contrib_opset
     from clip_rt.export.optimize import ROW_PAD, pad_aliased_rows
 
     rng = np.random.default_rng(0)
@@ -227,7 +228,7 @@ def test_aliased_rows_are_padded_without_changing_the_result() -> None:
     def run(m):
         runnable = onnx.ModelProto()
         runnable.CopyFrom(m)
-        runnable.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        ensure_contrib_opset(runnable)
         return ort.InferenceSession(runnable.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
 
     before = run(model)
