@@ -58,6 +58,16 @@ def run_lean_cli(args: Sequence[str], env: dict[str, str] | None = None, timeout
     return run_lean(code + LEAN_EPILOGUE + "sys.exit(_rc)\n", args, env=env, timeout=timeout, epilogue=False)
 
 
+def op_counts(path: str | Path) -> dict[str, int]:
+    """Node count per op type of the ONNX graph at `path` (weights not loaded)."""
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity in float64."""
     a = np.asarray(a, dtype=np.float64)

@@ -10,6 +10,7 @@ import pytest
 
 from clip_rt.package import Package
 from clip_rt.tolerances import tolerance
+from runtime_reference import op_counts
 
 torch = pytest.importorskip("torch", reason="the exporter needs the export extra (torch)")
 transformers = pytest.importorskip("transformers", reason="the exporter needs the export extra (transformers)")
@@ -21,15 +22,6 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return np.sum(a.astype(np.float64) * b, axis=1)
-
-
-def op_counts(path: Path) -> dict[str, int]:
-    import onnx
-
-    counts: dict[str, int] = {}
-    for node in onnx.load(str(path), load_external_data=False).graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
 
 
 def session(path: Path):

@@ -13,6 +13,7 @@ import pytest
 
 from clip_rt.package import Package
 from clip_rt.tolerances import tolerance
+from runtime_reference import op_counts
 
 torch = pytest.importorskip("torch", reason="the exporter needs the export extra (torch)")
 transformers = pytest.importorskip("transformers", reason="the exporter needs the export extra (transformers)")
@@ -42,17 +43,13 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def ort_optimized_ops(path: Path, tmp_path: Path) -> dict[str, int]:
     """Op counts of the graph ONNX Runtime's CPU provider actually runs (after its load-time rewrites)."""
-    import onnx
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.optimized_model_filepath = str(tmp_path / f"{path.stem}.ort-optimized.onnx")
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    counts: dict[str, int] = {}
-    for n in onnx.load(opts.optimized_model_filepath, load_external_data=False).graph.node:
-        counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    return counts
+    return op_counts(opts.optimized_model_filepath)
 
 
 @pytest.fixture(scope="session")
@@ -332,7 +329,7 @@ def test_lowered_int8_is_the_qdq_artifact_in_integer_ops(tiny_q_package: Path, t
         assert low.optimized and low.extra["graph"]["lowered_from"] == qdq.file
         layers = pkg.model["vision" if encoder == "image" else "text"]["layers"]
         full = layers - 1 if encoder == "image" else layers  # the image's class-token layer has no fused attention
-        ops = op_counts_of(pkg.path(low))
+        ops = op_counts(pkg.path(low))
         assert ops.get("QAttention", 0) == full == low.extra["graph"]["ops"]["QAttention"]
         assert "Attention" not in ops and "DequantizeLinear" not in ops
         assert ops["MatMulIntegerToFloat"] == low.extra["graph"]["ops"]["MatMulIntegerToFloat"]
@@ -384,15 +381,6 @@ def test_lowering_follows_u8_activations_and_no_optimize(tiny_source: Path, data
         ["image.int8.onnx", "text.int8.onnx"]
     with clip_rt.load(plain, precision="int8") as q:
         assert q.describe()["files"] == {"image": "image.int8.onnx", "text": "text.int8.onnx"}
-
-
-def op_counts_of(path: Path) -> dict[str, int]:
-    import onnx
-
-    counts: dict[str, int] = {}
-    for node in onnx.load(str(path), load_external_data=False).graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
 
 
 def test_cli_options_round_trip() -> None:
