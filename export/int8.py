@@ -137,9 +137,10 @@ def distinct_shared_scales(path: Path) -> int:
 
 
 def quantize(src: Path, dst: Path, recipe: Recipe, cache: Path, reader: Any = None, stride: int = 1,
-             nodes: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> None:
+             nodes: Sequence[str] | None = None, exclude: Sequence[str] = (), graph: Any = None) -> None:
     """quantize_static with the recipe. The first call (reader given) calibrates and writes `cache`; later calls
-    reuse the cached ranges. nodes: quantize only these (None: every constant-weight MatMul)."""
+    reuse the cached ranges. nodes: quantize only these (None: every constant-weight MatMul). graph: `src` as
+    load_graph gives it, when the caller holds it already (the sensitivity search quantizes one file many times)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -153,7 +154,7 @@ def quantize(src: Path, dst: Path, recipe: Recipe, cache: Path, reader: Any = No
         # The histogram of symmetric activations is taken on |x| (one bound); asymmetric ranges keep both signs.
         "CalibTensorRangeSymmetric": s8,
     }
-    graph = load_graph(src)
+    graph = load_graph(src) if graph is None else graph
     overrides = exact_integer_inputs(graph, s8)
     if overrides:
         extra["TensorQuantOverrides"] = overrides
@@ -218,22 +219,24 @@ class SearchResult:
 
 
 def search(src: Path, workdir: Path, recipe: Recipe, cache: Path, input_name: str, batches: Sequence[np.ndarray],
-           target_mean: float, target_min: float, log: Callable[[str], None]) -> SearchResult:
+           target_mean: float, target_min: float, log: Callable[[str], None], graph: Any = None) -> SearchResult:
     """Exclude the costliest units until the whole model meets (target_mean, target_min) on `batches`.
 
     `batches` are held-out calibration inputs; the reference is the fp32 graph itself (= eager within 1e-6).
+    graph: `src` as load_graph gives it, when the caller holds it already.
     """
     t0 = time.perf_counter()
-    units = quantizable_units(load_graph(src))
+    graph = load_graph(src) if graph is None else graph
+    units = quantizable_units(graph)
     forced = [u for u in recipe.exclude if u in units]
-    forced_nodes = resolve(src, [n for n in recipe.exclude if n not in units])
+    forced_nodes = resolve(src, [n for n in recipe.exclude if n not in units], graph)
     ref = embed(src, input_name, batches)
     trial = workdir / f"{src.stem}.trial.onnx"
     result = SearchResult(excluded=list(forced))
 
     def whole(excluded: list[str]) -> tuple[float, float]:
         nodes = [n for u in excluded for n in units[u]] + forced_nodes
-        quantize(src, trial, recipe, cache, exclude=nodes)
+        quantize(src, trial, recipe, cache, exclude=nodes, graph=graph)
         mean, worst = cosine_stats(ref, embed(trial, input_name, batches))
         result.steps.append({"excluded": list(excluded), "mean_cos": round(mean, 6), "min_cos": round(worst, 6)})
         log(f"    excluding {excluded or 'nothing'}: mean cosine {mean:.5f}, min {worst:.5f}")
@@ -245,7 +248,7 @@ def search(src: Path, workdir: Path, recipe: Recipe, cache: Path, input_name: st
             alone = [n for n in nodes if n not in forced_nodes]
             if unit in forced or not alone:
                 continue
-            quantize(src, trial, recipe, cache, nodes=alone)
+            quantize(src, trial, recipe, cache, nodes=alone, graph=graph)
             u_mean, u_min = cosine_stats(ref, embed(trial, input_name, batches))
             result.costs[unit] = {"mean_cos": u_mean, "min_cos": u_min}
         ranked = sorted(result.costs, key=lambda u: (result.costs[u]["mean_cos"], result.costs[u]["min_cos"]))
@@ -260,9 +263,10 @@ def search(src: Path, workdir: Path, recipe: Recipe, cache: Path, input_name: st
     return result
 
 
-def resolve(src: Path, names: Sequence[str]) -> list[str]:
-    """Unit names (layers.K, projection) and node names -> node names; an unknown name is an error."""
-    graph = load_graph(src)
+def resolve(src: Path, names: Sequence[str], graph: Any = None) -> list[str]:
+    """Unit names (layers.K, projection) and node names -> node names; an unknown name is an error. graph: `src` as
+    load_graph gives it, when the caller holds it already."""
+    graph = load_graph(src) if graph is None else graph
     units = quantizable_units(graph)
     nodes = {n.name for n in graph.node}
     out: list[str] = []

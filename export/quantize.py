@@ -163,7 +163,8 @@ def _static_int8(ctx: "ExportContext", opts: QuantizeOptions, encoder: str, data
     reader, stride = reader_for(encoder, name, calib, ctx.tokenize)
     cache = ctx.workdir / f"calib.{encoder}.{recipe.method}.json"
     t0 = time.perf_counter()
-    q8.quantize(src, dst, recipe, cache, reader=reader, stride=stride)
+    graph = q8.load_graph(src)  # once: every quantize/resolve/search call below reads the same file
+    q8.quantize(src, dst, recipe, cache, reader=reader, stride=stride, graph=graph)
     ctx.log(f"  calibrated {encoder} ranges ({recipe.method}, {len(reader)} batches, {time.perf_counter() - t0:.1f} s)")
     tol = tolerance("onnxruntime", "int8")
     record: dict[str, Any] = {"recipe": recipe.to_json(), "calibration": calib.to_json()}
@@ -174,14 +175,16 @@ def _static_int8(ctx: "ExportContext", opts: QuantizeOptions, encoder: str, data
         target_min = 1 - SEARCH_MARGIN * (1 - tol.min_cosine)
         ctx.log(f"  sensitivity search for {encoder} (target mean {target_mean:.4f}, min {target_min:.3f} on "
                 f"{sum(len(b) for b in batches)} held-out calibration inputs)")
-        result = q8.search(src, ctx.workdir, recipe, cache, name, batches, target_mean, target_min, ctx.log)
+        result = q8.search(src, ctx.workdir, recipe, cache, name, batches, target_mean, target_min, ctx.log,
+                           graph=graph)
         record["sensitivity"] = {**result.to_json(), "target": {"mean_cos": target_mean, "min_cos": target_min},
                                  "held_out": {"images": int(len(held_out.crops)), "texts": len(held_out.texts)}}
-        excluded = q8.resolve(src, [*result.excluded, *[n for n in recipe.exclude if n not in result.excluded]])
+        excluded = q8.resolve(src, [*result.excluded, *[n for n in recipe.exclude if n not in result.excluded]],
+                              graph)
     else:
-        excluded = q8.resolve(src, recipe.exclude)
+        excluded = q8.resolve(src, recipe.exclude, graph)
     if excluded:
-        q8.quantize(src, dst, recipe, cache, exclude=excluded)
+        q8.quantize(src, dst, recipe, cache, exclude=excluded, graph=graph)
     record["excluded_nodes"] = excluded
     record["kept_fp32"] = ["attention score/context MatMuls", "LayerNorm", "softmax",
                            "QuickGELU", "final L2 normalization"] + [f"{n}" for n in excluded]
@@ -191,7 +194,8 @@ def _static_int8(ctx: "ExportContext", opts: QuantizeOptions, encoder: str, data
 def _dynamic_int8(src: Path, dst: Path, recipe: q8.Recipe) -> dict[str, Any]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    exclude = q8.resolve(src, recipe.exclude) + q8.activation_matmuls(q8.load_graph(src))
+    graph = q8.load_graph(src)
+    exclude = q8.resolve(src, recipe.exclude, graph) + q8.activation_matmuls(graph)
     with q8._quiet():
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=recipe.per_channel,
                          weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
