@@ -41,7 +41,6 @@ bench: $(VENV)/.installed
 	$(PY) -m pytest benchmarks --benchmark-only $(PYTEST_ARGS)
 
 # x86 only, needs a C compiler: fp32 FMA and int8 VNNI peak rates of this CPU, the ceilings docs/CPU_SPEED.md uses.
-CC ?= cc
 build/cpu_peak: benchmarks/cpu_peak.c
 	mkdir -p build
 	$(CC) -O2 -Wall -Wextra -pthread -o $@ $<
