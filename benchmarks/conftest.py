@@ -79,7 +79,7 @@ def package(package_path: Path) -> Any:
 
 @pytest.fixture(scope="session")
 def dataset() -> Any:
-    from clip_rt.bench_workloads import read_dataset
+    from clip_rt.bench.workloads import read_dataset
 
     folder = DATA / "caltech101"
     if not folder.is_dir():
@@ -89,8 +89,8 @@ def dataset() -> Any:
 
 @pytest.fixture(scope="session")
 def inputs(package: Any, dataset: Any) -> Any:
-    """The benchmark harness's inputs (clip_rt.bench_workloads): real crops, real-token texts of any length."""
-    from clip_rt.bench_workloads import build_inputs
+    """The benchmark harness's inputs (clip_rt.bench.workloads): real crops, real-token texts of any length."""
+    from clip_rt.bench.workloads import build_inputs
     from clip_rt.tokenizer import Tokenizer
 
     return build_inputs(package, Tokenizer.from_package(package), dataset, parity_items=32)

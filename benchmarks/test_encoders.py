@@ -16,7 +16,7 @@ _reference: dict[tuple, np.ndarray] = {}
 
 def _record_parity(benchmark, open_backend, out: np.ndarray, key: tuple, encode) -> None:
     """Min cosine of out against eager fp32 on the same input, in extra_info (and a sanity floor)."""
-    from clip_rt.bench_workloads import cosines
+    from clip_rt.bench.workloads import cosines
 
     if key not in _reference:
         _reference[key] = encode(open_backend("torch", "fp32"))
@@ -28,7 +28,7 @@ def _record_parity(benchmark, open_backend, out: np.ndarray, key: tuple, encode)
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("cell", CELLS, ids=lambda c: f"{c[0]}-{c[1]}")
 def test_image_encoder(benchmark, open_backend, inputs, cell, batch):
-    from clip_rt.bench_workloads import image_batch
+    from clip_rt.bench.workloads import image_batch
 
     backend = open_backend(*cell)
     pixels = image_batch(inputs, batch)  # [B, S, S, 3] uint8
@@ -41,7 +41,7 @@ def test_image_encoder(benchmark, open_backend, inputs, cell, batch):
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("cell", CELLS, ids=lambda c: f"{c[0]}-{c[1]}")
 def test_text_encoder(benchmark, open_backend, inputs, cell, batch, length):
-    from clip_rt.bench_workloads import text_batch
+    from clip_rt.bench.workloads import text_batch
 
     backend = open_backend(*cell)
     ids = text_batch(inputs, batch, length)  # [B, L] int32, exactly L tokens each

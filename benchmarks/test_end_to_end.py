@@ -13,7 +13,7 @@ _calls = {"n": 0}
 
 
 def _files(dataset):
-    from clip_rt.bench_workloads import file_batch
+    from clip_rt.bench.workloads import file_batch
 
     _calls["n"] += 1  # a different slice of files on every call, as the bench command does
     return file_batch(dataset.files, BATCH, _calls["n"])
@@ -22,7 +22,7 @@ def _files(dataset):
 @pytest.mark.parametrize("cell", CELLS, ids=lambda c: f"{c[0]}-{c[1]}")
 def test_zeroshot_clip_rt(benchmark, package, dataset, cell):
     import clip_rt
-    from clip_rt.bench_workloads import classifier
+    from clip_rt.bench.workloads import classifier
     from clip_rt.errors import BackendUnavailable, PackageError
 
     try:
@@ -37,7 +37,7 @@ def test_zeroshot_clip_rt(benchmark, package, dataset, cell):
 
 @pytest.fixture(scope="module")
 def tutorial(package, dataset):
-    from clip_rt.bench_workloads import Tutorial
+    from clip_rt.bench.workloads import Tutorial
     from clip_rt.errors import ClipRtError
 
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clip_rt.bench_report import ROW_SCHEMA, check_document, markdown_table
+from clip_rt.bench.report import ROW_SCHEMA, check_document, markdown_table
 from clip_rt.cli import main
 
 REQUIRED_NUMBERS = ("latency_ms_median", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_min",

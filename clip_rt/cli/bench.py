@@ -96,7 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_bench_cli(args: argparse.Namespace) -> int:
     from ..bench import BenchConfig, run_bench
-    from ..bench_report import markdown_table, plot, text_table
+    from ..bench.report import markdown_table, plot, text_table
     from ..fsutil import atomic_write_json
 
     cfg = BenchConfig(package=args.package, backends=args.backends, precisions=args.precisions,

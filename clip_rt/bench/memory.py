@@ -2,10 +2,10 @@
 
 Everything in the timing run shares one process, whose peak RSS only ever grows, so the parent starts
 
-    python -m clip_rt.bench_memory   (a JSON spec on stdin, a JSON result on stdout)
+    python -m clip_rt.bench.memory   (a JSON spec on stdin, a JSON result on stdout)
 
 once per cell (and once for the transformers tutorial reference). The child opens only that backend, builds
-the same inputs as the timing run (clip_rt.bench_workloads), and for each row resets the peak
+the same inputs as the timing run (clip_rt.bench.workloads), and for each row resets the peak
 (/proc/self/clear_refs = 5, Linux) and runs the row's call once, then reads VmHWM. Rows run in ascending
 batch and length, so memory an allocator keeps from a smaller earlier call counts, as in a server.
 """
@@ -21,10 +21,10 @@ import sys
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Callable
 
-from .bench_workloads import Key
+from .workloads import Key
 
 if TYPE_CHECKING:
-    from .bench import BenchConfig
+    from .runner import BenchConfig
 
 TUTORIAL_VARIANTS = ("tutorial", "tutorial-cached-text")
 PROBE_TIMEOUT_S = 1200  # one cell's rows, one call each, plus loading the model
@@ -81,10 +81,10 @@ def gpu_used_mb(pid: int) -> float | None:
 # -- the child -----------------------------------------------------------------------------------------------
 def probe(spec: dict[str, Any]) -> dict[str, Any]:
     """Open one backend (or the tutorial reference) and measure each key's call once."""
-    from . import bench_workloads as wl
-    from .model import load
-    from .package import Package
-    from .tokenizer import Tokenizer
+    from . import workloads as wl
+    from ..model import load
+    from ..package import Package
+    from ..tokenizer import Tokenizer
 
     pkg = Package.open(spec["package"])
     dataset = wl.read_dataset(spec["data"]) if spec.get("data") else None
@@ -134,7 +134,7 @@ def probe_all(cfg: "BenchConfig", keys: list[Key], skipped: list[dict[str, Any]]
                 "keys": [asdict(k) for k in group]}
         what = f"{backend} {precision}" + (" (transformers tutorial)" if kind == "tutorial" else "")
         try:
-            out = subprocess.run([sys.executable, "-m", "clip_rt.bench_memory"], input=json.dumps(spec),
+            out = subprocess.run([sys.executable, "-m", "clip_rt.bench.memory"], input=json.dumps(spec),
                                  capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             out = None

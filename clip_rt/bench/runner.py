@@ -7,7 +7,7 @@ The matrix is backends x precisions x batch sizes x (text lengths) x modes. Ever
 opened once; for each measurement (mode, encoder, batch, length) the cells' calls are interleaved round-robin
 so that machine noise spreads over all of them, and each row's speedup is against eager PyTorch timed in the
 same rounds. Parity runs untimed on a fixed set of inputs; peak memory comes from a fresh process per cell
-(clip_rt.bench_memory). A cell that cannot run is skipped with its reason, never dropped silently.
+(clip_rt.bench.memory). A cell that cannot run is skipped with its reason, never dropped silently.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from .contract import PRECISIONS
-from .errors import BackendUnavailable, ClipRtError, InputError, PackageError
-from .tolerances import RUNTIME_MIN_COSINE, tolerance
-from . import bench_workloads as wl
-from .bench_workloads import Key
+from ..contract import PRECISIONS
+from ..errors import BackendUnavailable, ClipRtError, InputError, PackageError
+from ..tolerances import RUNTIME_MIN_COSINE, tolerance
+from . import workloads as wl
+from .workloads import Key
 
 if TYPE_CHECKING:
-    from .model import ClipModel
-    from .package import Package
+    from ..model import ClipModel
+    from ..package import Package
 
 MODES = ("model", "end-to-end")
 ENCODERS = ("image", "text")
@@ -47,7 +47,7 @@ METHODS = {
                     "clip_rt.load defaults (onnxruntime: spinning on, its default thread count).",
     "statistics": "median, p90 and p99 of the timed calls (linear interpolation: with fewer than 100 calls p99 lies "
                   "between the two slowest); throughput = batch / median latency.",
-    "memory": "peak_rss_mb: VmHWM of a fresh process (python -m clip_rt.bench_memory) that opens only that "
+    "memory": "peak_rss_mb: VmHWM of a fresh process (python -m clip_rt.bench.memory) that opens only that "
               "backend and precision, builds the same inputs, and runs each row's call once, VmHWM reset "
               "(/proc/self/clear_refs = 5) before each call; rows run in ascending batch and length, so memory an "
               "allocator keeps from a smaller earlier call counts, as in a long-running process. peak_gpu_mb: GPU "
@@ -201,7 +201,7 @@ class Cell:
 
 def open_cell(pkg: "Package", backend: str, precision: str, cfg: BenchConfig, device: str | None = None) -> Cell:
     """clip_rt.load for one cell of the matrix, on cfg.device unless `device` says otherwise."""
-    from .model import load
+    from ..model import load
 
     device = device or cfg.device
     t0 = time.perf_counter()
@@ -244,7 +244,7 @@ class Run:
     """State of one benchmark run: cells, inputs, measured jobs, parity, skipped entries."""
 
     def __init__(self, cfg: BenchConfig, log: Callable[[str], None]):
-        from .package import Package
+        from ..package import Package
 
         self.cfg = cfg
         self.log = log
@@ -464,7 +464,7 @@ class Run:
         return refs
 
     def row(self, key: Key, memory: dict[Key, dict[str, float | None]]) -> dict[str, Any]:
-        from .bench_report import latency_stats
+        from .report import latency_stats
 
         job = self.jobs[key]
         stats = latency_stats(job.times)
@@ -504,10 +504,10 @@ def _cpu_seconds() -> float | None:
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, Any]:
     """Run the matrix; returns {"machine", "config", "methods", "cells", "rows", "skipped", "phases", ...}
-    (row keys: clip_rt.bench_report.ROW_SCHEMA). Progress and skipped cells go to `log` (stderr)."""
-    from . import __version__
-    from .bench_memory import probe_all
-    from .bench_report import check_document, machine_info
+    (row keys: clip_rt.bench.report.ROW_SCHEMA). Progress and skipped cells go to `log` (stderr)."""
+    from .. import __version__
+    from .memory import probe_all
+    from .report import check_document, machine_info
 
     t0 = time.perf_counter()
     phases: dict[str, float | None] = {}  # wall seconds per phase, for planning runs (parity_s is inside model/e2e)

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import missing_dependency
+from ..errors import missing_dependency
 
 # x86 and Arm ISA features that decide which kernels ONNX Runtime and PyTorch can use.
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",

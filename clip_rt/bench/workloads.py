@@ -6,7 +6,7 @@
                       --data: clip-rt's ZeroShotClassifier.predict (label embeddings computed once, not timed)
                       against transformers' CLIPProcessor + CLIPModel the way the tutorials do it.
 
-Used by clip_rt.bench (timing, in one process) and clip_rt.bench_memory (one call per row, in a fresh process
+Used by clip_rt.bench.runner (timing, in one process) and clip_rt.bench.memory (one call per row, in a fresh process
 per backend), so both run exactly the same calls. torch and transformers are imported only by Tutorial.
 """
 
@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from .contract import BOS_ID, EOT_ID
-from .errors import InputError
+from ..contract import BOS_ID, EOT_ID
+from ..errors import InputError
 
 if TYPE_CHECKING:
-    from .model import ClipModel
-    from .package import Package
-    from .tokenizer import Tokenizer
-    from .zeroshot import ZeroShotClassifier
+    from ..model import ClipModel
+    from ..package import Package
+    from ..tokenizer import Tokenizer
+    from ..zeroshot import ZeroShotClassifier
 
 PROMPT = "a photo of a {}."  # one template for both sides of the end-to-end comparison
 PARITY_CHUNK = 32  # parity sets run in batches of this size on every backend
@@ -53,7 +53,7 @@ class Dataset:
 
 
 def read_dataset(root: str | Path) -> Dataset:
-    from .preprocess import iter_image_files
+    from ..preprocess import iter_image_files
 
     root = Path(root)
     if not root.is_dir():
@@ -91,7 +91,7 @@ class Inputs:
 
 def build_inputs(package: "Package", tokenizer: "Tokenizer", dataset: Dataset | None, parity_items: int) -> Inputs:
     """The parity crops, the token stream and the class prompts, built once and shared by every backend."""
-    from .preprocess import PreprocessConfig, prepare_batch
+    from ..preprocess import PreprocessConfig, prepare_batch
 
     if parity_items < 1:
         raise InputError(f"parity items must be >= 1, got {parity_items}")
@@ -164,7 +164,7 @@ class Tutorial:
     """
 
     def __init__(self, package: "Package", classes: Sequence[str], device: str = "cpu"):
-        from .errors import BackendUnavailable, missing_dependency
+        from ..errors import BackendUnavailable, missing_dependency
 
         try:
             import torch
@@ -183,7 +183,7 @@ class Tutorial:
         try:
             self.processor = CLIPProcessor.from_pretrained(where, revision=revision)
             if src.get("random_init"):
-                from .export.load import load_source  # type: ignore[import-not-found]
+                from ..export.load import load_source  # type: ignore[import-not-found]
 
                 # No weights to from_pretrained: rebuild them, then use transformers' default attention as
                 # from_pretrained would (sdpa), not the exporter's eager attention.
@@ -282,7 +282,7 @@ def e2e_call(target: "ZeroShotClassifier | Tutorial", key: Key, files: Sequence[
 
 def classifier(model: "ClipModel", classes: Sequence[str]) -> "ZeroShotClassifier":
     """clip-rt's side: label embeddings computed here, once, with no disk cache (nothing written)."""
-    from .zeroshot import ZeroShotClassifier
+    from ..zeroshot import ZeroShotClassifier
 
     return ZeroShotClassifier(model, list(classes), templates=[PROMPT], cache=False)
 
