@@ -27,6 +27,15 @@ class ValidationFailed(ClipRtError):
     """An exported artifact fell below its accuracy threshold (see clip_rt.tolerances)."""
 
 
+class Int8TierMismatch(BackendUnavailable):
+    """load(..., strict=True): an INT8 artifact would run on a CPU tier whose integer arithmetic can differ from the
+    one it was validated on (clip_rt.cputier)."""
+
+
+class Int8TierWarning(UserWarning):
+    """The warning form of Int8TierMismatch (strict=False): the artifact runs, its accuracy on this CPU is unverified."""
+
+
 class InputError(ClipRtError, ValueError):
     """Bad user input (empty label list, malformed labels file, ...)."""
 

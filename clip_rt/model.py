@@ -222,7 +222,7 @@ class ClipModel:
 
 
 def load(package: str | os.PathLike | Package, backend: str = "onnxruntime", precision: str = "fp32",
-         device: str | None = None, threads: int | None = None, **options: Any) -> ClipModel:
+         device: str | None = None, threads: int | None = None, strict: bool = False, **options: Any) -> ClipModel:
     """Open a model package for inference.
 
     backend: "onnxruntime" (default; CPU, or CUDA / TensorRT execution providers on device="cuda", the latter
@@ -233,6 +233,10 @@ def load(package: str | os.PathLike | Package, backend: str = "onnxruntime", pre
         "cpu" for onnxruntime, openvino and torch.
     threads: intra-op threads (onnxruntime: per session; openvino: INFERENCE_NUM_THREADS per compiled model;
         torch: torch.set_num_threads, process-global).
+    strict: INT8 on a CPU whose integer arithmetic can differ from the CPU the artifact was validated on
+        (clip_rt.cputier: e.g. 8-bit weights validated on AVX-512 VNNI, run on an AVX2-only CPU) raises
+        Int8TierMismatch instead of warning (Int8TierWarning). Saturation-free artifacts (the default recipe) are
+        exact on every CPU and never warn.
     options: backend-specific settings (e.g. provider="tensorrt" for onnxruntime, hint="throughput" for openvino).
     """
     from .backends import open_backend
@@ -244,5 +248,29 @@ def load(package: str | os.PathLike | Package, backend: str = "onnxruntime", pre
     cfg = PreprocessConfig.from_manifest(pkg.preprocess)
     if threads is not None:  # only passed when asked for: GPU backends have no thread setting
         options["threads"] = threads
+    if precision == "int8" and backend in ("onnxruntime", "openvino") and device in (None, "cpu"):
+        _check_int8_tier(pkg, portable=backend == "openvino", strict=strict)
     engine = open_backend(backend, pkg, precision=precision, device=device, **options)
     return ClipModel(pkg, engine, tokenizer, cfg)
+
+
+def _check_int8_tier(pkg: Package, portable: bool, strict: bool) -> None:
+    """Warn (strict: raise) when an INT8 artifact the CPU backends would run can compute other integers on this CPU
+    than on the CPU it was validated on. portable: the QDQ files (OpenVINO) rather than ONNX Runtime's lowered ones."""
+    from . import cputier
+    from .errors import Int8TierMismatch, Int8TierWarning
+
+    here = cputier.detect()
+    for encoder in ("image", "text"):
+        found = pkg.find(encoder, "int8", "onnxruntime", portable)
+        if not found:
+            continue  # the backend raises its own "no int8 artifact" error
+        artifact = found[-1]
+        reason = cputier.int8_mismatch(artifact.extra, here)
+        if reason is None:
+            continue
+        message = (f"{pkg.root / artifact.file}: {reason}; "
+                   f"{cputier.int8_fix(str(pkg.root), pkg.source.get('model'))}")
+        if strict:
+            raise Int8TierMismatch(message)
+        warnings.warn(message, Int8TierWarning, stacklevel=3)

@@ -51,15 +51,20 @@ class Recipe:
     sensitivity: bool = True  # run the per-layer search (else exclude only `exclude`)
     exclude: tuple[str, ...] = ()  # units or node names always kept fp32 (e.g. "projection", "layers.0")
     max_excluded: int = 6  # the search stops excluding after this many units
+    weight_bits: int = 7  # 7: weights in [-64, 64], saturation-free on every x86 integer kernel; 8: [-127, 127]
 
     def __post_init__(self) -> None:
+        if self.weight_bits not in (7, 8):
+            raise ValueError(f"weight_bits {self.weight_bits!r}: choose 7 (saturation-free) or 8")
         if self.method not in METHODS:
             raise ValueError(f"calibration method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.activations not in ACTIVATIONS:
             raise ValueError(f"activations {self.activations!r}: choose one of {', '.join(ACTIVATIONS)}")
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": "QDQ", "weights": "int8 symmetric, per-channel" if self.per_channel else "int8 symmetric",
+        weights = "int8 symmetric, per-channel" if self.per_channel else "int8 symmetric"
+        weights += ", 7-bit range [-64, 64]" if self.weight_bits == 7 else ", 8-bit range [-127, 127]"
+        return {"format": "QDQ", "weights": weights, "weight_bits": self.weight_bits,
                 "activations": "int8 symmetric" if self.activations == "s8" else "uint8 asymmetric",
                 "calibration": self.method, **({"percentile": self.percentile} if self.method == "percentile" else {}),
                 "quantized_ops": ["MatMul (constant weights)"], "tensorrt_compatible": self.activations == "s8"}
@@ -100,6 +105,31 @@ def exact_integer_inputs(graph: Any, s8: bool) -> dict[str, list[dict[str, Any]]
     zero = np.array(0, np.int8) if s8 else np.array(128, np.uint8)
     return {n.input[0]: [{"scale": np.array(1.0, np.float32), "zero_point": zero}] for n in graph.node
             if n.op_type == "MatMul" and n.input[1] in init and n.name.startswith("/patch_embedding/")}
+
+
+def max_abs_weight(path: Path) -> int:
+    """The largest |value| among the int8 weight matrices (int8 initializers of rank >= 2) of an ONNX file: QDQ
+    weights, QAttention's concatenated q/k/v columns, MatMulInteger weights. 0 when there are none."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    found = [numpy_helper.to_array(i) for i in model.graph.initializer
+             if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
+    return max((int(np.abs(w.astype(np.int16)).max()) for w in found if w.size), default=0)
+
+
+def arithmetic_record(path: Path, recipe: Recipe, validated_on: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's `int8_arithmetic` for one INT8 file: weight range, whether every CPU computes it exactly
+    (clip_rt.cputier), and the CPU it was validated on. Raises if a 7-bit recipe produced weights outside [-64, 64]."""
+    from clip_rt.cputier import SATURATION_FREE_MAX_WEIGHT
+
+    biggest = max_abs_weight(path)
+    free = biggest <= SATURATION_FREE_MAX_WEIGHT
+    if recipe.weight_bits == 7 and not free:
+        raise RuntimeError(f"{path.name}: 7-bit weights expected, found |w| = {biggest} > {SATURATION_FREE_MAX_WEIGHT}")
+    return {"weight_bits": recipe.weight_bits, "max_abs_weight": biggest, "saturation_free": free,
+            "validated_on": [validated_on]}
 
 
 def distinct_shared_scales(path: Path) -> int:
@@ -162,7 +192,7 @@ def quantize(src: Path, dst: Path, recipe: Recipe, cache: Path, reader: Any = No
         extra["CalibStridedMinMax"] = stride  # collect ranges `stride` batches at a time (all methods)
     with _quiet():
         quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
-                        per_channel=recipe.per_channel, reduce_range=False,
+                        per_channel=recipe.per_channel, reduce_range=recipe.weight_bits == 7,
                         activation_type=QuantType.QInt8 if s8 else QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_quantize=list(nodes) if nodes else None,
                         nodes_to_exclude=list(exclude) + activation_matmuls(graph),

@@ -73,6 +73,9 @@ def add_cli_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--int8-percentile", type=float, default=q8.Recipe.percentile, help="for --int8-method percentile")
     g.add_argument("--int8-activations", choices=q8.ACTIVATIONS, default=q8.Recipe.activations,
                    help="s8: symmetric int8 (TensorRT and ONNX Runtime); u8: asymmetric uint8 (ONNX Runtime only)")
+    g.add_argument("--int8-weight-bits", type=int, choices=(7, 8), default=q8.Recipe.weight_bits,
+                   help="7: weights in [-64, 64], exact on every CPU's integer kernels; 8: [-127, 127], exact only "
+                        "where the CPU has VNNI/AMX/ARM dot products (AVX2-only CPUs saturate; see docs/CPU_SPEED.md)")
     g.add_argument("--int8-exclude", nargs="+", default=[], metavar="UNIT",
                    help="keep these fp32: units (layers.K, projection) or ONNX node names")
     g.add_argument("--int8-sensitivity", action=argparse.BooleanOptionalAction, default=True,
@@ -85,7 +88,7 @@ def options_from_cli(args: argparse.Namespace) -> dict[str, Any]:
     return {"optimize": args.optimize, "calib": args.calib, "calib_texts": args.calib_texts,
             "calib_images": args.calib_images, "calib_captions": args.calib_captions, "int8_mode": args.int8_mode,
             "int8_method": args.int8_method, "int8_percentile": args.int8_percentile,
-            "int8_activations": args.int8_activations, "int8_exclude": tuple(args.int8_exclude),
+            "int8_activations": args.int8_activations, "int8_weight_bits": args.int8_weight_bits, "int8_exclude": tuple(args.int8_exclude),
             "int8_sensitivity": args.int8_sensitivity, "eval_labeled": args.eval_labeled}
 
 
@@ -198,8 +201,9 @@ def _dynamic_int8(src: Path, dst: Path, recipe: q8.Recipe) -> dict[str, Any]:
     exclude = q8.resolve(src, recipe.exclude, graph) + q8.activation_matmuls(graph)
     with q8._quiet():
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=recipe.per_channel,
-                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
-    return {"recipe": {"format": "dynamic (MatMulInteger / DynamicQuantizeMatMul)", "weights": "int8 per-channel",
+                         reduce_range=recipe.weight_bits == 7, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+    return {"recipe": {"format": "dynamic (MatMulInteger / DynamicQuantizeMatMul)", "weight_bits": recipe.weight_bits,
+                       "weights": f"int8 per-channel, {recipe.weight_bits}-bit range",
                        "activations": "uint8, range computed per call", "tensorrt_compatible": False},
             "excluded_nodes": exclude}
 
@@ -211,6 +215,12 @@ def build_int8(ctx: "ExportContext") -> None:
         ctx.log(f"  calibration data: {len(data.crops)} images from {data.images_source} ({data.dropped_images} left "
                 f"out as evaluation images), "
                 f"{len(data.texts)} texts from {data.texts_source} ({data.dropped_texts} left out)")
+    from clip_rt.cputier import validation_record
+
+    here = validation_record()
+    ctx.log(f"  CPU tier: {here['tier']} ({here['model'] or here['machine']}; int8 arithmetic "
+            f"{'exact' if here['exact_int8'] else 'saturating' if here['exact_int8'] is False else 'unknown'}), "
+            f"weights {opts.recipe.weight_bits}-bit")
     files, lowered = {}, {}
     for encoder in ("image", "text"):
         src, dst = ctx.workdir / f"{encoder}.onnx", ctx.workdir / f"{encoder}.int8.onnx"
@@ -220,7 +230,8 @@ def build_int8(ctx: "ExportContext") -> None:
         record["build_seconds"] = round(time.perf_counter() - t0, 1)
         ctx.log(f"  quantized {encoder} encoder to {dst.name} ({dst.stat().st_size / 2**20:.1f} MiB, "
                 f"{record['build_seconds']} s; fp32 kept: {len(record['excluded_nodes'])} extra nodes)")
-        ctx.gate(dst, encoder, "int8", extra={"quantization": record, "graph": {"optimized": False}})
+        ctx.gate(dst, encoder, "int8", extra={"quantization": record, "graph": {"optimized": False},
+                                              "int8_arithmetic": q8.arithmetic_record(dst, opts.recipe, here)})
         files[encoder] = dst
         fused = ctx.workdir / f"{encoder}.fused.onnx"  # written by pipeline._optimize_fp32 when int8 is asked for
         if data is not None and fused.is_file():
@@ -232,7 +243,8 @@ def build_int8(ctx: "ExportContext") -> None:
             report = lower_int8(fused, dst, out)
             ctx.log(f"  lowered {encoder} int8 for ONNX Runtime's CPU to {out.name}: {report.summary()}")
             ctx.gate(out, encoder, "int8", extra={"quantization": record,
-                                                  "graph": {**report.to_json(), "lowered_from": dst.name}})
+                                                  "graph": {**report.to_json(), "lowered_from": dst.name},
+                                                  "int8_arithmetic": q8.arithmetic_record(out, opts.recipe, here)})
             lowered[encoder] = out
     _zero_shot_gate(ctx, opts, "int8", files)
     if len(lowered) == 2:

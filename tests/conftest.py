@@ -105,6 +105,19 @@ def vitb32_package(vitb32_source: Path, tmp_path_factory: pytest.TempPathFactory
     return export(vitb32_source, tmp_path_factory.mktemp("vitb32-pkg") / "pkg", *args)
 
 
+def int8_data_args(data_dir: Path) -> list[str]:
+    """INT8 export arguments for the tiny model: calibration on flickr8k, gate on caltech101, zero-shot on cifar10."""
+    return ["--calib", str(data_dir / "flickr8k"), "--eval-images", str(data_dir / "caltech101" / "images"),
+            "--eval", str(data_dir / "cifar10")]
+
+
+@pytest.fixture(scope="session")
+def tiny_q_package(tiny_source: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with the default INT8 recipe (and fp16), as test_quantize and test_int8_tiers read it."""
+    out = tmp_path_factory.mktemp("tiny-q") / "pkg"
+    return export(tiny_source, out, "--precision", "int8", "fp16", *int8_data_args(data_dir))
+
+
 # -- runtime fixtures shared by the runtime test files ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model(tiny_package: Path):

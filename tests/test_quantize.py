@@ -13,6 +13,7 @@ import pytest
 
 from clip_rt.package import Package
 from clip_rt.tolerances import tolerance
+from conftest import int8_data_args as data_args
 from runtime_reference import op_counts
 
 torch = pytest.importorskip("torch", reason="the exporter needs the export extra (torch)")
@@ -30,11 +31,6 @@ def export(source: Path, out: Path, *args: str) -> Path:
     return out
 
 
-def data_args(data_dir: Path) -> list[str]:
-    return ["--calib", str(data_dir / "flickr8k"), "--eval-images", str(data_dir / "caltech101" / "images"),
-            "--eval", str(data_dir / "cifar10")]
-
-
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
@@ -50,12 +46,6 @@ def ort_optimized_ops(path: Path, tmp_path: Path) -> dict[str, int]:
     opts.optimized_model_filepath = str(tmp_path / f"{path.stem}.ort-optimized.onnx")
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return op_counts(opts.optimized_model_filepath)
-
-
-@pytest.fixture(scope="session")
-def tiny_q_package(tiny_source: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiny-q") / "pkg"
-    return export(tiny_source, out, "--precision", "int8", "fp16", *data_args(data_dir))
 
 
 # -- INT8 ------------------------------------------------------------------------------------------------------------
