@@ -160,6 +160,17 @@ def photo_set(data_dir: Path) -> list[str]:
 
 
 # -- the transformers reference ---------------------------------------------------------------------------
+def pil_backend() -> dict[str, Any]:
+    """from_pretrained keyword that picks transformers' Pillow image processor. transformers >= 5 defaults to a
+    torchvision-backed one whenever torchvision is installed (it is in the dev environment: open_clip needs it);
+    its bicubic resize differs from Pillow's by a few uint8 levels. The Pillow one is CLIP's original preprocessing,
+    which transformers documents as its parity backend and which clip-rt reproduces; transformers 4 names it with
+    use_fast=False."""
+    import transformers
+
+    return {"backend": "pil"} if int(transformers.__version__.split(".")[0]) >= 5 else {"use_fast": False}
+
+
 class HFReference:
     """CLIPTokenizer / CLIPProcessor + CLIPModel loaded from a Hugging Face folder (the package's source)."""
 
@@ -170,7 +181,7 @@ class HFReference:
         self.torch = torch
         self.model = CLIPModel.from_pretrained(source, attn_implementation="eager").float().eval()
         self.tokenizer = CLIPTokenizer.from_pretrained(source)
-        self.processor = CLIPProcessor.from_pretrained(source)
+        self.processor = CLIPProcessor.from_pretrained(source, **pil_backend())
 
     def _norm(self, x: Any) -> np.ndarray:
         return (x / x.norm(dim=-1, keepdim=True)).numpy()

@@ -18,6 +18,7 @@ from clip_rt.contract import EOT_ID, image_contract, text_contract
 from clip_rt.errors import ModelSourceError, PackageError
 from clip_rt.package import Package
 from clip_rt.tolerances import tolerance
+from runtime_reference import pil_backend
 
 torch = pytest.importorskip("torch", reason="the exporter needs the export extra (torch)")
 transformers = pytest.importorskip("transformers", reason="the exporter needs the export extra (transformers)")
@@ -260,7 +261,7 @@ def test_vitb32_parity_on_real_data(vitb32_package: Path, vitb32_source: Path, d
     from clip_rt.tokenizer import Tokenizer
 
     pkg = Package.open(vitb32_package)
-    processor = CLIPProcessor.from_pretrained(vitb32_source)
+    processor = CLIPProcessor.from_pretrained(vitb32_source, **pil_backend())
     clip = eager_model(vitb32_source)
     img = ort_session(pkg.path(pkg.artifact("image", "fp32")))
     txt = ort_session(pkg.path(pkg.artifact("text", "fp32")))

@@ -1,4 +1,4 @@
-"""CPU preprocessing against transformers' CLIPImageProcessor (the processor CLIPProcessor.from_pretrained picks).
+"""CPU preprocessing against transformers' CLIPImageProcessor with its Pillow backend (CLIP's own preprocessing).
 
 Parity is measured on every image of ../shared/data and on images built here in every Pillow mode; the
 tolerance is PREPROCESS_MAX_LEVELS uint8 levels (tolerances.py). Mode conversions are also checked against
@@ -32,6 +32,7 @@ from clip_rt.preprocess import (
     resized_size,
 )
 from clip_rt.tolerances import PREPROCESS_MAX_LEVELS
+from runtime_reference import pil_backend
 
 # The CLIP ViT-B/32 preprocessor_config.json, as in ../shared/models/clip-tokenizer (so that the mode tests
 # run without ../shared too).
@@ -48,12 +49,12 @@ DATASETS = ("cifar10", "caltech101", "imagenet_sample", "flickr8k")
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory):
-    """transformers' image processor, loaded the way CLIPProcessor.from_pretrained loads it from a folder."""
+    """transformers' Pillow image processor (runtime_reference.pil_backend), loaded from a folder."""
     from transformers import AutoImageProcessor
 
     folder = tmp_path_factory.mktemp("hf-preprocessor")
     (folder / "preprocessor_config.json").write_text(json.dumps(CLIP_PREPROCESSOR))
-    return AutoImageProcessor.from_pretrained(str(folder))
+    return AutoImageProcessor.from_pretrained(str(folder), **pil_backend())
 
 
 def normalize(crop: np.ndarray, cfg: PreprocessConfig = CFG) -> np.ndarray:
