@@ -36,6 +36,10 @@ class Int8TierWarning(UserWarning):
     """The warning form of Int8TierMismatch (strict=False): the artifact runs, its accuracy on this CPU is unverified."""
 
 
+class SlowPathWarning(UserWarning):
+    """What was asked for runs, exactly as asked, but slower on this CPU than a named alternative."""
+
+
 class InputError(ClipRtError, ValueError):
     """Bad user input (empty label list, malformed labels file, ...)."""
 

@@ -231,3 +231,32 @@ def test_validate_records_what_passes_here(w8_package: Path, data_dir: Path, tmp
     warned = {w.message.args[0].split(": ")[0].rsplit("/", 1)[-1] for w in seen
               if issubclass(w.category, Int8TierWarning)}
     assert warned == lowered - passed
+
+
+# -- OpenVINO INT8: the kernels the tier gets, and the warning where they are slow -----------------------------------
+def test_openvino_int8_kernels_follow_the_tier(tiny_q_package: Path, data_dir: Path) -> None:
+    """OpenVINO's integer GEMMs are oneDNN brgemm kernels on VNNI CPUs and the older jit_gemm_i8 on AVX2-only ones,
+    where INT8 measured slower than fp32: there (and only there) loading it warns and names the faster backend."""
+    pytest.importorskip("openvino", reason="the openvino backend needs the openvino extra")
+    import clip_rt
+    from clip_rt.backends.openvino import SLOW_INT8_TIERS
+    from clip_rt.errors import SlowPathWarning
+
+    here = cputier.detect()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        model = clip_rt.load(tiny_q_package, backend="openvino", precision="int8", threads=2)
+    slow = [w for w in seen if issubclass(w.category, SlowPathWarning)]
+    assert bool(slow) == (here.name in SLOW_INT8_TIERS), (here.name, [str(w.message) for w in seen])
+    if slow:
+        assert "backend='onnxruntime'" in str(slow[0].message)
+    with model:
+        model.encode_images([str(p) for p in sorted((data_dir / "cifar10" / "images").iterdir())[:3]])
+        model.encode_texts(["a photo of a truck", "a frog"])
+        kernels = model.describe()["gemm_kernels"]
+    names = {k for per in kernels.values() for k in per}
+    assert names and all(k.endswith("_i8") for k in names), kernels  # integer kernels, chosen at the first call
+    if here.name == "avx2":
+        assert all(k.startswith("jit_gemm") for k in names), kernels
+    elif here.name == "avx512_vnni":
+        assert all(k.startswith("brgemm") for k in names), kernels

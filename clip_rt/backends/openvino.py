@@ -16,6 +16,12 @@ The precision asked for is the precision that runs:
 - After compiling, the runtime graph is read back: an fp32 artifact must have no op running in bf16/f16, and an
   INT8 artifact must have its GEMMs running in i8/u8. Otherwise BackendUnavailable, not a quiet slow path.
 
+INT8 without VNNI: oneDNN's fast integer GEMMs (brgemm) need VNNI or AMX. On an AVX2-only CPU (clip_rt.cputier
+tier "avx2") OpenVINO runs the same integer GEMMs with oneDNN's older jit_gemm_i8 kernels, which measured slower
+than OpenVINO's own fp32 there and well behind ONNX Runtime's INT8 (docs/CPU_SPEED.md, "CPU tiers"). Nothing in
+OpenVINO's settings selects another kernel, so loading INT8 on that tier warns (SlowPathWarning) and names the
+faster choice; describe() reports the kernels that actually ran (`gemm_kernels`).
+
 A compiled model is safe to share between threads, an infer request is not: each calling thread gets its own.
 """
 
@@ -35,6 +41,8 @@ if TYPE_CHECKING:
     from ..package import Package
 
 HINTS = ("latency", "throughput")
+# CPU tiers (clip_rt.cputier) where OpenVINO INT8 measured slower than OpenVINO fp32 (no oneDNN brgemm int8 kernel).
+SLOW_INT8_TIERS = ("avx2",)
 GEMM_LAYERS = ("FullyConnected", "MatMul", "Convolution")  # runtime layer types that carry the weight GEMMs
 LOW_FLOAT = ("bf16", "f16")
 
@@ -78,6 +86,27 @@ def runtime_precisions(compiled: Any) -> dict[str, dict[str, int]]:
         by = out.setdefault(layer, {})
         by[precision] = by.get(precision, 0) + 1
     return out
+
+
+def gemm_kernels(compiled: Any) -> dict[str, int]:
+    """{oneDNN primitive: count} of the GEMM layers, e.g. {"brgemm_avx512_i8": 73} or {"jit_gemm_i8": 73}. With
+    dynamic shapes the plugin picks primitives at the first inference; before it they read "undef_*"."""
+    out: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "layerType" in info and info["layerType"].astype(str) in GEMM_LAYERS:
+            kind = info["primitiveType"].astype(str) if "primitiveType" in info else "?"
+            out[kind] = out.get(kind, 0) + 1
+    return out
+
+
+def slow_int8_warning(tier: str) -> str | None:
+    """The SlowPathWarning text for INT8 on CPU tier `tier`, or None where OpenVINO INT8 is not known to be slow."""
+    if tier not in SLOW_INT8_TIERS:
+        return None
+    return (f"OpenVINO INT8 on this CPU (tier {tier}: no VNNI, so oneDNN runs the integer GEMMs with its jit_gemm_i8 "
+            f"kernels) measured slower than OpenVINO fp32 and than ONNX Runtime INT8; for the fastest INT8 here use "
+            f"backend='onnxruntime' (CLI: --backend onnxruntime), or openvino with precision fp32")
 
 
 def check_runtime_precision(precisions: dict[str, dict[str, int]], precision: str, path: Path) -> None:
@@ -134,6 +163,16 @@ class OpenVinoBackend:
             self._files[encoder] = path
             self._compiled[encoder] = compiled
         self._local = threading.local()
+        if precision == "int8":
+            from ..cputier import detect
+
+            slow = slow_int8_warning(detect().name)
+            if slow:
+                import warnings
+
+                from ..errors import SlowPathWarning
+
+                warnings.warn(slow, SlowPathWarning, stacklevel=4)
         for encoder, contract in self._contracts.items():
             inputs = contract.warmup_inputs() if config.warmup > 0 else []
             for _ in range(config.warmup):
@@ -171,6 +210,7 @@ class OpenVinoBackend:
                 "inference_precision": image.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
                 "gemm_precisions": {e: {layer: by for layer, by in p.items() if layer in GEMM_LAYERS}
                                     for e, p in self._precisions.items()},
+                "gemm_kernels": {e: gemm_kernels(c) for e, c in self._compiled.items()},
                 "files": {e: p.name for e, p in self._files.items()}}
 
     def close(self) -> None:
