@@ -1,4 +1,6 @@
-/* Peak multiply-add rates of this x86 CPU: fp32 FMA and int8 VNNI, per thread and for N threads at once.
+/* Peak multiply-add rates of this x86 CPU: fp32 FMA and int8 u8 x s8 products (VNNI's VPDPBUSD where the CPU has
+ * it, and the VPMADDUBSW + VPMADDWD + VPADDD sequence that AVX2 and AVX-512BW integer GEMMs use without VNNI), per
+ * thread and for N threads at once.
  *
  * docs/CPU_SPEED.md compares clip-rt's INT8 GEMMs and eager PyTorch's fp32 GEMMs with these ceilings. No library
  * reports them: they are instruction throughputs at the clock the machine actually runs, so they are measured here
@@ -8,7 +10,9 @@
  *   make cpu-peak                     # builds build/cpu_peak and runs it on every CPU the process may use
  *   build/cpu_peak [threads] [seconds]
  *
- * One multiply-add = one fp32 FMA lane or one u8 x s8 product summed by VPDPBUSD (4 per 32-bit lane). Every rate
+ * One multiply-add = one fp32 FMA lane or one u8 x s8 product summed into an int32 lane: VPDPBUSD does 4 per lane in
+ * one instruction; without VNNI, VPMADDUBSW multiplies u8 x s8 pairs into int16 pair sums (which saturate past
+ * 32767: docs/CPU_SPEED.md), VPMADDWD by ones widens them to int32, VPADDD accumulates. Every rate
  * is the best of three runs, and the clock the best of ten: on a shared host other tenants only ever slow it down.
  */
 #define _GNU_SOURCE
@@ -50,6 +54,12 @@ static double now(void) {
 #define FMA256(x) _mm256_fmadd_ps(x, _mm256_set1_ps(1.0000001f), _mm256_set1_ps(1e-7f))
 #define VNNI512(x) _mm512_dpbusd_epi32(x, _mm512_set1_epi8(3), _mm512_set1_epi8(-2))
 #define VNNI256(x) _mm256_dpbusd_epi32(x, _mm256_set1_epi8(3), _mm256_set1_epi8(-2))
+#define ONES512 _mm512_set1_epi16(1)
+#define ONES256 _mm256_set1_epi16(1)
+#define MADDUBS512(x) _mm512_add_epi32(x, _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_set1_epi8(3), \
+                                                                            _mm512_set1_epi8(-2)), ONES512))
+#define MADDUBS256(x) _mm256_add_epi32(x, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(3), \
+                                                                            _mm256_set1_epi8(-2)), ONES256))
 #define F512(i) _mm512_set1_ps((float)(i))
 #define F256(i) _mm256_set1_ps((float)(i))
 #define I512(i) _mm512_set1_epi32(i)
@@ -59,12 +69,16 @@ PEAK_KERNEL(fma_zmm, "avx512f", __m512, float, F512, FMA512)
 PEAK_KERNEL(fma_ymm, "avx2,fma", __m256, float, F256, FMA256)
 PEAK_KERNEL(vnni_zmm, "avx512f,avx512vnni", __m512i, int, I512, VNNI512)
 PEAK_KERNEL(vnni_ymm, "avx512f,avx512vl,avx512vnni", __m256i, int, I256, VNNI256)
+PEAK_KERNEL(maddubs_zmm, "avx512f,avx512bw", __m512i, int, I512, MADDUBS512)
+PEAK_KERNEL(maddubs_ymm, "avx2", __m256i, int, I256, MADDUBS256)
 
-enum Isa { AVX2_FMA, AVX512F, AVX512_VNNI };
+enum Isa { AVX2, AVX2_FMA, AVX512F, AVX512BW, AVX512_VNNI };
 
 static int supported(enum Isa isa) {
     switch (isa) {
+    case AVX2: return __builtin_cpu_supports("avx2");
     case AVX2_FMA: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case AVX512BW: return __builtin_cpu_supports("avx512bw");
     case AVX512F: return __builtin_cpu_supports("avx512f");
     case AVX512_VNNI: return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
     }
@@ -83,6 +97,8 @@ static const Kernel KERNELS[] = {
     {"fp32 FMA, 256-bit", AVX2_FMA, fma_ymm, 8},
     {"int8 VNNI (u8 x s8), 512-bit", AVX512_VNNI, vnni_zmm, 64},
     {"int8 VNNI (u8 x s8), 256-bit", AVX512_VNNI, vnni_ymm, 32},
+    {"int8 VPMADDUBSW (u8 x s8), 512-bit", AVX512BW, maddubs_zmm, 64},
+    {"int8 VPMADDUBSW (u8 x s8), 256-bit", AVX2, maddubs_ymm, 32},
 };
 
 typedef struct {
@@ -152,11 +168,11 @@ int main(int argc, char **argv) {
     __builtin_cpu_init();
     double ghz = clock_ghz(seconds / 2), sink = 0;
     printf("clock (dependent-add chain): %.2f GHz; %d thread(s) at once\n", ghz, threads);
-    printf("%-30s %12s %12s %16s\n", "instruction", "GMAC/s/thr", "GMAC/s all", "MAC/cycle/thr");
+    printf("%-36s %12s %12s %16s\n", "instruction", "GMAC/s/thr", "GMAC/s all", "MAC/cycle/thr");
     for (size_t i = 0; i < sizeof KERNELS / sizeof *KERNELS; i++) {
         const Kernel *k = &KERNELS[i];
         if (!supported(k->isa)) {
-            printf("%-30s not supported by this CPU\n", k->name);
+            printf("%-36s not supported by this CPU\n", k->name);
             continue;
         }
         double probe = measure(k, 1, 1000000, &sink);                      /* ~1M rounds to size the real run */
@@ -166,7 +182,7 @@ int main(int argc, char **argv) {
             double rate = measure(k, threads, iters / 3, &sink);
             if (rate > all) all = rate;
         }
-        printf("%-30s %12.1f %12.1f %16.1f\n", k->name, all / threads, all, all / threads / ghz);
+        printf("%-36s %12.1f %12.1f %16.1f\n", k->name, all / threads, all, all / threads / ghz);
     }
     return sink == 12345.678 ? 1 : 0; /* keeps the results live */
 }

@@ -117,6 +117,11 @@ def test_writers(bench_run):
     md = markdown_table(doc)
     assert md.count("\n| ") == len(doc["rows"]) + 1  # header + one line per row
     assert doc["machine"]["cpu"]["model"] in md
+    from clip_rt.cputier import detect
+
+    tier = detect()  # the CPU's INT8 tier heads the JSON and the Markdown (numbers are per tier)
+    assert doc["machine"]["cpu"]["int8_tier"]["tier"] == tier.name
+    assert md.startswith(f"Machine: CPU tier {tier.name} (int8 arithmetic ")
 
 
 def test_check_document_catches_bad_numbers(bench_run):

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..cputier import detect as detect_tier
 from ..errors import missing_dependency
 
 # x86 and Arm ISA features that decide which kernels ONNX Runtime and PyTorch can use.
@@ -65,7 +66,8 @@ def cpu_info() -> dict[str, Any]:
             "physical_cores": len(cores) or None,
             "usable_cores": usable,
             "cgroup_cpu_quota": quota,
-            "isa_flags": [f for f in ISA_FLAGS if f in flags]}
+            "isa_flags": [f for f in ISA_FLAGS if f in flags],
+            "int8_tier": detect_tier().to_json()}
 
 
 def gpu_info() -> list[dict[str, Any]] | None:
@@ -130,7 +132,10 @@ def describe_machine(machine: dict[str, Any]) -> str:
     libs = ", ".join(f"{k} {v[k]}" for k in ("onnxruntime", "onnxruntime-gpu", "openvino", "torch", "transformers",
                                                   "tensorrt")
                      if v.get(k))
-    return (f"{cpu['model']} ({cores}; {' '.join(cpu['isa_flags']) or 'no listed ISA flags'}), "
+    tier = cpu.get("int8_tier") or {}
+    arithmetic = {True: "exact", False: "saturating", None: "unknown"}[tier.get("exact_int8")]
+    tier_words = f"CPU tier {tier['tier']} (int8 arithmetic {arithmetic}), " if tier.get("tier") else ""
+    return (f"{tier_words}{cpu['model']} ({cores}; {' '.join(cpu['isa_flags']) or 'no listed ISA flags'}), "
             f"{machine.get('ram_gb')} GB RAM, {gpu}; {libs}")
 
 
