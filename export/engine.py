@@ -230,10 +230,14 @@ def build_engine(pkg: Package, encoder: str, cfg: EngineBuildConfig, device: Dev
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineBuildError(f"TensorRT could not parse {onnx_path}: {errors or 'no parser error given'}")
     _check_network_io(network, contract, onnx_path)
+    lo, opt, hi = contract.profile()
+    if cfg.dla_core is not None:
+        # The network itself becomes static (the ONNX has dynamic axes), so that shape-dependent subgraphs fold to
+        # constants and can_run_on_DLA below judges the layers at the one shape the DLA will see.
+        network.get_input(0).shape = trt.Dims(list(lo))
     recast = cast_uint8_input_first(network)
 
     config = builder.create_builder_config()
-    lo, opt, hi = contract.profile()
     profile = builder.create_optimization_profile()
     profile.set_shape(contract.input.name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))
     config.add_optimization_profile(profile)

@@ -1,7 +1,8 @@
 """The GPU path. Three tiers, by what they need:
 
-    @gpu                     an NVIDIA GPU with cuda-python and NVRTC: the preprocessing kernel against its numpy twin,
-                             and the CUDA plumbing (buffers, streams, async copies, graph replay, threads, growth, close)
+    @gpu                     an NVIDIA GPU with cuda-python and NVRTC: the preprocessing kernel against its numpy
+                             twin, and the CUDA plumbing (buffers, streams, async copies, graph replay, threads,
+                             growth, close)
     @gpu @tensorrt           TensorRT as well: engine builds, parity against eager fp32 PyTorch, refusals, lanes
     @gpu @onnxruntime_cuda   ONNX Runtime's CUDA provider, with CPU fallback off
 
@@ -319,7 +320,8 @@ def test_graph_shapes_share_the_lanes_activation_memory(fp16_package: Path, refe
             short[:, -1] = 49407
             b.encode_texts(short)
         used = free_before - memory_info()[0]
-        print(f"activation per context {activation / 2**20:.2f} MiB; 5 more captured shapes took {used / 2**20:.2f} MiB")
+        print(f"activation per context {activation / 2**20:.2f} MiB; 5 more captured shapes took "
+              f"{used / 2**20:.2f} MiB")
         assert used < 2 * activation + (16 << 20), "each captured shape seems to hold its own activation memory"
         assert_parity(b.encode_texts(ids[:6]), references["text"][:6], "fp16", "texts after the captures")
 
@@ -420,7 +422,7 @@ def test_onnxruntime_cuda_without_cpu_fallback(ort_cuda: None, tiny_package: Pat
                       "onnxruntime")
 
 
-# -- without a GPU (run everywhere) -------------------------------------------------------------------------------------
+# -- without a GPU (run everywhere) ---------------------------------------------------------------------------------
 def test_dla_profile_is_static(tiny_package: Path) -> None:
     """DLA has no dynamic dimensions: its engines get min = opt = max (batch --opt-batch, text at its maximum), and
     the file name says so; GPU engines keep the dynamic profile. DLA refuses fp32."""
@@ -462,7 +464,8 @@ def test_engine_sources_follow_the_typing(tiny_package: Path, tmp_path: Path) ->
     pkg = Package.open(tiny_package)
     for encoder in ("image", "text"):
         assert source_for(pkg, encoder, "fp16", strong=True).sha256 == pkg.artifact(encoder, "fp16").sha256
-        assert source_for(pkg, encoder, "fp16", strong=False).sha256 == pkg.artifact(encoder, "fp32", portable=True).sha256
+        fp32 = pkg.artifact(encoder, "fp32", portable=True)
+        assert source_for(pkg, encoder, "fp16", strong=False).sha256 == fp32.sha256
         assert source_for(pkg, encoder, "fp32", strong=True).file == f"{encoder}.onnx"  # the plain graph, not .opt
     no_fp16 = copy_package(tiny_package, tmp_path / "pkg")
     manifest = json.loads((no_fp16 / "manifest.json").read_text())
@@ -495,6 +498,26 @@ def test_static_padding_is_exact_on_the_text_graph(tiny_package: Path, data_dir:
     grown = pad_to_shape(pixels, (4, 64, 64, 3), 0)
     assert (grown[:2] == pixels).all() and (grown[2:] == pixels[0]).all()
     assert pad_to_shape(pixels, pixels.shape, 0) is pixels
+
+
+def test_inputs_fit_static_and_dynamic_profiles() -> None:
+    """How the backend cuts inputs for an engine: a static (DLA) profile gets full chunks padded to its one shape,
+    with the real row counts kept; a dynamic one gets unpadded chunks of at most its max batch; an axis past the
+    profile is an InputError naming the rebuild command."""
+    from clip_rt.backends.tensorrt import fit_to_profile
+    from clip_rt.errors import InputError
+
+    ids = np.arange(9 * 10, dtype=np.int32).reshape(9, 10)
+    static = fit_to_profile(ids, (4, 32), (4, 32), 49407, "text", "REBUILD")
+    assert [(c.shape, n) for c, n in static] == [((4, 32), 4), ((4, 32), 4), ((4, 32), 1)]
+    assert (np.concatenate([c[:n, :10] for c, n in static]) == ids).all()
+    assert (static[2][0][1:] == static[2][0][0]).all()  # the padded rows repeat the first
+    dynamic = fit_to_profile(ids, (1, 2), (4, 16), 49407, "text", "REBUILD")
+    assert [(c.shape, n) for c, n in dynamic] == [((4, 10), 4), ((4, 10), 4), ((1, 10), 1)]
+    with pytest.raises(InputError, match="axis 1.*REBUILD"):
+        fit_to_profile(ids, (4, 8), (4, 8), 49407, "text", "REBUILD")
+    with pytest.raises(InputError, match="axis 1"):
+        fit_to_profile(ids[:, :1], (1, 2), (4, 16), 49407, "text", "REBUILD")
 
 
 class _FakeBuffer:

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def trt_stubs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("stubs") / "trt-stubs"
-    r = subprocess.run([sys.executable, "scripts/tensorrt_stubs.py", str(out)], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "scripts/tensorrt_stubs.py", str(out)], cwd=ROOT, capture_output=True,
+                       text=True)
     if r.returncode == 1 and "not installed" in r.stderr:
         pytest.skip(r.stderr.strip())
     assert r.returncode == 0, r.stderr

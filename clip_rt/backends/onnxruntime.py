@@ -156,7 +156,8 @@ def make_session(path: str | Path, config: SessionConfig) -> "ort.InferenceSessi
             raise BackendUnavailable(f"ONNX Runtime cannot load {path}: {e}") from e
         if "fallback" in str(e).lower():
             raise BackendUnavailable(f"{', '.join(wanted)} cannot run every node of {path}, and running the rest on "
-                                     f"the CPU is off ({NO_CPU_FALLBACK}); pass cpu_fallback=True to allow it: {e}") from e
+                                     f"the CPU is off ({NO_CPU_FALLBACK}); pass cpu_fallback=True to allow it: "
+                                     f"{e}") from e
         raise BackendUnavailable(f"ONNX Runtime cannot start {', '.join(wanted)} for {path} (GPU driver, CUDA or "
                                  f"cuDNN/TensorRT libraries missing?): {e}; {GPU_HINT}") from e
     in_use = session.get_providers()

@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from ..gpu.kernel import FrameStager, ResizeKernel
     from ..package import Package
 
-__all__ = ["TensorRTBackend", "LoadedEngine", "open_backend", "pad_to_shape", "import_tensorrt", "trt_logger",
-           "last_errors", "rebuild_command", "select_engine", "engine_problem"]
+__all__ = ["TensorRTBackend", "LoadedEngine", "open_backend", "fit_to_profile", "pad_to_shape", "import_tensorrt",
+           "trt_logger", "last_errors", "rebuild_command", "select_engine", "engine_problem"]
 
 
 def pad_to_shape(array: np.ndarray, shape: tuple[int, ...], pad_id: int) -> np.ndarray:
@@ -60,6 +60,23 @@ def pad_to_shape(array: np.ndarray, shape: tuple[int, ...], pad_id: int) -> np.n
         out[:array.shape[0]] = array
     out[array.shape[0]:] = out[0]
     return out
+
+
+def fit_to_profile(array: np.ndarray, lo: tuple[int, ...], hi: tuple[int, ...], pad_id: int, encoder: str,
+                   rebuild: str) -> list[tuple[np.ndarray, int]]:
+    """Split a contract-checked input into chunks an engine's profile [lo, hi] takes: [(chunk, real rows)]. A static
+    profile (lo == hi) gets every chunk padded to its one shape (pad_to_shape); InputError naming `rebuild` when an
+    axis is outside the profile."""
+    static = lo == hi
+    for axis in range(1, array.ndim):
+        if not (array.shape[axis] <= hi[axis] if static else lo[axis] <= array.shape[axis] <= hi[axis]):
+            raise InputError(f"{encoder} input shape {list(array.shape)} is outside the engine's profile {list(lo)}.."
+                             f"{list(hi)} (axis {axis}); rebuild the engine with a larger range: {rebuild}")
+    chunks = []
+    for start in range(0, array.shape[0], hi[0]):  # batches above the profile run in chunks
+        chunk = np.ascontiguousarray(array[start:start + hi[0]])
+        chunks.append((pad_to_shape(chunk, hi, pad_id) if static else chunk, len(chunk)))
+    return chunks
 
 
 # -- one engine and its lanes -------------------------------------------------------------------------------------
@@ -238,19 +255,8 @@ class LoadedEngine:
         return shape
 
     def fit(self, array: np.ndarray, rebuild: str) -> list[tuple[np.ndarray, int]]:
-        """Split a contract-checked input into chunks the profile takes: [(chunk, real rows)]. Static engines get
-        every chunk padded to their one shape; InputError when an axis exceeds the profile."""
-        lo, hi = self.min_shape, self.max_shape
-        for axis in range(1, array.ndim):
-            if not (array.shape[axis] <= hi[axis] if self.static else lo[axis] <= array.shape[axis] <= hi[axis]):
-                raise InputError(f"{self.contract.encoder} input shape {list(array.shape)} is outside the engine's "
-                                 f"profile {list(lo)}..{list(hi)} (axis {axis}); rebuild the engine with a larger "
-                                 f"range: {rebuild}")
-        chunks = []
-        for start in range(0, array.shape[0], self.max_batch):  # batches above the profile run in chunks
-            chunk = np.ascontiguousarray(array[start:start + self.max_batch])
-            chunks.append((pad_to_shape(chunk, self.max_shape, self.pad_id) if self.static else chunk, len(chunk)))
-        return chunks
+        """fit_to_profile with this engine's profile."""
+        return fit_to_profile(array, self.min_shape, self.max_shape, self.pad_id, self.contract.encoder, rebuild)
 
     def acquire(self) -> _Lane:
         try:
@@ -384,7 +390,8 @@ class TensorRTBackend:
                 "static_shapes": {e: list(eng.max_shape) for e, eng in self._engines.items() if eng.static},
                 "missing": sorted(self._missing), "contexts_per_engine": self.contexts,
                 "cuda_graphs": self.cuda_graphs,
-                "activation_mib_per_lane": {e: round(eng.activation_bytes / 2**20, 1) for e, eng in self._engines.items()},
+                "activation_mib_per_lane": {e: round(eng.activation_bytes / 2**20, 1)
+                                            for e, eng in self._engines.items()},
                 "threads": f"pool of {self.contexts} lanes per engine, one thread each"}
 
     def close(self) -> None:

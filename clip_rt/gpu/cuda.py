@@ -123,7 +123,8 @@ def require_device(index: int = 0) -> DeviceInfo:
     if err == cudart.cudaError_t.cudaErrorInsufficientDriver:
         raise BackendUnavailable("no CUDA device found: no NVIDIA driver is loaded, or it is older than this "
                                  f"cuda-python needs ({error_name(err)}); install or update the NVIDIA driver "
-                                 f"(cuda-python 13 needs an R580 or newer driver; 'cuda-python<13' runs on CUDA 12 ones)")
+                                 f"(cuda-python 13 needs an R580 or newer driver; 'cuda-python<13' runs on CUDA 12 "
+                                 f"ones)")
     if not is_success(err):
         raise BackendUnavailable(f"no usable CUDA device: cudaGetDeviceCount failed ({error_name(err)})")
     if index >= count:

@@ -144,7 +144,8 @@ def run_preprocess_speed(ctx: Context) -> list[Row]:
     return [Row("preprocess-speed", "GPU kernel frames/s", "pass", f"{r['gpu_frames_per_s']:.0f}", r["gpu"]),
             Row("preprocess-speed", "Pillow frames/s (CPU)", "pass", f"{r['pillow_frames_per_s']:.0f}", r["pillow"]),
             Row("preprocess-speed", "GPU / Pillow", "pass", f"{r['ratio']:.1f}x",
-                f"{r['frames']} photos, batches of {r['batch']}, resize {r['resize']} + crop {r['size']} {r['filter']}")]
+                f"{r['frames']} photos, batches of {r['batch']}, resize {r['resize']} + crop {r['size']} "
+                f"{r['filter']}")]
 
 
 def run_torch_eager(ctx: Context) -> list[Row]:
@@ -206,7 +207,8 @@ def run_tensorrt_bench(ctx: Context) -> list[Row]:
         cap = ["--workspace-mib", str(ctx.workspace_mib)] if ctx.workspace_mib else []
         if cli(["build-engine", str(pkg), "--precision", "fp16", "--device", ctx.device, *cap,
                 "--timing-cache", str(ctx.out / "timing.cache")]) != 0:
-            return [Row("tensorrt-bench", "build fp16 engines", "fail", "", "clip-rt build-engine failed (see the log)")]
+            return [Row("tensorrt-bench", "build fp16 engines", "fail", "",
+                        "clip-rt build-engine failed (see the log)")]
     bench_json = ctx.out / "bench.json"
     backends = "torch,tensorrt" + (",onnxruntime" if ort_cuda_ok() else "")
     cmd = [sys.executable, "-m", "clip_rt.cli", "bench", str(pkg), "--backends", backends, "--device", ctx.device,
@@ -308,7 +310,8 @@ def exit_status(caps: dict[str, Capability], rows: Sequence[Row], required: Sequ
     return 0 if any(r.status == "pass" for r in rows) else 2
 
 
-def write_report(out: Path, caps: dict[str, Capability], rows: Sequence[Row], meta: dict[str, Any]) -> tuple[Path, Path]:
+def write_report(out: Path, caps: dict[str, Capability], rows: Sequence[Row],
+                 meta: dict[str, Any]) -> tuple[Path, Path]:
     """OUT/gpu-check.json and OUT/gpu-check.md."""
     out.mkdir(parents=True, exist_ok=True)
     doc = {"meta": meta, "capabilities": [c.to_json() for c in caps.values()], "rows": [asdict(r) for r in rows]}

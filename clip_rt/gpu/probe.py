@@ -49,8 +49,9 @@ def probe_cuda(index: int = 0) -> Capability:
             bindings_version = version("cuda-bindings")
         except PackageNotFoundError:
             bindings_version = "?"
-        return Capability("cuda", True, f"{info.name} (cuda:{info.index}, {info.sm}, {info.total_memory / 2**30:.1f} GiB); "
-                                        f"driver CUDA {driver // 1000}.{driver % 1000 // 10}; cuda-bindings {bindings_version}")
+        gib = info.total_memory / 2**30
+        return Capability("cuda", True, f"{info.name} (cuda:{info.index}, {info.sm}, {gib:.1f} GiB); driver CUDA "
+                                        f"{driver // 1000}.{driver % 1000 // 10}; cuda-bindings {bindings_version}")
     except Exception as e:  # noqa: BLE001 - a probe reports, it never raises
         return Capability("cuda", False, _one_line(e))
 
@@ -105,7 +106,8 @@ def probe_onnxruntime_cuda(device_id: int = 0) -> Capability:
             import onnx
             from onnx import TensorProto, helper
         except ImportError:
-            return Capability("onnxruntime-cuda", True, f"onnxruntime {ort.__version__} lists {CUDA} (not run: no onnx)")
+            return Capability("onnxruntime-cuda", True,
+                              f"onnxruntime {ort.__version__} lists {CUDA} (not run: no onnx)")
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
         y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
         model = helper.make_model(helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "probe", [x], [y]),
