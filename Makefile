@@ -33,8 +33,11 @@ test: $(VENV)/.installed
 test-full: $(VENV)/.installed
 	$(PY) -m pytest -m 'slow or not slow' $(PYTEST_ARGS)
 
+# NVIDIA GPU machines: probe, run every check that can run, report to build/gpu-check (README, "GPU and Jetson").
+# GPU_CHECK_ARGS=--offline uses $(PYTHON) as it is (no venv, no pip), as on machines without network.
+GPU_CHECK_ARGS ?=
 gpu-check:
-	scripts/gpu-check
+	$(PYTHON) scripts/gpu-check --shared '$(SHARED)' $(GPU_CHECK_ARGS)
 
 # Not part of `make test`: micro-benchmarks of the hot paths (see benchmarks/README.md).
 bench: $(VENV)/.installed
@@ -48,8 +51,10 @@ build/cpu_peak: benchmarks/cpu_peak.c
 cpu-peak: build/cpu_peak
 	build/cpu_peak
 
+# mypy over [tool.mypy] files; TensorRT is checked against tensorrt-stubs, repaired first (scripts/tensorrt_stubs.py).
 lint: $(VENV)/.installed
-	$(PY) -m mypy
+	$(PY) scripts/tensorrt_stubs.py build/trt-stubs
+	MYPYPATH=build/trt-stubs $(PY) -m mypy
 
 clean:
 	rm -rf build .pytest_cache

@@ -1,37 +1,52 @@
-"""Build TensorRT engines from a package's ONNX artifacts (`clip-rt build-engine`), with the TensorRT >= 10 API.
+"""Build TensorRT engines from a package's ONNX artifacts (`clip-rt build-engine`), with the TensorRT 10 and 11 APIs.
 
-    fp32  the fp32 ONNX, TF32 off
-    fp16  TensorRT 10: the fp32 ONNX with the FP16 flag, LayerNorm, softmax and the final L2 normalization
-          pinned to fp32 (layer precision + OBEY_PRECISION_CONSTRAINTS);
-          TensorRT 11 (strong typing only): the package's fp16 ONNX artifact as typed
-    int8  the package's int8 QDQ ONNX (explicit quantization); TensorRT 10 adds FP16 for the layers outside the
-          Q/DQ pairs with the same fp32 pins, TensorRT 11 builds it as typed
+Typing (typing_mode): TensorRT 10.12 deprecated weak typing (the FP16/INT8/OBEY_PRECISION_CONSTRAINTS builder
+flags, ILayer.precision, ILayer.set_output_type, the ITensor.dtype setter) and TensorRT 11 removed it; 11 makes
+every network strongly typed (the STRONGLY_TYPED creation flag is accepted and ignored). So:
 
-One optimization profile per engine, from the encoder's contract (batch 1..max, text length 2..max). The engine
-is written under PKG/engines/ with a name made of what invalidates it, and recorded in the manifest with its
-metadata (TensorRT version, GPU and compute capability, precision, profile, source ONNX file and sha256, build
-flags) and its parity against the fp32 ONNX on ONNX Runtime, checked against clip_rt.tolerances.
+    TensorRT 10.0 .. 10.11 (JetPack 6: 10.3), weak typing:
+      fp32  the fp32 ONNX, TF32 off
+      fp16  the fp32 ONNX with the FP16 flag; LayerNorm, softmax and the final L2 normalization pinned to fp32
+            (layer precision + OBEY_PRECISION_CONSTRAINTS)
+      int8  the int8 QDQ ONNX (explicit quantization), FP16 for the layers outside the Q/DQ pairs, same pins
+    TensorRT 10.12+ and 11.x, strong typing (no deprecated call):
+      fp32  the fp32 ONNX, TF32 off
+      fp16  the package's fp16 ONNX as typed (its converter kept the same layers in fp32)
+      int8  the int8 QDQ ONNX as typed: int8 inside the Q/DQ pairs, fp32 everywhere else
+
+One optimization profile per engine, from the encoder's contract (batch 1..max, text length 2..max). DLA (Jetson)
+has no dynamic dimensions ("DLA Supported Layers and Restrictions": min, opt and max must be equal, and the run
+shape must be the built one), so a DLA engine gets a static profile: batch = --opt-batch, text length = the
+maximum; the backend pads smaller inputs to it. How many layers can run on the DLA (IBuilderConfig.can_run_on_DLA)
+is logged and recorded; with none the build stops rather than write a GPU engine named .dlaN.
+
+The engine is written under PKG/engines/ with a name made of what invalidates it, and recorded in the manifest with
+its metadata (TensorRT version, GPU and compute capability, precision, typing, profile, source ONNX file and sha256,
+build flags) and its parity against the fp32 ONNX on ONNX Runtime, checked against clip_rt.tolerances.
 """
 
 from __future__ import annotations
 
 import datetime
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from clip_rt.backends.tensorrt import LoadedEngine, import_tensorrt, last_errors, trt_logger
-from clip_rt.contract import (DEFAULT_MAX_BATCH, DEFAULT_OPT_BATCH, ENCODERS, EncoderContract, check_precision,
+from clip_rt.backends.tensorrt import LoadedEngine
+from clip_rt.contract import (DEFAULT_MAX_BATCH, DEFAULT_OPT_BATCH, ENCODERS, EOT_ID, EncoderContract, check_precision,
                               image_contract, text_contract)
-from clip_rt.cuda import DeviceInfo, bindings, parse_cuda_device, require_device
 from clip_rt.errors import ClipRtError, PackageError, ValidationFailed
 from clip_rt.fsutil import atomic_write_bytes, sha256_bytes
+from clip_rt.gpu.cuda import DeviceInfo, bindings, parse_cuda_device, require_device
+from clip_rt.gpu.engines import import_tensorrt, last_errors, trt_logger
 from clip_rt.package import Artifact, Package, add_artifact
 from clip_rt.tolerances import tolerance
 
+if TYPE_CHECKING:
+    import tensorrt as trt
 
 class EngineBuildError(ClipRtError):
     """TensorRT could not parse the ONNX or build an engine for it."""
@@ -46,7 +61,7 @@ class EngineBuildConfig:
     opt_batch: int = DEFAULT_OPT_BATCH  # batch TensorRT tunes its kernels for
     max_text_len: int | None = None  # text profile max length; None: the model's context length (77)
     workspace_mib: int | None = None  # builder workspace cap; None: TensorRT's default (the whole GPU)
-    dla_core: int | None = None  # build for this DLA core (Jetson), GPU fallback for unsupported layers
+    dla_core: int | None = None  # build for this DLA core (Jetson): static profile, GPU fallback for unsupported layers
     timing_cache: str | None = None  # file to read and update TensorRT's timing cache (faster rebuilds)
     builder_level: int = 3  # builder_optimization_level 0..5 (TensorRT's default 3)
     encoders: tuple[str, ...] = ENCODERS  # which encoders to build
@@ -64,6 +79,9 @@ class EngineBuildConfig:
             raise ValueError(f"workspace_mib must be >= 1, got {self.workspace_mib}")
         if not self.encoders or set(self.encoders) - set(ENCODERS):
             raise ValueError(f"encoders must be a non-empty subset of {ENCODERS}, got {self.encoders}")
+        if self.dla_core is not None and (self.dla_core < 0 or self.precision == "fp32"):
+            raise ValueError(f"DLA runs fp16 and int8 on cores 0..N-1; got precision {self.precision} on core "
+                             f"{self.dla_core}")
 
     def record(self) -> dict[str, Any]:
         """The flags rebuild_command() replays (everything but the encoder list and force)."""
@@ -73,10 +91,21 @@ class EngineBuildConfig:
         return d
 
 
+def static_contract(contract: EncoderContract, batch: int) -> EncoderContract:
+    """The contract with every dynamic axis pinned (min = opt = max): batch `batch`, text length its maximum.
+    What a DLA engine is built for."""
+    ranges = {axis: (batch, batch, batch) if axis == "batch" else (hi, hi, hi)
+              for axis, (_, _, hi) in contract.axis_ranges.items()}
+    return replace(contract, axis_ranges=ranges)
+
+
 def contract_for(pkg: Package, encoder: str, cfg: EngineBuildConfig) -> EncoderContract:
+    """The contract an engine is built for: the dynamic profile, or the static one for DLA (batch = opt_batch)."""
     if encoder == "image":
-        return image_contract(pkg.image_size, pkg.embed_dim, cfg.max_batch, cfg.opt_batch)
-    return text_contract(pkg.context_length, pkg.embed_dim, cfg.max_batch, cfg.opt_batch, cfg.max_text_len)
+        contract = image_contract(pkg.image_size, pkg.embed_dim, cfg.max_batch, cfg.opt_batch)
+    else:
+        contract = text_contract(pkg.context_length, pkg.embed_dim, cfg.max_batch, cfg.opt_batch, cfg.max_text_len)
+    return static_contract(contract, cfg.opt_batch) if cfg.dla_core is not None else contract
 
 
 def engine_file_name(encoder: str, precision: str, trt_version: str, device: DeviceInfo,
@@ -91,12 +120,17 @@ def engine_file_name(encoder: str, precision: str, trt_version: str, device: Dev
     return ".".join(parts) + ".engine"
 
 
-def weak_typing_available(trt: Any) -> bool:
-    """TensorRT 10 has precision builder flags; TensorRT 11 removed them (strong typing only)."""
-    return all(hasattr(trt.BuilderFlag, f) for f in ("FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"))
+WEAK_FLAGS = ("FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS")
 
 
-def source_for(pkg: Package, encoder: str, precision: str, weak: bool) -> Artifact:
+def typing_mode(trt_version: str, weak_flags: bool = True) -> str:
+    """"weak" on TensorRT 10.0..10.11 (precision flags and per-layer pins, not yet deprecated there), "strong" on
+    10.12+ (weak typing deprecated) and 11 (removed); "strong" too wherever the weak flags are missing."""
+    major, minor = (int(x) for x in trt_version.split(".")[:2])
+    return "weak" if weak_flags and (major, minor) < (10, 12) else "strong"
+
+
+def source_for(pkg: Package, encoder: str, precision: str, strong: bool) -> Artifact:
     """The ONNX artifact an engine of `precision` is built from (see the module docstring)."""
     if precision == "int8":
         art = pkg.artifact(encoder, "int8", "onnxruntime", portable=True)  # PackageError names the export command
@@ -106,18 +140,20 @@ def source_for(pkg: Package, encoder: str, precision: str, weak: bool) -> Artifa
                                    f"activations {recipe.get('activations')}); TensorRT needs static, symmetric int8: "
                                    f"re-export with --precision int8 --int8-mode static --int8-activations s8 --calib DIR")
         return art
-    if precision == "fp16" and not weak:
+    if precision == "fp16" and strong:
         try:
             return pkg.artifact(encoder, "fp16", "onnxruntime", portable=True)
         except PackageError as e:
-            raise EngineBuildError(f"TensorRT 11 builds fp16 engines only from an fp16 ONNX (strong typing): {e}; or "
-                                   f"install TensorRT 10 (pip install 'tensorrt>=10,<11') to build from the fp32 ONNX")
+            raise EngineBuildError(f"TensorRT 10.12+ builds fp16 engines from the package's fp16 ONNX (strong typing): "
+                                   f"{e}") from None
     return pkg.artifact(encoder, "fp32", "onnxruntime", portable=True)  # not the fused .opt.onnx
 
 
-def pin_fp32(network: Any, trt: Any) -> int:
-    """Keep LayerNorm, softmax, reductions and everything after the last MatMul (the final L2 normalization) in
-    fp32 under the FP16 flag. Returns how many layers were pinned."""
+def pin_fp32(network: "trt.INetworkDefinition") -> int:
+    """Weak typing only (TensorRT < 10.12): keep LayerNorm, softmax, reductions and everything after the last
+    MatMul (the final L2 normalization) in fp32 under the FP16 flag. Returns how many layers were pinned."""
+    import tensorrt as trt
+
     layers = [network.get_layer(i) for i in range(network.num_layers)]
     last_matmul = max((i for i, layer in enumerate(layers) if layer.type == trt.LayerType.MATRIX_MULTIPLY), default=-1)
     always = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
@@ -134,10 +170,12 @@ def pin_fp32(network: Any, trt: Any) -> int:
     return pinned
 
 
-def cast_uint8_input_first(network: Any, trt: Any) -> bool:
+def cast_uint8_input_first(network: "trt.INetworkDefinition") -> bool:
     """TensorRT accepts a UINT8 network input only when Cast layers consume it; the exported image graph
     transposes the uint8 pixels before casting. Insert a Cast to float32 right after the input and feed every
     other consumer from it (the graph's own Cast then converts float32 to float32). Returns whether it did."""
+    import tensorrt as trt
+
     inp = network.get_input(0)
     if inp.dtype != trt.uint8:
         return False
@@ -152,71 +190,95 @@ def cast_uint8_input_first(network: Any, trt: Any) -> bool:
     return True
 
 
-def _check_network_io(network: Any, contract: EncoderContract, trt: Any, onnx: Path) -> None:
+def _check_network_io(network: "trt.INetworkDefinition", contract: EncoderContract, onnx: Path) -> None:
+    """The parsed network's I/O against the contract; the embeddings must leave as float32 (the fp16 and int8 ONNX
+    keep float32 outputs, so no output type is forced: ITensor.dtype is read-only under strong typing)."""
+    import tensorrt as trt
+
     want_in = {contract.input.name: contract.input.dtype}
     got_in = {network.get_input(i).name: np.dtype(trt.nptype(network.get_input(i).dtype)).name
               for i in range(network.num_inputs)}
-    names_out = [network.get_output(i).name for i in range(network.num_outputs)]
-    if got_in != want_in or names_out != [contract.output.name]:
-        raise EngineBuildError(f"{onnx} has inputs {got_in} and outputs {names_out}; the {contract.encoder} contract "
-                               f"needs {want_in} -> [{contract.output.name!r}]; re-export the package")
+    got_out = {network.get_output(i).name: np.dtype(trt.nptype(network.get_output(i).dtype)).name
+               for i in range(network.num_outputs)}
+    want_out = {contract.output.name: contract.output.dtype}
+    if got_in != want_in or got_out != want_out:
+        raise EngineBuildError(f"{onnx} has inputs {got_in} and outputs {got_out}; the {contract.encoder} contract "
+                               f"needs {want_in} -> {want_out}; re-export the package")
 
 
-def build_engine(trt: Any, pkg: Package, encoder: str, cfg: EngineBuildConfig, device: DeviceInfo,
+def dla_placement(network: "trt.INetworkDefinition", config: "trt.IBuilderConfig") -> tuple[int, int]:
+    """(layers that can run on the DLA, all layers) for a config already set to a DLA core."""
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    return sum(1 for layer in layers if config.can_run_on_DLA(layer)), len(layers)
+
+
+def build_engine(pkg: Package, encoder: str, cfg: EngineBuildConfig, device: DeviceInfo,
                  log: Callable[[str], None] = print) -> tuple[Artifact, bytes]:
     """Parse, configure and build one encoder's engine; returns its (unrecorded) artifact and bytes."""
-    logger = trt_logger(trt)
-    weak = weak_typing_available(trt)
-    src = source_for(pkg, encoder, cfg.precision, weak)
+    import tensorrt as trt
+
+    logger = trt_logger()
+    mode = typing_mode(trt.__version__, all(hasattr(trt.BuilderFlag, f) for f in WEAK_FLAGS))
+    src = source_for(pkg, encoder, cfg.precision, mode == "strong")
     onnx_path = pkg.path(src)  # sha256-verified
     contract = contract_for(pkg, encoder, cfg)
     builder = trt.Builder(logger)
-    flags = 0 if weak else 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    strong_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)  # 11.x: accepted, ignored
+    network = builder.create_network(1 << int(strong_flag) if mode == "strong" and strong_flag is not None else 0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineBuildError(f"TensorRT could not parse {onnx_path}: {errors or 'no parser error given'}")
-    _check_network_io(network, contract, trt, onnx_path)
-    recast = cast_uint8_input_first(network, trt)
+    _check_network_io(network, contract, onnx_path)
+    lo, opt, hi = contract.profile()
+    if cfg.dla_core is not None:
+        # The network itself becomes static (the ONNX has dynamic axes), so that shape-dependent subgraphs fold to
+        # constants and can_run_on_DLA below judges the layers at the one shape the DLA will see.
+        network.get_input(0).shape = trt.Dims(list(lo))
+    recast = cast_uint8_input_first(network)
 
     config = builder.create_builder_config()
-    lo, opt, hi = contract.profile()
     profile = builder.create_optimization_profile()
-    profile.set_shape(contract.input.name, lo, opt, hi)
+    profile.set_shape(contract.input.name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))
     config.add_optimization_profile(profile)
     pinned = 0
-    if weak:
-        network.get_output(0).dtype = trt.float32  # embeddings leave the engine as float32, as the contract says
-        if cfg.precision in ("fp16", "int8"):
-            config.set_flag(trt.BuilderFlag.FP16)
-            pinned = pin_fp32(network, trt)
-            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    if mode == "weak" and cfg.precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+        pinned = pin_fp32(network)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         if cfg.precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)  # scales come from the graph's Q/DQ nodes: no calibrator
     if cfg.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: TF32 matmuls would cost parity
     if cfg.workspace_mib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mib << 20)
+    dla: dict[str, Any] | None = None
     if cfg.dla_core is not None:
         if cfg.dla_core >= builder.num_DLA_cores:
             raise EngineBuildError(f"DLA core {cfg.dla_core} requested but this device has {builder.num_DLA_cores}")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = cfg.dla_core
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run go to the GPU
+        on_dla, total = dla_placement(network, config)
+        log(f"  {encoder}: {on_dla} of {total} layers can run on DLA core {cfg.dla_core}; the other {total - on_dla} "
+            f"fall back to the GPU")
+        if on_dla == 0:
+            raise EngineBuildError(f"no layer of the {encoder} encoder can run on the DLA (static profile {lo}); the "
+                                   f"engine would run entirely on the GPU: build without --dla-core")
+        dla = {"core": cfg.dla_core, "layers_on_dla": on_dla, "layers": total}
     config.builder_optimization_level = cfg.builder_level
     cache_file = Path(cfg.timing_cache) if cfg.timing_cache else None
     if cache_file is not None:
         cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
         if not config.set_timing_cache(cache, ignore_mismatch=False):
-            raise EngineBuildError(f"TensorRT rejected the timing cache {cache_file}{last_errors(trt)}; delete it")
+            raise EngineBuildError(f"TensorRT rejected the timing cache {cache_file}{last_errors()}; delete it")
 
-    log(f"building {encoder} {cfg.precision} engine from {src.file} ({'weak' if weak else 'strong'} typing, "
-        f"{pinned} layers pinned to fp32, profile {lo} .. {hi}) ...")
+    log(f"building {encoder} {cfg.precision} engine from {src.file} ({mode} typing, {pinned} layers pinned to fp32, "
+        f"profile {lo} .. {hi}) ...")
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise EngineBuildError(f"TensorRT failed to build the {encoder} {cfg.precision} engine{last_errors(trt)}")
+        raise EngineBuildError(f"TensorRT failed to build the {encoder} {cfg.precision} engine{last_errors()}")
     data = bytes(serialized)
     seconds = time.perf_counter() - start
     if cache_file is not None:
@@ -224,8 +286,8 @@ def build_engine(trt: Any, pkg: Package, encoder: str, cfg: EngineBuildConfig, d
 
     name = engine_file_name(encoder, cfg.precision, trt.__version__, device, contract, cfg.dla_core)
     meta = {"tensorrt": trt.__version__, "gpu": device.name, "compute_capability": device.compute_capability,
-            "precision": cfg.precision, "typing": "weak" if weak else "strong", "fp32_pinned_layers": pinned,
-            "uint8_input_cast_inserted": recast,
+            "precision": cfg.precision, "typing": mode, "fp32_pinned_layers": pinned,
+            "uint8_input_cast_inserted": recast, "dla": dla,
             "profiles": {contract.input.name: {"min": list(lo), "opt": list(opt), "max": list(hi)}},
             "source": {"file": src.file, "sha256": src.sha256, "precision": src.precision},
             "build": cfg.record(), "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -235,26 +297,29 @@ def build_engine(trt: Any, pkg: Package, encoder: str, cfg: EngineBuildConfig, d
     return art, data
 
 
-def measure_parity(trt: Any, pkg: Package, art: Artifact, path: Path, contract: EncoderContract,
+def measure_parity(pkg: Package, art: Artifact, path: Path, contract: EncoderContract,
                    seed: int = 0) -> dict[str, Any]:
     """Cosine of the engine's embeddings against the fp32 ONNX on ONNX Runtime (CPU), on contract samples at
-    batch sizes and text lengths other than the export sample."""
+    batch sizes and text lengths other than the export sample (padded to a static engine's one shape)."""
     import onnxruntime as ort
+    import tensorrt as trt
 
     session = ort.InferenceSession(str(pkg.path(pkg.artifact(art.encoder, "fp32", "onnxruntime", portable=True))),
                                    providers=["CPUExecutionProvider"])
-    runtime = trt.Runtime(trt_logger(trt))
-    engine = LoadedEngine(trt, runtime, path, contract, art.extra["engine"], contexts=1, cuda_graphs=False, max_graphs=1)
-    lo, _, hi = contract.axis_ranges.get("sequence", (0, 0, 0))
+    runtime = trt.Runtime(trt_logger())
+    tokenizer = pkg.manifest.get("tokenizer", {})
+    engine = LoadedEngine(runtime, path, contract, art.extra["engine"], contexts=1, cuda_graphs=False, max_graphs=1,
+                          pad_id=int(tokenizer.get("pad_id", tokenizer.get("eos_id", EOT_ID))))
+    _, _, hi = contract.axis_ranges.get("sequence", (0, 0, 0))
     shapes = [{"batch": 3}, {"batch": 5}] if art.encoder == "image" else \
-        [{"batch": 3, "sequence": min(hi, 7)}, {"batch": 5, "sequence": hi}, {"batch": 1, "sequence": max(lo, 2)}]
+        [{"batch": 3, "sequence": min(hi, 7)}, {"batch": 5, "sequence": hi}, {"batch": 1, "sequence": 2}]
     cosines = []
     try:
         lane = engine.acquire()
         for i, axes in enumerate(shapes):
             x = contract.sample_input(seed=seed + i, **axes)
             ref = session.run(None, {contract.input.name: x})[0]  # [B, D] float32
-            got = lane.run(x)
+            got = np.concatenate([lane.run(chunk)[:rows] for chunk, rows in engine.fit(x, "clip-rt build-engine")])
             cosines.append((ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1))
         engine.release(lane)
     finally:
@@ -273,16 +338,16 @@ def build_engines(package: str | Path, cfg: EngineBuildConfig, device: str = "cu
     Checks, in order: TensorRT and cuda-python importable, a CUDA device, the package and its ONNX sources.
     An engine below its tolerance (clip_rt.tolerances) raises ValidationFailed unless cfg.force.
     """
-    trt = import_tensorrt("building TensorRT engines")
+    import_tensorrt("building TensorRT engines")
     bindings()
     info = require_device(parse_cuda_device(device))
     pkg = Package.open(package)
     recorded = []
     for encoder in cfg.encoders:
-        art, data = build_engine(trt, pkg, encoder, cfg, info, log)
+        art, data = build_engine(pkg, encoder, cfg, info, log)
         path = pkg.root / art.file
         atomic_write_bytes(path, data)
-        parity = measure_parity(trt, pkg, art, path, contract_for(pkg, encoder, cfg))
+        parity = measure_parity(pkg, art, path, contract_for(pkg, encoder, cfg))
         log(f"  {art.file}: {len(data) / 2**20:.1f} MiB, {art.extra['engine']['build_seconds']} s; parity vs fp32 ONNX "
             f"min cosine {parity['min_cosine']:.6f}, mean {parity['mean_cosine']:.6f} "
             f"{'ok' if parity['ok'] else 'BELOW TOLERANCE'}")

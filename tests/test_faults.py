@@ -337,7 +337,7 @@ def _with_engines(tiny_package: Path, root: Path, metas: list[dict]) -> Package:
 def test_engine_for_another_tensorrt_or_gpu_is_refused_without_a_gpu(tiny_package, tmp_path):
     """The engine check is metadata only (select_engine / engine_problem), so it runs here without TensorRT."""
     from clip_rt.backends.tensorrt import engine_problem, select_engine
-    from clip_rt.cuda import DeviceInfo
+    from clip_rt.gpu.cuda import DeviceInfo
 
     here = DeviceInfo(index=0, name="NVIDIA H100 80GB HBM3", major=9, minor=0, total_memory=80 << 30)
     source = json.loads((tiny_package / "manifest.json").read_text())["artifacts"]

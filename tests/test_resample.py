@@ -1,4 +1,4 @@
-"""The numpy twin of the GPU preprocessing kernel (clip_rt/resample.py) against Pillow, on CPU.
+"""The numpy twin of the GPU preprocessing kernel (clip_rt/gpu/resample.py) against Pillow, on CPU.
 
 The twin runs the kernel's integer arithmetic on the kernel's packed buffers, so these tests check the
 kernel's math without a GPU; tests/test_gpu.py then checks the kernel against the twin on a GPU.
@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from clip_rt.preprocess import PreprocessConfig, open_image, resize_crop
-from clip_rt.resample import (
+from clip_rt.gpu.resample import (
     axis_table,
     crop_offset,
     pack_frames,
@@ -98,7 +98,7 @@ def test_pass_order_matters_and_follows_pillow() -> None:
     frame, (oh, ow) = noise(489, 116, seed=3), (269, 64)
     ref = np.asarray(Image.fromarray(frame).resize((ow, oh), Image.Resampling.BICUBIC))
     rows, cols = axis_table(489, oh), axis_table(116, ow)
-    from clip_rt.resample import _two_pass
+    from clip_rt.gpu.resample import _two_pass
 
     horizontal = _two_pass(frame[None], rows, cols)[0]
     vertical = _two_pass(frame[None].transpose(0, 2, 1, 3), cols, rows)[0].transpose(1, 0, 2)
@@ -228,14 +228,15 @@ extern "C" void run_grid(const unsigned char* pixels, const long long* desc, con
 
 
 def test_kernel_source_on_cpu_matches_twin(tmp_path: Path) -> None:
-    from clip_rt.cuda import KERNEL_NAME, KERNEL_SOURCE, THREADS_PER_BLOCK
+    from clip_rt.gpu.kernel import KERNEL_DEFINES, KERNEL_NAME, THREADS_PER_BLOCK, kernel_source
 
     cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if cxx is None:
         pytest.skip("no C++ compiler to run the kernel source on the CPU")
     src, lib = tmp_path / "kernel_cpu.cpp", tmp_path / "kernel_cpu.so"
-    src.write_text(CPU_SHIM + KERNEL_SOURCE + CPU_GRID.replace("KERNEL", KERNEL_NAME))
-    build = subprocess.run([cxx, "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", str(lib), str(src)],
+    src.write_text(CPU_SHIM + kernel_source() + CPU_GRID.replace("KERNEL", KERNEL_NAME))
+    defines = [f"-D{k}={v}" for k, v in KERNEL_DEFINES.items()]  # the same -D flags NVRTC gets
+    build = subprocess.run([cxx, "-O2", "-Wall", "-Werror", *defines, "-shared", "-fPIC", "-o", str(lib), str(src)],
                            capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
     run_grid = ctypes.CDLL(str(lib)).run_grid

@@ -4,15 +4,23 @@
     encode_texts(input_ids)  int32 [B, L]       -> float32 [B, D]
 
 The provider asked for is the provider that runs: after creating a session we read session.get_providers()
-and refuse (BackendUnavailable) if ONNX Runtime quietly dropped the requested one. InferenceSession.run is
-documented as safe to call from several threads at once, so no lock is taken here.
+and refuse (BackendUnavailable) if ONNX Runtime quietly dropped the requested one. On a GPU, nodes must not
+slip to the CPU either: ONNX Runtime always appends its CPU provider (get_providers() lists it), so GPU
+sessions set the session config `session.disable_cpu_ep_fallback = "1"` (onnxruntime_session_options_config_keys.h:
+session creation fails if any node is assigned to the CPU provider). InferenceSession.run is documented as safe
+to call from several threads at once, so no lock is taken here.
+
+ONNX Runtime's GPU build is the `onnxruntime-gpu` distribution, which installs the same `onnxruntime` module as
+the CPU build clip-rt depends on; pip cannot express "instead of", so installing both leaves one folder with two
+builds' files. GPU sessions refuse such a mixed install (mixed_install_problem) with the commands that fix it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -28,7 +36,45 @@ if TYPE_CHECKING:
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
-GPU_HINT = "install the GPU build with: pip uninstall -y onnxruntime && pip install 'clip-rt[gpu]'"
+# The CUDA provider needs CUDA and cuDNN libraries; the [cuda,cudnn] extras of onnxruntime-gpu bring them from pip.
+# clip-rt[gpu] does not install it: onnxruntime-gpu has to replace the onnxruntime clip-rt depends on (see above).
+GPU_INSTALL = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu[cuda,cudnn]'"
+GPU_HINT = f"install ONNX Runtime's GPU build in place of the CPU one: {GPU_INSTALL} (clip-rt[gpu] brings TensorRT " \
+           f"and cuda-python, not ONNX Runtime)"
+NO_CPU_FALLBACK = "session.disable_cpu_ep_fallback"
+
+
+def onnxruntime_distributions(path: Sequence[str] | None = None) -> dict[str, str]:
+    """Installed distributions that provide the `onnxruntime` module: {name: version}, e.g. {"onnxruntime":
+    "1.32.0"}. `path` limits the search to those folders (default: sys.path)."""
+    found = {}
+    for dist in metadata.distributions(path=list(path)) if path is not None else metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name == "onnxruntime" or name.startswith("onnxruntime-"):
+            top = (dist.read_text("top_level.txt") or "").split()
+            files = [str(f) for f in dist.files or []]
+            if "onnxruntime" in top or any(f.startswith("onnxruntime/") for f in files):
+                found[name] = dist.version
+    return found
+
+
+def mixed_install_problem(path: Sequence[str] | None = None) -> str | None:
+    """Why this ONNX Runtime install cannot be trusted with a GPU provider (two builds in one `onnxruntime`
+    folder), with the fix; None when one build is installed."""
+    found = onnxruntime_distributions(path)
+    if len(found) < 2:
+        return None
+    names = ", ".join(f"{n} {v}" for n, v in sorted(found.items()))
+    return (f"{len(found)} ONNX Runtime builds are installed over each other ({names}): they share the onnxruntime "
+            f"folder, so which files load is an accident of install order. Keep only the GPU build: {GPU_INSTALL}")
+
+
+def gpu_session_options(tuning: SessionTuning = SessionTuning()) -> "ort.SessionOptions":
+    """SessionOptions for the CUDA / TensorRT providers: `tuning` plus no CPU fallback (ONNX Runtime then fails
+    at session creation instead of running the nodes the GPU providers do not take on the CPU)."""
+    options = make_session_options(tuning)
+    options.add_session_config_entry(NO_CPU_FALLBACK, "1")
+    return options
 
 
 @dataclass(frozen=True)
@@ -40,6 +86,9 @@ class SessionConfig:
     device_id: int = 0  # GPU ordinal for the CUDA / TensorRT providers
     trt_cache_dir: str | None = None  # TensorRT EP engine cache folder (engines take minutes to build)
     log_severity: int = 3  # 0 verbose .. 4 fatal; 3 keeps ONNX Runtime's warnings off stderr
+    # GPU providers only: False (default) makes session creation fail when a node would run on the CPU; True is
+    # ONNX Runtime's own behaviour (such nodes run on the CPU), for a user who asks for it.
+    cpu_fallback: bool = False
     # Spinning, arena, pre-packing, graph level, warm-up (clip_rt/ort_options.py); threads/log_severity above win.
     tuning: SessionTuning = SessionTuning()
 
@@ -71,6 +120,14 @@ def providers_for(config: SessionConfig) -> list[Any]:
     raise InputError(f"unknown provider {config.provider!r}; choose one of cpu, cuda, tensorrt")
 
 
+def session_options_for(config: SessionConfig) -> "ort.SessionOptions":
+    """The SessionOptions make_session uses: the config's tuning, and no CPU fallback on a GPU provider."""
+    tuning = replace(config.tuning, threads=config.threads, log_severity=config.log_severity)
+    if config.provider == "cpu" or config.cpu_fallback:
+        return make_session_options(tuning)
+    return gpu_session_options(tuning)
+
+
 def make_session(path: str | Path, config: SessionConfig) -> "ort.InferenceSession":
     """Create one InferenceSession, checking that every requested provider is both available and in use.
 
@@ -80,6 +137,10 @@ def make_session(path: str | Path, config: SessionConfig) -> "ort.InferenceSessi
 
     providers = providers_for(config)
     wanted = [p if isinstance(p, str) else p[0] for p in providers]
+    if config.provider != "cpu":
+        problem = mixed_install_problem()
+        if problem:
+            raise BackendUnavailable(problem)
     available = ort.get_available_providers()
     missing = [p for p in wanted if p not in available]
     if missing:
@@ -87,12 +148,16 @@ def make_session(path: str | Path, config: SessionConfig) -> "ort.InferenceSessi
                                  f"{', '.join(available)}); {GPU_HINT}")
     if config.threads is not None and config.threads < 1:
         raise InputError(f"threads must be >= 1, got {config.threads}")
-    options = make_session_options(replace(config.tuning, threads=config.threads, log_severity=config.log_severity))
+    options = session_options_for(config)
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:  # ONNX Runtime raises its own exception types (Fail, RuntimeException, ...)
         if config.provider == "cpu":
             raise BackendUnavailable(f"ONNX Runtime cannot load {path}: {e}") from e
+        if "fallback" in str(e).lower():
+            raise BackendUnavailable(f"{', '.join(wanted)} cannot run every node of {path}, and running the rest on "
+                                     f"the CPU is off ({NO_CPU_FALLBACK}); pass cpu_fallback=True to allow it: "
+                                     f"{e}") from e
         raise BackendUnavailable(f"ONNX Runtime cannot start {', '.join(wanted)} for {path} (GPU driver, CUDA or "
                                  f"cuDNN/TensorRT libraries missing?): {e}; {GPU_HINT}") from e
     in_use = session.get_providers()
@@ -146,8 +211,10 @@ class OnnxRuntimeBackend:
         return self._run("text", input_ids)
 
     def describe(self) -> dict[str, Any]:
+        # get_providers() always ends with the CPU provider; on a GPU no node may use it (NO_CPU_FALLBACK).
         return {"backend": self.name, "precision": self.precision, "device": self.device,
                 "providers": self._sessions["image"].get_providers(), "threads": self.config.threads,
+                "cpu_fallback": self.config.provider == "cpu" or self.config.cpu_fallback,
                 "tuning": replace(self.config.tuning, threads=self.config.threads).to_json(),
                 "files": {e: p.name for e, p in self._files.items()}}
 

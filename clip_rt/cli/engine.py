@@ -21,21 +21,26 @@ def _encoders(text: str) -> tuple[str, ...]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "build-engine", formatter_class=HELP, help="build TensorRT engines for a package on this GPU",
-        description="Parse the package's ONNX (fp32 for fp32/fp16, the int8 QDQ ONNX for int8), build one TensorRT "
-                    "engine per encoder with an optimization profile for dynamic batch and text length, check it "
-                    "against the fp32 ONNX, and record it in the package. Engines only run with the TensorRT version "
-                    "and GPU they were built for. Needs an NVIDIA GPU and: pip install 'clip-rt[gpu]'.")
+        description="Parse the package's ONNX (TensorRT 10.12+ and 11: the fp32, fp16 or int8 QDQ ONNX as typed; "
+                    "TensorRT < 10.12: the fp32 ONNX with precision flags for fp32/fp16, the int8 QDQ ONNX for int8), "
+                    "build one TensorRT engine per encoder with an optimization profile for dynamic batch and text "
+                    "length (static on a DLA), check it against the fp32 ONNX, and record it in the package. Engines "
+                    "only run with the TensorRT version and GPU they were built for. Needs an NVIDIA GPU and: "
+                    "pip install 'clip-rt[gpu]'.")
     p.add_argument("package", help="model package folder")
     p.add_argument("--precision", choices=PRECISIONS, default="fp16",
-                   help="fp16 keeps LayerNorm, softmax and the final normalization in fp32; int8 needs the package's "
-                        "int8 QDQ ONNX (clip-rt export ... --precision int8)")
+                   help="fp16 keeps LayerNorm, softmax and the final normalization in fp32 (TensorRT 10.12+ needs the "
+                        "package's fp16 ONNX: clip-rt export ... --precision fp16); int8 needs the package's int8 QDQ "
+                        "ONNX (clip-rt export ... --precision int8)")
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch of the profile")
     p.add_argument("--opt-batch", type=int, default=DEFAULT_OPT_BATCH, help="batch TensorRT tunes for")
     p.add_argument("--max-text-len", type=int, default=None,
                    help="longest token sequence of the text profile (default: the model's context length)")
     p.add_argument("--workspace-mib", type=int, default=None,
                    help="cap on the builder's scratch memory in MiB (default: TensorRT's; use ~1024 on 8 GB Jetsons)")
-    p.add_argument("--dla-core", type=int, default=None, help="build for this DLA core (Jetson), GPU fallback on")
+    p.add_argument("--dla-core", type=int, default=None,
+                   help="build for this DLA core (Jetson; fp16/int8): a static profile of batch --opt-batch and text "
+                        "length --max-text-len (DLA has no dynamic shapes; smaller inputs are padded), GPU fallback on")
     p.add_argument("--timing-cache", default=None, help="timing cache file, read if present and updated")
     p.add_argument("--builder-level", type=int, choices=range(6), default=3, metavar="{0..5}",
                    help="TensorRT builder optimization level (higher: slower build, maybe faster engine)")

@@ -1,8 +1,8 @@
 """Pillow-exact resize tables and the numpy twin of the GPU preprocessing kernel.
 
-The GPU path (clip_rt/cuda.py) resizes the shortest side with antialiased bicubic, center-crops and
-packs frames into the image engine's input in one kernel. To make that kernel testable without a GPU,
-everything it computes is defined here first:
+The GPU path (clip_rt/gpu/kernel.py running resize_crop.cu) resizes the shortest side with antialiased
+bicubic, center-crops and packs frames into the image engine's input in one kernel. To make that kernel
+testable without a GPU, everything it computes is defined here first:
 
 * the coefficient tables, computed on the host in float64 and rounded to fixed point the way Pillow's
   libImaging/Resample.c does (precompute_coeffs + normalize_coeffs_8bpc, read from
