@@ -7,21 +7,44 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+LOCK   ?= requirements/dev.lock
+STUBS  := requirements/stubs.lock
+# The extras that make up `dev`, named one by one: pip-compile cannot lock a self-referencing extra (clip-rt[...]).
+LOCK_EXTRAS := export bench openvino test
 MODEL  ?= openai/clip-vit-base-patch32
 SHARED ?= ../shared
 RANDOM_INIT ?=
 DEMO_PKG ?= build/demo-package
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-full bench cpu-peak gpu-check lint clean
+.PHONY: demo test test-full test-latest lock bench cpu-peak gpu-check lint clean
 
-$(VENV)/.installed: pyproject.toml
+# Exactly the versions in $(LOCK), every file checked against its sha256 (--require-hashes), then clip-rt itself
+# (editable, no dependency resolution), then a check that the venv holds the lock and nothing else. A venv left
+# from an older lock is rebuilt from scratch rather than patched.
+$(VENV)/.installed: $(LOCK) $(STUBS) pyproject.toml
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch first, pinned: the CPU build; an unpinned resolve could pull the multi-GB CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK) -r $(STUBS)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) scripts/check_lock.py $(LOCK) $(STUBS)
 	touch $@
+
+# Refresh the lock from pyproject's ranges: the newest compatible releases, within requirements/constraints.txt.
+lock:
+	$(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/pip install -q 'pip-tools>=7.4,<8'
+	build/lock-venv/bin/pip-compile --quiet --upgrade $(LOCK_EXTRAS:%=--extra %) --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links --constraint requirements/constraints.txt \
+		--output-file $(LOCK) pyproject.toml
+
+# The suite against the newest releases pyproject allows (no lock, no constraints): what a user's fresh
+# `pip install 'clip-rt[dev]'` gets. Its own venv, so the locked one is untouched.
+test-latest:
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/pip install -q -e '.[dev]'
+	.venv-latest/bin/python -m pytest $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed
 	$(PY) scripts/demo.py --model '$(MODEL)' --package '$(DEMO_PKG)' --shared '$(SHARED)' $(if $(RANDOM_INIT),--random-init)

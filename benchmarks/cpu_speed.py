@@ -91,6 +91,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for both ONNX Runtime and torch")
     p.add_argument("--iters", type=int, default=30, help="timed iterations per table (batch-32 tables use a third)")
     p.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
+    p.add_argument("--compare", metavar="PKG2", default=None,
+                   help="another package of the same model whose INT8 artifacts run in the same interleaved loops "
+                        "(e.g. one exported by an older clip-rt: docs/CPU_SPEED.md, 'CPU tiers')")
     p.add_argument("--spinning", action=argparse.BooleanOptionalAction, default=True,
                    help="ONNX Runtime intra-op spinning (off helps on a machine shared with other jobs)")
     args = p.parse_args()
@@ -113,6 +116,13 @@ def main() -> int:
     std = torch.tensor(pre["std"]).view(1, 3, 1, 1)
     models = {p: clip_rt.load(pkg, precision=p, threads=args.threads, spinning=args.spinning)
               for p in args.precisions}
+    if args.compare:
+        import warnings
+
+        with warnings.catch_warnings():  # an older package may warn about its CPU tier: that is what is compared
+            warnings.simplefilter("ignore")
+            models[f"int8 [{Path(args.compare).name}]"] = clip_rt.load(args.compare, precision="int8",
+                                                                       threads=args.threads, spinning=args.spinning)
     out = [f"package {pkg.root} ({pkg.source['model']}{', RANDOM WEIGHTS' if pkg.source.get('random_init') else ''})",
            f"torch {torch.__version__} threads {torch.get_num_threads()}, onnxruntime threads {args.threads}, "
            f"spinning {args.spinning}; files: " + ", ".join(f"{p}={m.describe()['files']}" for p, m in models.items())]

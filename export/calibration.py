@@ -72,7 +72,11 @@ def read_texts(path: Path) -> list[str]:
 
 
 def folder_texts(folder: Path) -> tuple[list[str], str]:
-    """Texts a data folder offers: captions.csv, else classes.txt x templates.txt ('a photo of a {}.' default)."""
+    """Texts a data folder offers: captions.csv, else classes.txt x templates.txt ('a photo of a {}.' default).
+    A folder named images/ with neither is read as a data set's photo folder: the texts of the folder above it
+    (the DATASET/images + DATASET/captions.csv layout of ../shared/data and many photo data sets)."""
+    if folder.name == "images" and not any((folder / n).is_file() for n in ("captions.csv", "classes.txt")):
+        return folder_texts(folder.parent)
     if (folder / "captions.csv").is_file():
         return read_texts(folder / "captions.csv"), str(folder / "captions.csv")
     if (folder / "classes.txt").is_file():

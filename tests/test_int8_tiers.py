@@ -135,7 +135,10 @@ def test_default_int8_kernels_equal_exact_integer_arithmetic(tiny_q_package: Pat
         name = pkg.contract(encoder).input.name
         path = pkg.path(pkg.artifact(encoder, "int8", portable=True))
         exact, kernels = run(path, name, held_out[encoder], False), run(path, name, held_out[encoder], True)
-        assert cosines(exact, kernels).min() >= 0.9999, encoder
+        # Not bit-equal: ONNX Runtime rounds x / scale in its fused kernels, the unfused graph in fp32 ops, and a
+        # handful of activations land one level apart (ViT-B/32: min cosine 0.9997-0.9998 between the two, against
+        # ~0.97 when 8-bit weights saturate on AVX2; see test_8bit_weights_are_exact_only_on_exact_tiers).
+        assert cosines(exact, kernels).min() >= 0.9995, encoder
         fp32 = run(pkg.path(pkg.artifact(encoder, "fp32")), name, held_out[encoder], True)
         c = cosines(fp32, kernels)
         assert c.min() >= INT8.min_cosine and c.mean() >= INT8.mean_cosine and c.min() < 0.99999, (encoder, c.min())
@@ -164,9 +167,9 @@ def test_8bit_weights_are_exact_only_on_exact_tiers(w8_package: Path, held_out: 
         c = cosines(run(pkg.path(a), name, held_out[encoder], False), run(pkg.path(a), name, held_out[encoder], True))
         worst = min(worst, float(c.min()))
     if here.exact:
-        assert worst >= 0.9999, f"{here.describe()}: exact tier, yet kernels differ from exact arithmetic ({worst})"
+        assert worst >= 0.9995, f"{here.describe()}: exact tier, yet kernels differ from exact arithmetic ({worst})"
     else:
-        assert worst < 0.9995, f"{here.describe()}: saturating tier, yet kernels equal exact arithmetic ({worst})"
+        assert worst < 0.999, f"{here.describe()}: saturating tier, yet kernels equal exact arithmetic ({worst})"
 
 
 def _validated_elsewhere(pkg_dir: Path, tier: str) -> None:

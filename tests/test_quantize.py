@@ -404,3 +404,16 @@ def test_vitb32_int8_accuracy_on_unseen_real_data(vitb32_source: Path, data_dir:
         assert a.parity["mean_cosine"] >= 0.995 and a.parity["min_cosine"] >= 0.98, (encoder, a.file, a.parity)
         assert pkg.artifact(encoder, "fp32").parity["min_cosine"] >= 0.99999
         assert a.extra["quantization"]["calibration"]["texts_dropped_as_eval"] > 0 or encoder == "image"
+
+
+def test_calibration_texts_of_a_data_sets_images_folder(data_dir: Path) -> None:
+    """--calib DATASET/images: the photos there, the captions or class prompts of DATASET/ (the layout of
+    ../shared/data), so `--calib ../shared/data/imagenet_sample/images` calibrates both encoders."""
+    from clip_rt.export.calibration import folder_texts, read_texts
+
+    texts, source = folder_texts(data_dir / "imagenet_sample" / "images")
+    classes = read_texts(data_dir / "imagenet_sample" / "classes.txt")
+    templates = read_texts(data_dir / "imagenet_sample" / "templates.txt")
+    assert source == f"{data_dir / 'imagenet_sample'}/classes.txt x templates"
+    assert len(texts) == len(classes) * len(templates) and texts[0] == templates[0].format(classes[0])
+    assert folder_texts(data_dir / "flickr8k" / "images")[1] == str(data_dir / "flickr8k" / "captions.csv")
