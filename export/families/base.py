@@ -84,6 +84,16 @@ class Reference:
         raise NotImplementedError
 
 
+def ordinary_range(special_ids: Sequence[int], vocab_size: int) -> tuple[int, int]:
+    """[lo, hi): the longest run of ids in [0, vocab_size) without a special token (sample inputs draw from it)."""
+    best, start = (0, 0), 0
+    for s in sorted({int(t) for t in special_ids if 0 <= int(t) < vocab_size} | {vocab_size}):
+        if s - start > best[1] - best[0]:
+            best = (start, s)
+        start = s + 1
+    return best
+
+
 def normalize_pixels(pixels: "torch.Tensor", mean: Sequence[float], std: Sequence[float]) -> "torch.Tensor":
     """uint8 [B, S, S, 3] -> float32 [B, 3, S, S], (x / 255 - mean) / std: what every family's processor feeds its
     model for these crops (transformers' rescale + normalize, torchvision's ToTensor + Normalize)."""

@@ -24,7 +24,7 @@ from clip_rt.contract import TextTokens
 from clip_rt.scoring import Scoring
 
 from ..wrappers import ImageEncoder, l2_normalize
-from .base import FusionPlan, LoadedModel, Reference, TokenizerPlan, l2, normalize_pixels
+from .base import FusionPlan, LoadedModel, Reference, TokenizerPlan, l2, normalize_pixels, ordinary_range
 from .clip import clip_model_block
 from .hf import HFFamily
 
@@ -81,7 +81,7 @@ class ChineseClipFamily(HFFamily):
         return TokenizerPlan(
             files=["tokenizer.json"],
             tokens=TextTokens(bos_id=int(hf.cls_token_id), eos_id=int(hf.sep_token_id), pad_id=pad,
-                              ordinary=(max(specials) + 1, vocab)),
+                              ordinary=ordinary_range(specials, vocab)),
             context_length=self.context_length(loaded), pooling="first",
             source=f"{type(hf).__name__} (WordPiece vocab.txt)",
             notes=("BERT normalizer: lower-cased, accents stripped as BERT does, CJK characters one token each",))

@@ -26,10 +26,11 @@ import torch
 from torch import nn
 
 from clip_rt.contract import TextTokens
+from clip_rt.errors import ModelSourceError
 from clip_rt.scoring import Scoring
 
 from ..wrappers import l2_normalize, patch_linear, patchify
-from .base import FusionPlan, LoadedModel, Reference, TokenizerPlan, l2, normalize_pixels
+from .base import FusionPlan, LoadedModel, Reference, TokenizerPlan, l2, normalize_pixels, ordinary_range
 from .clip import clip_model_block
 from .hf import HFFamily
 
@@ -90,6 +91,10 @@ class SiglipFamily(HFFamily):
     # -- tokenizer ------------------------------------------------------------------------------------------------
     def write_tokenizer(self, loaded: LoadedModel, out: Path) -> TokenizerPlan:
         hf = self.hf_tokenizer(loaded)
+        if getattr(hf, "padding_side", "right") != "right":
+            # The text tower pools the last position: left padding would change what it reads there.
+            raise ModelSourceError(f"{loaded.folder}: the tokenizer pads on the {hf.padding_side}; clip-rt pads SigLIP "
+                                   f"texts on the right, as SigLIP's processor does")
         backend = getattr(hf, "backend_tokenizer", None)
         if backend is not None:  # a `tokenizers` tokenizer already (SigLIP 2's Gemma tokenizer)
             from tokenizers import Tokenizer, normalizers
@@ -117,7 +122,7 @@ class SiglipFamily(HFFamily):
         return TokenizerPlan(
             files=["tokenizer.json"],
             tokens=TextTokens(bos_id=bos, eos_id=eos, pad_id=int(hf.pad_token_id), fixed_length=True,
-                              ordinary=(max(specials) + 1, vocab)),
+                              ordinary=ordinary_range(specials, vocab)),
             context_length=int(loaded.model.config.text_config.max_position_embeddings),
             pooling="last", source=source, notes=notes)
 
@@ -141,7 +146,7 @@ def convert_siglip_sentencepiece(hf: Any) -> Any:
     with open(hf.vocab_file, "rb") as f:
         proto.ParseFromString(f.read())
     vocab = [(piece.piece, piece.score) for piece in proto.pieces]
-    tok = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=getattr(hf, "legacy", True))
+    tok = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=True)
     canonical = [normalizers.Replace("\u2581", " "),  # SiglipTokenizer.tokenize: a literal "▁" is a space
                  *([normalizers.Lowercase()] if getattr(hf, "do_lower_case", True) else []),
                  normalizers.Replace(Regex(PUNCTUATION), ""),
