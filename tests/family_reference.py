@@ -76,7 +76,7 @@ class SiglipReference(FamilyReference):
         return np.concatenate(out)
 
     def scores(self, image: np.ndarray, text: np.ndarray) -> np.ndarray:
-        scale, bias = float(self.model.logit_scale.exp()), float(self.model.logit_bias)
+        scale, bias = float(self.model.logit_scale.detach().exp()), float(self.model.logit_bias.detach())
         return 1.0 / (1.0 + np.exp(-(image.astype(np.float64) @ text.T * scale + bias)))  # sigmoid per label
 
 
@@ -112,7 +112,7 @@ class ChineseClipReference(FamilyReference):
         return np.concatenate(out)
 
     def scores(self, image: np.ndarray, text: np.ndarray) -> np.ndarray:
-        z = image.astype(np.float64) @ text.T * float(self.model.logit_scale.exp())
+        z = image.astype(np.float64) @ text.T * float(self.model.logit_scale.detach().exp())
         z = np.exp(z - z.max(axis=1, keepdims=True))
         return z / z.sum(axis=1, keepdims=True)  # softmax over the labels
 
@@ -146,10 +146,10 @@ class OpenClipReference(FamilyReference):
         return np.concatenate(out)
 
     def scores(self, image: np.ndarray, text: np.ndarray) -> np.ndarray:
-        z = image.astype(np.float64) @ text.T * float(self.model.logit_scale.exp())
+        z = image.astype(np.float64) @ text.T * float(self.model.logit_scale.detach().exp())
         bias = getattr(self.model, "logit_bias", None)
         if bias is not None:
-            return 1.0 / (1.0 + np.exp(-(z + float(bias))))
+            return 1.0 / (1.0 + np.exp(-(z + float(bias.detach()))))
         z = np.exp(z - z.max(axis=1, keepdims=True))
         return z / z.sum(axis=1, keepdims=True)
 
