@@ -166,6 +166,14 @@ class Package:
         return padding
 
     @property
+    def padding_side(self) -> str:
+        """Where the padding goes: "right" (after the text; every package before SigLIP 2) or "left"."""
+        side = str(self.manifest["tokenizer"].get("padding_side", "right"))
+        if side not in ("right", "left"):
+            raise PackageError(f"{self.root}: unknown text padding side {side!r}; re-export the package")
+        return side
+
+    @property
     def text_tokens(self) -> TextTokens:
         """The text encoder's token ids (start, end, padding, ordinary range) and whether its length is fixed."""
         t = self.manifest["tokenizer"]

@@ -47,6 +47,7 @@ def truncation_message(cut: int, total: int, context_length: int, what: str = "t
 
 
 PADDINGS = ("longest", "max_length")
+PADDING_SIDES = ("right", "left")  # where the padding goes; "left" only with "max_length" (a fixed last position)
 
 
 class Tokenizer:
@@ -57,14 +58,19 @@ class Tokenizer:
     bos_id, eos_id, pad_id: start, end and padding ids; checked against what the file produces. None for bos_id
         (or eos_id): the tokenizer adds no such token (SigLIP adds no start token).
     padding: "longest" (each batch to its longest text) or "max_length" (every text to context_length).
+    padding_side: "right" (after the text) or "left" (before it; with "max_length" only), as the family's tokenizer pads.
     """
 
     def __init__(self, tokenizer_file: str | os.PathLike, context_length: int = 77, bos_id: int | None = BOS_ID,
-                 eos_id: int | None = EOT_ID, pad_id: int = EOT_ID, padding: str = "longest"):
+                 eos_id: int | None = EOT_ID, pad_id: int = EOT_ID, padding: str = "longest",
+                 padding_side: str = "right"):
         from tokenizers import Tokenizer as RustTokenizer
 
         if padding not in PADDINGS:
             raise InputError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+        if padding_side not in PADDING_SIDES or (padding_side == "left" and padding != "max_length"):
+            raise InputError(f"padding_side must be 'right', or 'left' with padding 'max_length'; got {padding_side!r} "
+                             f"with {padding!r}")
         if context_length < 2:
             raise InputError(f"context_length must be >= 2 (BOS + EOS), got {context_length}")
         path = Path(tokenizer_file)
@@ -81,7 +87,7 @@ class Tokenizer:
         self.context_length = int(context_length)
         self.bos_id = None if bos_id is None else int(bos_id)
         self.eos_id = None if eos_id is None else int(eos_id)
-        self.pad_id, self.padding = int(pad_id), padding
+        self.pad_id, self.padding, self.padding_side = int(pad_id), padding, padding_side
         empty = tok.encode("").ids
         expected = [t for t in (self.bos_id, self.eos_id) if t is not None]
         if empty != expected:
@@ -94,7 +100,8 @@ class Tokenizer:
         """The package's tokenizer.json, context length and (when the manifest names them) special-token ids."""
         tokens = package.text_tokens
         return cls(package.tokenizer_path, context_length=package.context_length, bos_id=tokens.bos_id,
-                   eos_id=tokens.eos_id, pad_id=tokens.pad_id, padding=package.padding)
+                   eos_id=tokens.eos_id, pad_id=tokens.pad_id, padding=package.padding,
+                   padding_side=package.padding_side)
 
     @property
     def vocab_size(self) -> int:
@@ -127,7 +134,10 @@ class Tokenizer:
         length = self.context_length if self.padding == "max_length" else max(len(e.ids) for e in encodings)
         ids = np.full((len(texts), length), self.pad_id, dtype=np.int32)  # [B, L] int32
         for row, e in enumerate(encodings):
-            ids[row, : len(e.ids)] = e.ids
+            if self.padding_side == "left":
+                ids[row, length - len(e.ids):] = e.ids
+            else:
+                ids[row, : len(e.ids)] = e.ids
         cut = sum(1 for e in encodings if e.overflowing)
         return ids, cut
 

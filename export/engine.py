@@ -76,7 +76,8 @@ class EngineBuildConfig:
 def contract_for(pkg: Package, encoder: str, cfg: EngineBuildConfig) -> EncoderContract:
     if encoder == "image":
         return image_contract(pkg.image_size, pkg.embed_dim, cfg.max_batch, cfg.opt_batch)
-    return text_contract(pkg.context_length, pkg.embed_dim, cfg.max_batch, cfg.opt_batch, cfg.max_text_len)
+    return text_contract(pkg.context_length, pkg.embed_dim, cfg.max_batch, cfg.opt_batch, cfg.max_text_len,
+                         tokens=pkg.text_tokens)  # the family's ids; a fixed length where it pools a fixed position
 
 
 def engine_file_name(encoder: str, precision: str, trt_version: str, device: DeviceInfo,

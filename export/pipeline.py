@@ -11,7 +11,6 @@ Nothing is written into the destination until every artifact passed its gate (or
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -251,7 +250,7 @@ def export_package(model: str | os.PathLike, out: str | os.PathLike, options: Ex
 
         t = plan.tokens
         tok = Tokenizer(workdir / "tokenizer.json", context_length=plan.context_length, bos_id=t.bos_id,
-                        eos_id=t.eos_id, pad_id=t.pad_id, padding=plan.padding)
+                        eos_id=t.eos_id, pad_id=t.pad_id, padding=plan.padding, padding_side=plan.padding_side)
 
         def tokenize(texts: Sequence[str], pad_to_context: bool) -> np.ndarray:
             ids = tok.encode(list(texts))  # [B, L] int32, padded by the family's rule (longest, or the context)

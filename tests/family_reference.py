@@ -3,8 +3,9 @@ plain library usage independent of clip_rt's code paths:
 
 - siglip, chinese_clip: transformers' model (from_pretrained, default attention) + its image processor (PIL backend:
   the torchvision backend resizes tensors with its own antialiasing) + its tokenizer, used the way their model cards
-  say (SigLIP: padding="max_length", max_length=64; SigLIP 2: lower-cased texts; Chinese-CLIP: padding=True with the
-  attention mask, truncated to its 52-token context).
+  say (SigLIP: padding="max_length", max_length=64, the input_ids alone, as SigLIP was trained (transformers 5's
+  tokenizer also returns an attention_mask, which the model would apply to the padding); SigLIP 2: lower-cased
+  texts; Chinese-CLIP: padding=True with the attention mask, truncated to its 52-token context).
 - open_clip: open_clip's model, its preprocess (image_transform_v2 of the model's PreprocessCfg) and its tokenizer,
   encode_image / encode_text.
 

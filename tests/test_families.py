@@ -267,6 +267,13 @@ def test_siglip_tokenizer_json_matches_siglip_tokenizer(built, data_dir: Path) -
         assert not bad, f"{case}: {len(bad)} of {len(texts)} texts differ, e.g. {bad[:3]}"
         padded = Tokenizer.from_package(pkg).encode(["a dog", "a much longer caption about a dog"])
         assert padded.shape == (2, 64) and (padded[:, -1] == pkg.text_tokens.pad_id).all()
+    # A tokenizer that pads on the left (transformers' GemmaTokenizer default): the runtime pads the same side.
+    b2 = built("siglip2")
+    hf = AutoTokenizer.from_pretrained(str(b2.folder))
+    left = Tokenizer(b2.package / "tokenizer.json", context_length=64, bos_id=None, eos_id=1, pad_id=0,
+                     padding="max_length", padding_side="left").encode(["a dog", "two cats on a sofa"])
+    want = hf(["a dog", "two cats on a sofa"], padding="max_length", max_length=64, padding_side="left")["input_ids"]
+    np.testing.assert_array_equal(left, np.array(want))
     # A special token typed in a text is matched whole, as transformers matches it (the word after it differs by
     # its word-start marker: siglip.convert_siglip_sentencepiece's docstring).
     b = built("siglip")

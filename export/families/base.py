@@ -48,6 +48,7 @@ class TokenizerPlan:
     pooling: str  # how the text encoder pools: "argmax" | "first_eos" | "last" | "first" (informational)
     source: str  # what it was converted from ("copied tokenizer.json", "SentencePiece spiece.model", ...)
     notes: tuple[str, ...] = ()  # rules baked into tokenizer.json (lower-casing, punctuation removal, ...)
+    padding_side: str = "right"  # "left" only with a fixed length (the family's tokenizer pads on the left)
 
     @property
     def padding(self) -> str:
@@ -57,6 +58,7 @@ class TokenizerPlan:
         t = self.tokens
         return {"file": "tokenizer.json", "files": list(self.files), "bos_id": t.bos_id, "eos_id": t.eos_id,
                 "pad_id": t.pad_id, "ordinary_ids": list(t.ordinary), "padding": self.padding,
+                "padding_side": self.padding_side,
                 "pooling": self.pooling, "converted_from": self.source, "rules": list(self.notes)}
 
 

@@ -3,7 +3,11 @@
 Where SigLIP differs from CLIP, and what this adapter does about it:
 - Scoring: sigmoid(cos * exp(logit_scale) + logit_bias), per label; the manifest says "sigmoid" with the bias.
 - Text: no causal mask, pooled at the **last** position, so a text means what it meant in training only when padded
-  to exactly the context length (64) with the pad token: padding "max_length", a fixed-length text contract.
+  to exactly the context length (64) with the pad token: padding "max_length", a fixed-length text contract, on the
+  side the tokenizer pads (the manifest's padding_side). No attention mask, as SigLIP was trained (big_vision,
+  open_clip): transformers 5's SigLIP tokenizers also return an attention_mask, and a model called with it
+  (model(**inputs)) masks the padding and computes other text embeddings than the trained model's; the export's
+  reference is get_text_features(input_ids), as transformers 4's tokenizers (input_ids only) fed it.
 - Tokenizer: SentencePiece. SigLIP's (SiglipTokenizer, spiece.model) canonicalizes text in Python first (lower-case,
   ASCII punctuation removed, whitespace collapsed and stripped) and appends </s>; the conversion builds a
   tokenizer.json with transformers' SentencePiece converter and those rules as `tokenizers` normalizers. SigLIP 2's
@@ -91,10 +95,9 @@ class SiglipFamily(HFFamily):
     # -- tokenizer ------------------------------------------------------------------------------------------------
     def write_tokenizer(self, loaded: LoadedModel, out: Path) -> TokenizerPlan:
         hf = self.hf_tokenizer(loaded)
-        if getattr(hf, "padding_side", "right") != "right":
-            # The text tower pools the last position: left padding would change what it reads there.
-            raise ModelSourceError(f"{loaded.folder}: the tokenizer pads on the {hf.padding_side}; clip-rt pads SigLIP "
-                                   f"texts on the right, as SigLIP's processor does")
+        side = getattr(hf, "padding_side", "right")
+        if side not in ("right", "left"):
+            raise ModelSourceError(f"{loaded.folder}: unknown tokenizer padding side {side!r}")
         backend = getattr(hf, "backend_tokenizer", None)
         if backend is not None:  # a `tokenizers` tokenizer already (SigLIP 2's Gemma tokenizer)
             from tokenizers import Tokenizer, normalizers
@@ -124,7 +127,9 @@ class SiglipFamily(HFFamily):
             tokens=TextTokens(bos_id=bos, eos_id=eos, pad_id=int(hf.pad_token_id), fixed_length=True,
                               ordinary=ordinary_range(specials, vocab)),
             context_length=int(loaded.model.config.text_config.max_position_embeddings),
-            pooling="last", source=source, notes=notes)
+            pooling="last", source=source, notes=notes,
+            # the tower pools the last position: it reads what the tokenizer's padding side puts there
+            padding_side=side)
 
     def reference_ids(self, loaded: LoadedModel, texts: Sequence[str], context_length: int) -> list[list[int]]:
         """transformers' tokenizer, as SigLIP's processor runs it (SigLIP 2: on the lower-cased text), unpadded."""
