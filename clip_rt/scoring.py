@@ -61,5 +61,6 @@ class Scoring:
     def describe(self) -> str:
         """One line for `clip-rt info` and help texts."""
         if self.rule == "sigmoid":
-            return f"sigmoid(cos * {self.logit_scale:.4g} + {self.logit_bias:.4g}), per label"
+            sign = "-" if self.logit_bias < 0 else "+"
+            return f"sigmoid(cos * {self.logit_scale:.4g} {sign} {abs(self.logit_bias):.4g}), per label"
         return f"softmax(cos * {self.logit_scale:.4g}) over the labels"
