@@ -4,10 +4,13 @@ The exporter (input/output names, dynamic axes, sample inputs), the TensorRT bui
 profiles), the runtime backends (buffers, dtypes) and the tests all read these declarations. Nothing
 here imports anything heavier than numpy.
 
-    image encoder: pixels     uint8 [B, S, S, 3] RGB, resized + center-cropped  -> image_embeds float32 [B, D]
-    text encoder:  input_ids  int32 [B, L], L <= context length, EOT-terminated  -> text_embeds  float32 [B, D]
+    image encoder: pixels     uint8 [B, S, S, 3] RGB, resized + cropped (as the manifest's preprocess says)
+                                                                                -> image_embeds float32 [B, D]
+    text encoder:  input_ids  int32 [B, L], L <= context length, EOS-terminated  -> text_embeds  float32 [B, D]
+                   (L == context length for families that pool a fixed position: TextTokens.fixed_length)
 
-Both outputs are L2-normalized.
+Both outputs are L2-normalized. Token ids (start, end, padding, the ordinary range) are the family's (TextTokens);
+the defaults are CLIP's BPE vocabulary.
 """
 
 from __future__ import annotations
@@ -38,6 +41,23 @@ class TensorSpec:
         return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
 
 
+# CLIP's BPE vocabulary (all OpenAI/OpenCLIP/HF CLIP checkpoints): start- and end-of-text ids.
+BOS_ID = 49406
+EOT_ID = 49407
+
+
+@dataclass(frozen=True)
+class TextTokens:
+    """The text encoder's token ids, as a family's tokenizer produces them (the manifest's tokenizer block)."""
+
+    bos_id: int | None = BOS_ID  # first token of every text; None: the tokenizer adds none (SigLIP)
+    eos_id: int | None = EOT_ID  # last token of every text; None: the tokenizer adds none
+    pad_id: int = EOT_ID  # what fills a row after its text
+    ordinary: tuple[int, int] = (1, BOS_ID)  # [lo, hi): ids of ordinary tokens, for sample inputs
+    fixed_length: bool = False  # True: texts are padded to exactly the context length (the encoder pools a fixed
+    #                             position, SigLIP's last one), so the sequence axis is not dynamic
+
+
 @dataclass(frozen=True)
 class EncoderContract:
     """What goes into and comes out of one encoder, plus the shape range engines are built for."""
@@ -49,6 +69,7 @@ class EncoderContract:
     # the exporter traces at `sample` values, which the tests deliberately avoid.
     axis_ranges: dict[str, tuple[int, int, int]]
     sample: dict[str, int]
+    tokens: TextTokens | None = None  # text encoders: the token ids of sample inputs (None: CLIP's)
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         """torch.onnx.export's dynamic_axes for this encoder."""
@@ -71,14 +92,19 @@ class EncoderContract:
         rng = np.random.default_rng(seed)
         if self.encoder == "image":
             return rng.integers(0, 256, size=shape, dtype=np.uint8)
-        # Text: BOS, random ordinary tokens, EOT, then EOT padding after a random length.
+        # Text: BOS, random ordinary tokens, EOS, then padding after a random length.
+        tok = self.tokens or TextTokens()
         batch, length = shape
-        ids = np.full(shape, EOT_ID, dtype=np.int32)
-        ids[:, 0] = BOS_ID
+        ids = np.full(shape, tok.pad_id, dtype=np.int32)
+        head = 0 if tok.bos_id is None else 1
+        tail = 0 if tok.eos_id is None else 1
         for row in range(batch):
-            n = int(rng.integers(2, length + 1))  # tokens including BOS and EOT
-            ids[row, 1 : n - 1] = rng.integers(1, BOS_ID, size=n - 2)
-            ids[row, n - 1] = EOT_ID
+            n = int(rng.integers(min(length, max(head + tail, 1)), length + 1))  # tokens including BOS and EOS
+            if tok.bos_id is not None:
+                ids[row, 0] = tok.bos_id
+            ids[row, head: n - tail] = rng.integers(*tok.ordinary, size=n - tail - head)
+            if tok.eos_id is not None:
+                ids[row, n - 1] = tok.eos_id
         return ids
 
     def warmup_inputs(self) -> list[np.ndarray]:
@@ -104,10 +130,6 @@ class EncoderContract:
         return np.ascontiguousarray(array)
 
 
-# CLIP's BPE vocabulary (all OpenAI/OpenCLIP/HF CLIP checkpoints): start- and end-of-text ids.
-BOS_ID = 49406
-EOT_ID = 49407
-
 # Default shape ranges. Batch max 64 covers the benchmarks' batch 32 with headroom; text opt 16 is a
 # typical prompt ("a photo of a {label}.") and 77 is CLIP's context length.
 DEFAULT_MAX_BATCH = 64
@@ -126,7 +148,17 @@ def image_contract(image_size: int, embed_dim: int, max_batch: int = DEFAULT_MAX
 
 
 def text_contract(context_length: int, embed_dim: int, max_batch: int = DEFAULT_MAX_BATCH,
-                  opt_batch: int = DEFAULT_OPT_BATCH, max_length: int | None = None) -> EncoderContract:
+                  opt_batch: int = DEFAULT_OPT_BATCH, max_length: int | None = None,
+                  tokens: TextTokens | None = None) -> EncoderContract:
+    if tokens is not None and tokens.fixed_length:
+        return EncoderContract(
+            encoder="text",
+            input=TensorSpec("input_ids", "int32", ("batch", context_length)),  # always the full context
+            output=TensorSpec("text_embeds", "float32", ("batch", embed_dim)),
+            axis_ranges={"batch": (1, opt_batch, max_batch)},
+            sample={"batch": 2},
+            tokens=tokens,
+        )
     max_length = context_length if max_length is None else min(max_length, context_length)
     return EncoderContract(
         encoder="text",
@@ -135,4 +167,5 @@ def text_contract(context_length: int, embed_dim: int, max_batch: int = DEFAULT_
         # sequence >= 2: every tokenized text holds at least BOS and EOT.
         axis_ranges={"batch": (1, opt_batch, max_batch), "sequence": (2, min(16, max_length), max_length)},
         sample={"batch": 2, "sequence": min(9, max_length)},
+        tokens=tokens,
     )

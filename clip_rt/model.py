@@ -61,6 +61,8 @@ class ClipModel:
         self.tokenizer = tokenizer
         self.preprocess_config = preprocess_config
         self.logit_scale = package.logit_scale  # exp(learned temperature), ~100 for OpenAI's checkpoints
+        self.scoring = package.scoring  # softmax over labels (CLIP) or sigmoid per label with a bias (SigLIP)
+        self.family = package.family  # "clip", "siglip", "chinese_clip" or "open_clip"
         self.embed_dim = package.embed_dim
         self.image_size = package.image_size
 
@@ -133,6 +135,12 @@ class ClipModel:
             raise BackendUnavailable(f"preprocess='gpu' needs a backend that preprocesses on the GPU (backend="
                                      f"'tensorrt' on device='cuda'); the {self.backend.name} backend does not. "
                                      f"Use preprocess='cpu'")
+        cfg = self.preprocess_config
+        if cfg.resize_mode != "shortest" or cfg.crop_rounding != "floor":
+            # The GPU kernel does the shortest-edge resize and the floor-rounded center crop only.
+            raise BackendUnavailable(f"preprocess='gpu' resizes the shortest edge and center-crops with floor "
+                                     f"offsets; this {self.family} package needs resize mode {cfg.resize_mode!r}, crop "
+                                     f"rounding {cfg.crop_rounding!r}. Use preprocess='cpu'")
         outs = []
         for b in _batches(len(sources), batch_size):
             frames = [np.asarray(open_image(s)) for s in sources[b]]  # decoded RGB uint8 [H, W, 3], any size
@@ -192,9 +200,13 @@ class ClipModel:
         out = np.empty((len(texts), self.embed_dim), dtype=np.float32)  # [N, D]
         cut = 0
         for chunk in _batches(len(texts), TEXT_CHUNK):
-            ids, n_cut = self.tokenizer.encode_counted(texts[chunk])  # [n, L] int32, EOT-padded to the chunk's longest
+            ids, n_cut = self.tokenizer.encode_counted(texts[chunk])  # [n, L] int32, padded to the chunk's longest
             cut += n_cut
-            lengths = (ids == self.tokenizer.eos_id).argmax(axis=1) + 1  # [n] tokens up to and including the first EOT
+            if self.tokenizer.padding == "max_length" or self.tokenizer.eos_id is None:
+                # Every row keeps its full padded length (the encoder pools a fixed position): no cutting.
+                lengths = np.full(len(ids), ids.shape[1])  # [n]
+            else:
+                lengths = (ids == self.tokenizer.eos_id).argmax(axis=1) + 1  # [n] tokens up to and including the first EOS
             order = np.argsort(lengths, kind="stable")
             for b in _batches(len(order), batch_size):
                 rows = order[b]
@@ -205,7 +217,8 @@ class ClipModel:
     # -- both ----------------------------------------------------------------------------------------------
     def similarity(self, images: ImageInput | Sequence[ImageInput], texts: str | Sequence[str]) -> np.ndarray:
         """Cosine similarity of every image with every text: float32 [N_images, N_texts] in [-1, 1].
-        Multiply by model.logit_scale for CLIP's logits."""
+        model.scoring.logits(...) gives the model's logits (logit_scale * cos, + logit_bias for SigLIP), and
+        model.scoring.probabilities(...) its scores (softmax over the texts, or a sigmoid per text)."""
         return self.encode_images(images) @ self.encode_texts(texts).T  # [N, M]
 
     def describe(self) -> dict[str, Any]:

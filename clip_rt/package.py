@@ -4,6 +4,11 @@ Weights and preprocessing are one thing: the manifest carries the image size, re
 mean/std, the context length and the logit scale next to the artifacts, each with its sha256 and the
 parity numbers measured when it was written. Reading a package needs only the standard library.
 
+Format version 2 adds what differs between model families (export/families/): model.family, model.scoring (softmax,
+or sigmoid with a bias), the tokenizer block's padding rule ("longest" or "max_length") and token ids (a missing
+start token is null), and the preprocess block's resize mode and crop rounding. A version 1 package (written before
+families) is a CLIP: read with those fields at CLIP's values.
+
     manifest.json
     tokenizer.json (+ vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json)
     image.onnx, text.onnx                       fp32
@@ -17,14 +22,19 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .contract import ENCODERS, EncoderContract, check_precision, image_contract, text_contract
+from .contract import BOS_ID, ENCODERS, EOT_ID, EncoderContract, TextTokens, check_precision, image_contract, \
+    text_contract
 from .errors import PackageError
 from .fsutil import atomic_write_json, sha256_file
 
+if TYPE_CHECKING:
+    from .scoring import Scoring
+
 FORMAT = "clip-rt-package"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: model families (scoring, padding, resize mode); version 1 packages are read as CLIP
+PADDINGS = ("longest", "max_length")  # pad each batch to its longest text | every text to the context length
 MANIFEST = "manifest.json"
 BACKENDS = ("onnxruntime", "tensorrt")
 
@@ -134,6 +144,45 @@ class Package:
         return float(self.model["logit_scale"])
 
     @property
+    def family(self) -> str:
+        """The model family the package was exported from ("clip", "siglip", "chinese_clip", "open_clip")."""
+        return str(self.model.get("family", "clip"))
+
+    @property
+    def scoring(self) -> "Scoring":
+        """How cosines become label scores (softmax over labels, or sigmoid per label with a bias)."""
+        from .scoring import Scoring
+
+        return Scoring.from_manifest(self.model)
+
+    @property
+    def padding(self) -> str:
+        """The text padding rule: "longest" (pad each batch to its longest text) or "max_length" (every text to the
+        context length: the text encoder pools a fixed position)."""
+        padding = str(self.manifest["tokenizer"].get("padding", "longest"))
+        if padding not in PADDINGS:
+            raise PackageError(f"{self.root}: unknown text padding rule {padding!r}; this clip-rt knows "
+                               f"{', '.join(PADDINGS)} (upgrade clip-rt or re-export the package)")
+        return padding
+
+    @property
+    def padding_side(self) -> str:
+        """Where the padding goes: "right" (after the text; every package before SigLIP 2) or "left"."""
+        side = str(self.manifest["tokenizer"].get("padding_side", "right"))
+        if side not in ("right", "left"):
+            raise PackageError(f"{self.root}: unknown text padding side {side!r}; re-export the package")
+        return side
+
+    @property
+    def text_tokens(self) -> TextTokens:
+        """The text encoder's token ids (start, end, padding, ordinary range) and whether its length is fixed."""
+        t = self.manifest["tokenizer"]
+        eos = t.get("eos_id", EOT_ID)
+        lo, hi = t.get("ordinary_ids", (1, BOS_ID))
+        return TextTokens(bos_id=t.get("bos_id", BOS_ID), eos_id=eos, pad_id=int(t.get("pad_id", eos)),
+                          ordinary=(int(lo), int(hi)), fixed_length=self.padding == "max_length")
+
+    @property
     def tokenizer_files(self) -> list[str]:
         return list(self.manifest["tokenizer"]["files"])
 
@@ -145,7 +194,7 @@ class Package:
         if encoder == "image":
             return image_contract(self.image_size, self.embed_dim)
         if encoder == "text":
-            return text_contract(self.context_length, self.embed_dim)
+            return text_contract(self.context_length, self.embed_dim, tokens=self.text_tokens)
         raise ValueError(f"unknown encoder {encoder!r}; choose one of {ENCODERS}")
 
     # -- artifacts -----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""CPU image preprocessing: decode, EXIF orientation, mode to RGB, resize the shortest edge, center crop -> uint8.
+"""CPU image preprocessing: decode, EXIF orientation, mode to RGB, resize (+ center crop) -> uint8.
 
 The output is the image encoder's input (contract.py): uint8 [S, S, 3] RGB. Rescaling (1/255) and mean/std
 normalization are folded into the exported graph, so they do not happen here.
@@ -13,6 +13,14 @@ this module does the same way:
     rounded), with Pillow's own Image.resize and the configured filter (bicubic by default);
   - center crop: top = (H - S) // 2, left = (W - S) // 2.
 EXIF orientation is applied first (PIL.ImageOps.exif_transpose), as transformers' load_image does for paths.
+
+Two more settings cover the other model families (the manifest's preprocess block says which):
+  - resize_mode "squash": both edges straight to S (no crop, the aspect ratio is not kept): SigLIP's processor, and
+    open_clip's resize_mode "squash". A resize from the image's own size cannot be folded into a fixed-shape graph,
+    so it happens here, on the CPU, like the shortest-edge resize.
+  - crop_rounding "half_even": the crop offsets are round((H - S) / 2) with Python's round (halves to even), as
+    torchvision's CenterCrop computes them (open_clip's preprocessing); they differ from the floor by one pixel
+    when H - S is odd and (H - S) // 2 is odd.
 """
 
 from __future__ import annotations
@@ -43,6 +51,10 @@ INTERPOLATIONS: dict[str, Image.Resampling] = {
     "hamming": Image.Resampling.HAMMING,
 }
 _HF_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+RESIZE_MODES = ("shortest", "squash")  # shortest edge to `resize` + center crop | both edges to image_size, no crop
+CROP_ROUNDINGS = ("floor", "half_even")  # center-crop offset (W - S) // 2 (transformers) | round((W - S) / 2)
+# transformers image processors whose settings this module reproduces (with their *Fast / *Pil variants).
+HF_PROCESSORS = ("CLIPImageProcessor", "SiglipImageProcessor", "ChineseCLIPImageProcessor")
 
 RESCALE = 1.0 / 255.0  # uint8 -> [0, 1], applied inside the model graph
 # Largest image (width * height) decoded by default: Pillow's own default MAX_IMAGE_PIXELS, so that an
@@ -63,6 +75,8 @@ class PreprocessConfig:
     interpolation: str = "bicubic"  # Pillow filter name, one of INTERPOLATIONS (CLIP: bicubic)
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP RGB mean, in [0, 1] units
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)  # OpenAI CLIP RGB std, in [0, 1] units
+    resize_mode: str = "shortest"  # "shortest": shortest edge to `resize`, center crop; "squash": both edges to S
+    crop_rounding: str = "floor"  # center-crop offsets: "floor" (transformers) | "half_even" (torchvision, open_clip)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
@@ -78,6 +92,18 @@ class PreprocessConfig:
             raise InputError(f"preprocess mean and std need 3 values (RGB), got {self.mean} and {self.std}")
         if not all(s > 0 for s in self.std):
             raise InputError(f"preprocess std must be positive, got {self.std}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise InputError(f"unknown resize mode {self.resize_mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+        if self.crop_rounding not in CROP_ROUNDINGS:
+            raise InputError(f"unknown crop rounding {self.crop_rounding!r}; choose one of {', '.join(CROP_ROUNDINGS)}")
+        if self.resize_mode == "squash" and self.resize != self.image_size:
+            raise InputError(f"resize mode 'squash' resizes both edges to image_size ({self.image_size}); resize "
+                             f"must equal it, got {self.resize}")
+
+    @property
+    def crops(self) -> bool:
+        """True when a center crop follows the resize (resize mode "shortest")."""
+        return self.resize_mode == "shortest"
 
     @property
     def filter(self) -> Image.Resampling:
@@ -87,48 +113,73 @@ class PreprocessConfig:
     def from_manifest(cls, d: dict[str, Any]) -> "PreprocessConfig":
         """The manifest's "preprocess" block (see to_manifest) -> config; PackageError if it is not one we run."""
         try:
-            if d.get("crop", "center") != "center":
-                raise PackageError(f"manifest preprocess crop {d['crop']!r} is not supported (only 'center')")
+            mode = str(d.get("resize_mode", "shortest"))
+            if d.get("crop", "center" if mode == "shortest" else "none") != ("center" if mode == "shortest" else "none"):
+                raise PackageError(f"manifest preprocess crop {d['crop']!r} does not go with resize mode {mode!r} "
+                                   f"(supported: shortest + center, squash + none)")
             if abs(float(d.get("rescale", RESCALE)) - RESCALE) > 1e-12:
                 raise PackageError(f"manifest preprocess rescale {d['rescale']!r} is not supported (only 1/255)")
             return cls(image_size=int(d["image_size"]), resize=int(d["resize"]),
                        interpolation=str(d.get("interpolation", "bicubic")),
-                       mean=tuple(d["mean"]), std=tuple(d["std"]))  # type: ignore[arg-type]
+                       mean=tuple(d["mean"]), std=tuple(d["std"]), resize_mode=mode,  # type: ignore[arg-type]
+                       crop_rounding=str(d.get("crop_rounding", "floor")))
+        except InputError as e:
+            raise PackageError(f"manifest preprocess block {d!r} is not one this clip-rt runs ({e}); upgrade clip-rt "
+                               f"or re-export the package") from None
         except (KeyError, TypeError, ValueError) as e:
             raise PackageError(f"manifest preprocess block {d!r} is invalid ({type(e).__name__}: {e}); "
                                f"re-export the package") from None
 
     def to_manifest(self) -> dict[str, Any]:
-        return {"image_size": self.image_size, "resize": self.resize, "crop": "center",
+        return {"image_size": self.image_size, "resize": self.resize, "resize_mode": self.resize_mode,
+                "crop": "center" if self.crops else "none", "crop_rounding": self.crop_rounding,
                 "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std),
                 "rescale": RESCALE}
 
     @classmethod
     def from_hf(cls, processor_config: dict[str, Any]) -> "PreprocessConfig":
-        """A preprocessor_config.json dict (CLIPImageProcessor) -> config.
+        """A preprocessor_config.json dict (CLIPImageProcessor, SiglipImageProcessor, ChineseCLIPImageProcessor, or
+        an image processor's to_dict(), which spells out the class defaults) -> config.
 
-        Accepts size as {"shortest_edge": N} or a bare int, crop_size as {"height": S, "width": S} or an int.
-        Anything this runtime cannot reproduce exactly raises ModelSourceError naming the field.
+        Accepts size as {"shortest_edge": N} or a bare int (resize the shortest edge, then center crop) or as
+        {"height": S, "width": S} (resize both edges: no crop needed), crop_size as {"height": S, "width": S} or an
+        int. A missing do_center_crop means True (CLIP's default). Anything this runtime cannot reproduce exactly
+        raises ModelSourceError naming the field.
         """
         c = processor_config
-        kind = c.get("image_processor_type", "CLIPImageProcessor")
-        if not str(kind).startswith("CLIPImageProcessor"):
-            raise ModelSourceError(f"image processor {kind!r} is not supported; clip-rt reproduces CLIPImageProcessor")
-        for flag in ("do_resize", "do_center_crop", "do_rescale", "do_convert_rgb"):
-            if not c.get(flag, True):
+        kind = str(c.get("image_processor_type", "CLIPImageProcessor"))
+        if not any(kind in (name, name + "Fast", name + "Pil") for name in HF_PROCESSORS):
+            raise ModelSourceError(f"image processor {kind!r} is not supported; clip-rt reproduces "
+                                   f"{', '.join(HF_PROCESSORS)}")
+        for flag in ("do_resize", "do_rescale", "do_convert_rgb"):
+            if c.get(flag, True) is False:
                 raise ModelSourceError(f"preprocessor_config.json has {flag}=false, which clip-rt does not support")
         if abs(float(c.get("rescale_factor", RESCALE)) - RESCALE) > 1e-12:
             raise ModelSourceError(f"preprocessor_config.json rescale_factor {c['rescale_factor']} is not 1/255")
         size = c.get("size", 224)
+        mode = "shortest"
         if isinstance(size, dict):
-            if set(size) != {"shortest_edge"}:
-                raise ModelSourceError(f"preprocessor_config.json size {size} is not supported (need shortest_edge)")
-            size = size["shortest_edge"]
-        crop = c.get("crop_size", 224)
+            size = {k: v for k, v in size.items() if v is not None}
+            if set(size) == {"height", "width"} and size["height"] == size["width"]:
+                mode, size = "squash", size["height"]
+            elif set(size) != {"shortest_edge"}:
+                raise ModelSourceError(f"preprocessor_config.json size {size} is not supported (need shortest_edge, "
+                                       f"or a square height and width)")
+            else:
+                size = size["shortest_edge"]
+        crop = c.get("crop_size", 224) if c.get("do_center_crop", True) else None
         if isinstance(crop, dict):
             if crop.get("height") != crop.get("width"):
                 raise ModelSourceError(f"preprocessor_config.json crop_size {crop} is not square")
             crop = crop["height"]
+        if mode == "squash":
+            if crop is not None and int(crop) < int(size):
+                raise ModelSourceError(f"preprocessor_config.json crops {crop} out of a {size}x{size} resize, which "
+                                       f"clip-rt does not support")
+            crop = size  # a center crop of the resized size (or larger) is no crop
+        elif crop is None:
+            raise ModelSourceError("preprocessor_config.json resizes the shortest edge without a center crop (a "
+                                   "non-square input), which clip-rt does not support")
         resample = c.get("resample", 3)
         if resample not in _HF_RESAMPLE:
             raise ModelSourceError(f"preprocessor_config.json resample {resample!r} is not a Pillow filter code")
@@ -137,7 +188,7 @@ class PreprocessConfig:
         std = c.get("image_std", cls.std) if normalize else (1.0, 1.0, 1.0)
         try:
             return cls(image_size=int(crop), resize=int(size), interpolation=_HF_RESAMPLE[resample],
-                       mean=tuple(mean), std=tuple(std))  # type: ignore[arg-type]
+                       mean=tuple(mean), std=tuple(std), resize_mode=mode)  # type: ignore[arg-type]
         except InputError as e:
             raise ModelSourceError(f"preprocessor_config.json: {e}") from None
 
@@ -324,19 +375,27 @@ def resized_size(width: int, height: int, shortest_edge: int) -> tuple[int, int]
     return int(shortest_edge * width / height), shortest_edge
 
 
-def crop_box(width: int, height: int, side: int) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of the centered side x side crop: offsets floor((W - S) / 2), floor((H - S) / 2)."""
-    left, top = (width - side) // 2, (height - side) // 2
+def crop_box(width: int, height: int, side: int, rounding: str = "floor") -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the centered side x side crop: offsets floor((W - S) / 2), floor((H - S) / 2),
+    or with rounding "half_even" round((W - S) / 2), round((H - S) / 2) as torchvision's CenterCrop rounds them."""
+    if rounding == "half_even":
+        left, top = int(round((width - side) / 2.0)), int(round((height - side) / 2.0))
+    else:
+        left, top = (width - side) // 2, (height - side) // 2
     return left, top, left + side, top + side
 
 
 def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """An image (converted to RGB if needed) -> uint8 [S, S, 3]: shortest edge to cfg.resize, then center crop."""
+    """An image (converted to RGB if needed) -> uint8 [S, S, 3]: shortest edge to cfg.resize, then center crop (resize
+    mode "shortest"), or both edges to S (resize mode "squash")."""
     if img.mode != "RGB":
         img = to_rgb(img)
+    if cfg.resize_mode == "squash":
+        squashed = img.resize((cfg.image_size, cfg.image_size), resample=cfg.filter)
+        return np.asarray(squashed, dtype=np.uint8)  # [S, S, 3] uint8
     size = resized_size(img.width, img.height, cfg.resize)
     resized = img.resize(size, resample=cfg.filter)  # Pillow's separable filter, same call transformers makes
-    crop = resized.crop(crop_box(size[0], size[1], cfg.image_size))
+    crop = resized.crop(crop_box(size[0], size[1], cfg.image_size, cfg.crop_rounding))
     return np.asarray(crop, dtype=np.uint8)  # [S, S, 3] uint8
 
 

@@ -4,6 +4,9 @@
     clf.predict(["a.jpg"], top_k=2)      # [[Prediction("cat", 0.93, 0), Prediction("dog", 0.07, 1)]]
     clf.tag(["a.jpg"], threshold=0.25)   # labels whose cosine similarity with the image is >= threshold
 
+Scores follow the package's scoring rule (clip_rt/scoring.py): a softmax over the labels for CLIP-style models,
+an independent sigmoid per label (sigmoid(logit_scale * cos + logit_bias)) for SigLIP-style ones.
+
 A label's text embedding is the mean of its normalized prompt embeddings over the templates, normalized
 again (CLIP's prompt ensembling). The label matrix is cached in memory and on disk under
 $CLIP_RT_CACHE (default ~/.cache/clip-rt)/text-embeddings/, keyed by the package fingerprint, backend,
@@ -163,14 +166,9 @@ def _disk_put(path: Path, value: np.ndarray) -> None:
 @dataclass(frozen=True)
 class Prediction:
     label: str
-    score: float  # predict(): softmax probability at the model's logit scale; tag(): cosine similarity
+    score: float  # predict(): the package's score (softmax over labels, or sigmoid per label); tag(): cosine
+    #               similarity for softmax-scored packages, the sigmoid probability for sigmoid-scored ones
     index: int  # position in the classifier's label list (labels may repeat, as ImageNet's do)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)  # [N, C], for exp's range
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 class ZeroShotClassifier:
@@ -260,14 +258,19 @@ class ZeroShotClassifier:
         return out if len(labels) == len(self.labels) else out[self._column]  # [C, D]
 
     # -- scoring ------------------------------------------------------------------------------------------
-    def logits(self, image_embeds: np.ndarray) -> np.ndarray:
-        """float32 [N, D] normalized image embeddings -> [N, C] logits (logit_scale * cosine).
+    def cosines(self, image_embeds: np.ndarray) -> np.ndarray:
+        """float32 [N, D] normalized image embeddings -> [N, C] cosine similarities with the labels.
 
         A repeated label's column is computed once and copied (see __init__)."""
         if len(self._distinct) == len(self.labels):
-            return self.model.logit_scale * (image_embeds @ self.text_embeddings.T)  # [N, C]
-        distinct = self.model.logit_scale * (image_embeds @ self.text_embeddings[self._distinct].T)  # [N, C']
+            return image_embeds @ self.text_embeddings.T  # [N, C]
+        distinct = image_embeds @ self.text_embeddings[self._distinct].T  # [N, C']
         return distinct[:, self._column]  # [N, C]
+
+    def logits(self, image_embeds: np.ndarray) -> np.ndarray:
+        """float32 [N, D] normalized image embeddings -> [N, C] logits: logit_scale * cosine (+ logit_bias for
+        sigmoid-scored packages)."""
+        return self.model.scoring.logits(self.cosines(image_embeds))
 
     def _top(self, scores: np.ndarray, top_k: int | None) -> list[list[Prediction]]:
         k = scores.shape[1] if top_k is None else min(top_k, scores.shape[1])
@@ -278,27 +281,34 @@ class ZeroShotClassifier:
         return out
 
     def predict_embeddings(self, image_embeds: np.ndarray, top_k: int | None = 5) -> list[list[Prediction]]:
-        """Normalized image embeddings [N, D] -> per image, the top_k labels with softmax probabilities."""
+        """Normalized image embeddings [N, D] -> per image, the top_k labels with the package's scores (softmax
+        probabilities over the labels, or independent sigmoid probabilities)."""
         if top_k is not None and top_k < 1:
             raise InputError(f"top_k must be >= 1, got {top_k}")
-        return self._top(_softmax(self.logits(image_embeds)), top_k)
+        return self._top(self.model.scoring.probabilities(self.cosines(image_embeds)), top_k)
 
     def predict(self, images: "ImageInput | Sequence[ImageInput]", top_k: int | None = 5,
                 batch_size: int = 32) -> list[list[Prediction]]:
         """Images (as ClipModel.encode_images takes them) -> per image, the top_k labels (None: all), best first,
-        scored by softmax probability over all labels at the model's logit scale."""
+        scored as the package's scoring rule says: softmax probability over all labels at the model's logit scale
+        (CLIP), or sigmoid(logit_scale * cos + logit_bias) per label (SigLIP)."""
         return self.predict_embeddings(self.model.encode_images(images, batch_size=batch_size), top_k)
 
     def tag_embeddings(self, image_embeds: np.ndarray, threshold: float) -> list[list[Prediction]]:
-        """Per image, every label whose cosine similarity is >= threshold, best first (possibly none)."""
-        cos = image_embeds @ self.text_embeddings.T  # [N, C]
-        return [[p for p in row if p.score >= threshold] for row in self._top(cos, None)]
+        """Per image, every label whose score is >= threshold, best first (possibly none): the cosine similarity
+        for softmax-scored packages, the sigmoid probability for sigmoid-scored ones."""
+        scores = self.cosines(image_embeds)  # [N, C]
+        if self.model.scoring.rule == "sigmoid":  # independent per label: the model's own probability
+            scores = self.model.scoring.probabilities(scores)
+        return [[p for p in row if p.score >= threshold] for row in self._top(scores, None)]
 
     def tag(self, images: "ImageInput | Sequence[ImageInput]", threshold: float = 0.25,
             batch_size: int = 32) -> list[list[Prediction]]:
-        """Multi-label annotation: per image, the labels whose cosine similarity with it is >= threshold.
-        Scores are raw cosines (not softmax, which forces labels to compete); matching image-caption pairs
-        of OpenAI's ViT-B/32 typically score 0.25-0.35, so tune the threshold per model and label set."""
+        """Multi-label annotation: per image, the labels whose score with it is >= threshold.
+        For softmax-scored packages (CLIP) scores are raw cosines (not softmax, which forces labels to compete);
+        matching image-caption pairs of OpenAI's ViT-B/32 typically score 0.25-0.35. For sigmoid-scored packages
+        (SigLIP) scores are the model's own per-label probabilities, sigmoid(logit_scale * cos + logit_bias).
+        Tune the threshold per model and label set."""
         return self.tag_embeddings(self.model.encode_images(images, batch_size=batch_size), threshold)
 
     def predict_files(self, paths: Sequence[str | os.PathLike], top_k: int | None = 5, batch_size: int = 32,

@@ -94,11 +94,14 @@ def _spread(items: Sequence[Any], limit: int) -> list[Any]:
     return [items[i] for i in idx]
 
 
-def load_calibration(calib_dir: str | Path, calib_texts: str | Path | None, image_size: int, resize: int,
-                     eval_crops: Iterable[np.ndarray], eval_texts: Iterable[str], max_images: int = 128,
-                     max_texts: int = 512, need_texts: bool = True) -> CalibrationSet:
-    """Real photos (and captions) for calibration, minus anything that is also evaluation data."""
-    from clip_rt.preprocess import PreprocessConfig, iter_image_files, prepare_batch
+def load_calibration(calib_dir: str | Path, calib_texts: str | Path | None, image_size: "int | PreprocessConfig",
+                     resize: int | None, eval_crops: Iterable[np.ndarray], eval_texts: Iterable[str],
+                     max_images: int = 128, max_texts: int = 512, need_texts: bool = True) -> CalibrationSet:
+    """Real photos (and captions) for calibration, minus anything that is also evaluation data. image_size: the
+    package's PreprocessConfig (or CLIP's image size, with resize)."""
+    from clip_rt.preprocess import iter_image_files, prepare_batch
+
+    from .validate import as_preprocess
 
     folder = Path(calib_dir)
     if not folder.is_dir():
@@ -106,7 +109,7 @@ def load_calibration(calib_dir: str | Path, calib_texts: str | Path | None, imag
     files, _ = iter_image_files([folder])
     if not files:
         raise InputError(f"--calib {folder}: no images found")
-    cfg = PreprocessConfig(image_size=image_size, resize=resize)
+    cfg = as_preprocess(image_size, resize)
     taken = {_digest(c) for c in eval_crops}
     crops, dropped = [], 0
     # Oversample, then drop evaluation duplicates and unreadable files, then keep max_images spread evenly.

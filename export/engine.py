@@ -104,7 +104,8 @@ def contract_for(pkg: Package, encoder: str, cfg: EngineBuildConfig) -> EncoderC
     if encoder == "image":
         contract = image_contract(pkg.image_size, pkg.embed_dim, cfg.max_batch, cfg.opt_batch)
     else:
-        contract = text_contract(pkg.context_length, pkg.embed_dim, cfg.max_batch, cfg.opt_batch, cfg.max_text_len)
+        contract = text_contract(pkg.context_length, pkg.embed_dim, cfg.max_batch, cfg.opt_batch, cfg.max_text_len,
+                                tokens=pkg.text_tokens)  # the family's ids; a fixed length where it pools a fixed position
     return static_contract(contract, cfg.opt_batch) if cfg.dla_core is not None else contract
 
 

@@ -1,6 +1,9 @@
-"""Load the CLIP to export: a Hugging Face hub id or a local HF folder, or a deterministic random init from
-a folder's config.json (tests and benchmarks). Returns the eager fp32 model and the manifest's `source` block,
-from which `load_source` rebuilds exactly the same model later (the torch reference backend uses it).
+"""Where an export's model comes from: a Hugging Face hub id or local HF folder (config.json decides the family), or
+an open_clip architecture ("open_clip:ARCH"), with real weights or a deterministic random init.
+
+The family adapters (export/families/) build their models with the helpers here; `load_source` rebuilds exactly the
+model a package was exported from, from the manifest's `source` block, and checks its weights fingerprint (the torch
+reference backend uses it). `load_clip` is the CLIP family's loader, kept under its old name.
 """
 
 from __future__ import annotations
@@ -8,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,29 +18,25 @@ from clip_rt.errors import ModelSourceError, missing_dependency
 
 if TYPE_CHECKING:
     import torch
-    from transformers import CLIPModel
+
+    from .families.base import LoadedModel
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
-# What a hub download fetches: weights (safetensors preferred), config, tokenizer and preprocessing files.
-HUB_PATTERNS = ["config.json", "preprocessor_config.json", *TOKENIZER_FILES, "model.safetensors",
-                "model.safetensors.index.json", "model-*.safetensors"]
+# What a hub download fetches: weights (safetensors preferred), config, preprocessing and every family's tokenizer
+# files (CLIP's BPE vocab.json + merges.txt, SigLIP's spiece.model, SigLIP 2's tokenizer.model, WordPiece vocab.txt).
+HUB_PATTERNS = ["config.json", "preprocessor_config.json", "processor_config.json", *TOKENIZER_FILES, "spiece.model",
+                "tokenizer.model", "vocab.txt", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
+OPEN_CLIP_PREFIX = "open_clip:"
 
 
-def _import_torch_transformers() -> tuple[Any, Any]:
+def import_torch_transformers() -> tuple[Any, Any]:
     try:
         import torch
         import transformers
     except ImportError as e:
         raise missing_dependency(e.name or "torch", "export", "exporting a model") from None
     return torch, transformers
-
-
-@dataclass
-class LoadedModel:
-    model: "CLIPModel"  # eager, fp32, eval mode, eager attention
-    folder: Path  # local folder holding config, tokenizer and preprocessing files
-    source: dict[str, Any]  # the manifest's "source" block
 
 
 def weights_fingerprint(model: "torch.nn.Module") -> str:
@@ -51,27 +49,6 @@ def weights_fingerprint(model: "torch.nn.Module") -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def _check_folder(folder: Path, need_weights: bool) -> dict[str, Any]:
-    if not folder.is_dir():
-        raise ModelSourceError(f"{folder} is not a folder")
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise ModelSourceError(f"{folder} has no config.json: not a Hugging Face model folder")
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelSourceError(f"{cfg_path} is not valid JSON: {e}") from None
-    if config.get("model_type") != "clip":
-        raise ModelSourceError(f"{cfg_path} describes model_type {config.get('model_type')!r}, not a CLIP model "
-                               f"(expected model_type 'clip', as in openai/clip-vit-base-patch32)")
-    if need_weights and not any((folder / w).is_file() for w in WEIGHT_FILES):
-        raise ModelSourceError(f"{folder} has no weights ({' or '.join(WEIGHT_FILES[:2])}); export a folder saved with "
-                               f"save_pretrained, or pass --random-init --seed N for random weights from its config")
-    if not ((folder / "tokenizer.json").is_file() or ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())):
-        raise ModelSourceError(f"{folder} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt)")
-    return config
 
 
 def _download(repo_id: str, revision: str | None) -> tuple[Path, str]:
@@ -89,59 +66,105 @@ def _download(repo_id: str, revision: str | None) -> tuple[Path, str]:
     return path, path.name
 
 
+def resolve_hf(model: str | os.PathLike, revision: str | None = None) -> tuple[Path, str, str | None]:
+    """A local folder or a hub id -> (folder, kind "local" | "hub", revision); downloads hub ids."""
+    local = Path(model).expanduser()
+    if local.exists():
+        return local.resolve(), "local", None
+    if isinstance(model, str) and model.count("/") == 1 and not model.startswith((".", "/", "~")):
+        folder, rev = _download(model, revision)
+        return folder, "hub", rev
+    raise ModelSourceError(f"{model} does not exist (not a local folder, not a hub id like 'org/name', and not "
+                           f"{OPEN_CLIP_PREFIX}ARCH)")
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """config.json of a Hugging Face model folder."""
+    if not folder.is_dir():
+        raise ModelSourceError(f"{folder} is not a folder")
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise ModelSourceError(f"{folder} has no config.json: not a Hugging Face model folder")
+    try:
+        return json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelSourceError(f"{cfg_path} is not valid JSON: {e}") from None
+
+
+def check_weights(folder: Path) -> None:
+    if not any((folder / w).is_file() for w in WEIGHT_FILES):
+        raise ModelSourceError(f"{folder} has no weights ({' or '.join(WEIGHT_FILES[:2])}); export a folder saved with "
+                               f"save_pretrained, or pass --random-init --seed N for random weights from its config")
+
+
+def load_hf_model(folder: Path, model_class: Any, config_class: Any, random_init: bool, seed: int) -> Any:
+    """An eager fp32 model of `model_class` from `folder`: its weights, or random weights from its config drawn from
+    `seed`. Eager attention: the reference math, and the MatMul/Softmax pattern ONNX Runtime's fusions recognize."""
+    torch, _ = import_torch_transformers()
+    config = config_class.from_pretrained(folder)
+    config._attn_implementation = "eager"
+    for sub in ("text_config", "vision_config"):
+        if getattr(config, sub, None) is not None:
+            getattr(config, sub)._attn_implementation = "eager"
+    if random_init:
+        torch.manual_seed(seed)
+        model = model_class(config)
+    else:
+        model = model_class.from_pretrained(folder, config=config, dtype=torch.float32)
+    return model.float().eval()
+
+
+def hf_source(model: str | os.PathLike, folder: Path, kind: str, revision: str | None, random_init: bool, seed: int,
+              config: dict[str, Any], default_architecture: str, family: str, eager: "torch.nn.Module") -> dict[str, Any]:
+    """The manifest's `source` block for a Hugging Face model."""
+    torch, transformers = import_torch_transformers()
+    return {
+        "family": family,
+        "model": str(model) if kind == "hub" else str(folder),
+        "kind": kind,
+        "revision": revision,
+        "random_init": bool(random_init),
+        "seed": int(seed) if random_init else None,
+        "architecture": config.get("architectures", [default_architecture])[0],
+        "weights_sha256": weights_fingerprint(eager),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
 def load_clip(model: str | os.PathLike, random_init: bool = False, seed: int = 0,
-              revision: str | None = None) -> LoadedModel:
-    """Load a CLIP for export.
+              revision: str | None = None) -> "LoadedModel":
+    """Load a Hugging Face CLIPModel for export (the CLIP family; see families.load for any family).
 
     model: a local HF folder (config.json + weights + tokenizer files) or a hub id ("openai/clip-vit-base-patch32").
     random_init: build the architecture from config.json with weights drawn from `seed` (tests, benchmarks).
     """
-    torch, transformers = _import_torch_transformers()
-    local = Path(model).expanduser()
-    if local.exists():
-        folder, kind, rev = local.resolve(), "local", None
-    elif isinstance(model, str) and model.count("/") == 1 and not model.startswith((".", "/", "~")):
-        folder, rev = _download(model, revision)
-        kind = "hub"
-    else:
-        raise ModelSourceError(f"{model} does not exist (not a local folder, and not a hub id like 'org/name')")
-    config = _check_folder(folder, need_weights=not random_init)
+    from .families import get_family
 
-    clip_config = transformers.CLIPConfig.from_pretrained(folder)
-    # Eager attention: the reference math, and the MatMul/Softmax pattern ONNX Runtime's fusions recognize.
-    clip_config._attn_implementation = "eager"
-    if random_init:
-        torch.manual_seed(seed)
-        clip = transformers.CLIPModel(clip_config)
-    else:
-        clip = transformers.CLIPModel.from_pretrained(folder, config=clip_config, dtype=torch.float32)
-    clip = clip.float().eval()
-    source = {
-        "model": str(model) if kind == "hub" else str(folder),
-        "kind": kind,
-        "revision": rev,
-        "random_init": bool(random_init),
-        "seed": int(seed) if random_init else None,
-        "architecture": config.get("architectures", ["CLIPModel"])[0],
-        "weights_sha256": weights_fingerprint(clip),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-    }
-    return LoadedModel(model=clip, folder=folder, source=source)
+    return get_family("clip").load(str(model), random_init=random_init, seed=seed, revision=revision)
 
 
-def load_source(source: dict[str, Any]) -> "CLIPModel":
-    """Rebuild the exact eager model a package was exported from, checked against its weights fingerprint."""
+def load_source(source: dict[str, Any]) -> Any:
+    """Rebuild the exact eager model a package was exported from (its family's own model: transformers' CLIPModel,
+    SiglipModel, ChineseCLIPModel or open_clip's CLIP), checked against its weights fingerprint."""
+    return rebuild(source).model
+
+
+def rebuild(source: dict[str, Any]) -> "LoadedModel":
+    """load_source, returning the whole LoadedModel (the family adapter's reference embeddings need it)."""
+    from .families import get_family
+
     model = source["model"]
     if source.get("kind") == "local" and not Path(model).exists():
         raise ModelSourceError(f"the package was exported from the local folder {model}, which no longer exists; "
                                f"the torch backend needs that folder (or re-export from where it lives now)")
-    loaded = load_clip(model, random_init=bool(source.get("random_init")), seed=int(source.get("seed") or 0),
-                       revision=source.get("revision"))
+    family = get_family(str(source.get("family", "clip")))
+    loaded = family.load(model, random_init=bool(source.get("random_init")), seed=int(source.get("seed") or 0),
+                         revision=source.get("revision"), pretrained=source.get("pretrained"))
     want = source.get("weights_sha256")
     if want and loaded.source["weights_sha256"] != want:
         raise ModelSourceError(f"the weights rebuilt from {model} (random_init={source.get('random_init')}) differ from "
                                f"the ones the package was exported from (fingerprint {loaded.source['weights_sha256'][:12]} "
                                f"!= {want[:12]}); the folder changed, or torch {loaded.source['torch']} initializes "
                                f"differently from torch {source.get('torch')}; re-export the package")
-    return loaded.model
+    return loaded

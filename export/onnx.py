@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -27,7 +29,9 @@ def export_onnx(module: torch.nn.Module, contract: EncoderContract, path: str | 
     sample = torch.from_numpy(contract.sample_input())
     module = module.eval()
     # fusable_causal_mask: same values, traced in the form ONNX Runtime's attention fusion recognizes (optimize.py).
-    with torch.no_grad(), warnings.catch_warnings(), fusable_causal_mask():
+    # mha_fastpath_off: nn.MultiheadAttention (open_clip's blocks) in eval mode would take its fused native kernel,
+    # which has no ONNX export; off, it traces as the MatMul/Softmax math it stands for.
+    with torch.no_grad(), warnings.catch_warnings(), fusable_causal_mask(), mha_fastpath_off():
         # Tracer chatter about Python bools and shape asserts inside transformers; the result is validated anyway.
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (sample,), str(path), input_names=[contract.input.name],
@@ -37,6 +41,17 @@ def export_onnx(module: torch.nn.Module, contract: EncoderContract, path: str | 
     onnx.checker.check_model(model)
     _check_io(model, contract)
     return path
+
+
+@contextlib.contextmanager
+def mha_fastpath_off() -> Iterator[None]:
+    """While tracing, nn.MultiheadAttention runs its composite (exportable) path; restores the setting on exit."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
 
 
 def _check_io(model, contract: EncoderContract) -> None:

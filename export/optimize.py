@@ -59,6 +59,8 @@ class FusionReport:
     nodes_before: int
     nodes_after: int
     attention_layers: int = -1  # layers whose attention can fuse (-1: all); the image's class-token layer cannot
+    note: str = ""  # the family's reason why fewer than `layers` attention layers fuse (export/families/)
+    model_type: str = "clip"  # the onnxruntime.transformers model type the graph was optimized as
     split: dict[str, int] = dataclasses.field(default_factory=dict)  # fused op type -> count split back (CPU speed)
     padded: dict[str, int] = dataclasses.field(default_factory=dict)  # pad_aliased_rows counts (CPU speed)
 
@@ -78,8 +80,9 @@ class FusionReport:
                 f"traced attention pattern is not the one onnxruntime.transformers recognizes; a transformers upgrade?)")
 
     def to_json(self) -> dict[str, Any]:
-        return {"optimized": True, "optimizer": "onnxruntime.transformers (model_type=clip, opt_level=0)",
+        return {"optimized": True, "optimizer": f"onnxruntime.transformers (model_type={self.model_type}, opt_level=0)",
                 "fusions": dict(self.fusions), "layers": self.layers, "attention_layers": self.expected_attention,
+                **({"attention_not_fused": self.note} if self.note else {}),
                 "split_after_fusion": dict(self.split), "padded_rows": dict(self.padded),
                 "nodes": {"before": self.nodes_before, "after": self.nodes_after}}
 
@@ -265,7 +268,8 @@ def _ranks(model: Any) -> dict[str, int]:
 
 
 def optimize_onnx(src: str | Path, dst: str | Path, encoder: str, num_heads: int, hidden_size: int,
-                  layers: int, attention_layers: int = -1, unpadded: str | Path | None = None) -> FusionReport:
+                  layers: int, attention_layers: int = -1, unpadded: str | Path | None = None,
+                  model_type: str = "clip", note: str = "") -> FusionReport:
     """Fuse `src` (a traced fp32 encoder graph) into `dst` with ONNX Runtime's CLIP fusions; returns the counts.
 
     num_heads / hidden_size: the encoder's attention heads and width (the fusion checks them against the graph).
@@ -273,6 +277,8 @@ def optimize_onnx(src: str | Path, dst: str | Path, encoder: str, num_heads: int
     Fewer Attention nodes than that is not an error (the other fusions still pay), but report.warning() says so
     and the pipeline puts it into the manifest's warnings: it means the traced attention pattern changed.
     unpadded: also save the fused graph before pad_aliased_rows there (the INT8 lowering's input).
+    model_type: onnxruntime.transformers' model type ("clip"; "bert" for BERT text towers). note: why fewer than
+    `layers` attention layers can fuse (the family says; recorded in the manifest).
     """
     import onnx
 
@@ -286,7 +292,7 @@ def optimize_onnx(src: str | Path, dst: str | Path, encoder: str, num_heads: int
 
     src, dst = Path(src), Path(dst)
     before = len(onnx.load(str(src), load_external_data=False).graph.node)
-    options = FusionOptions("clip")
+    options = FusionOptions(model_type)
     options.enable_gelu_approximation = False  # keep exact arithmetic: parity with eager stays at fp32 rounding
     # The optimizer logs each fusion at INFO/WARNING through the root logger; keep the export log readable.
     quiet = [logging.getLogger(n) for n in ("onnxruntime.transformers", "fusion_base", "onnx_model", "fusion_utils",
@@ -295,7 +301,7 @@ def optimize_onnx(src: str | Path, dst: str | Path, encoder: str, num_heads: int
     for lg in quiet:
         lg.setLevel(logging.ERROR)
     try:
-        model = optimizer.optimize_model(str(src), model_type="clip", num_heads=num_heads, hidden_size=hidden_size,
+        model = optimizer.optimize_model(str(src), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
                                          optimization_options=options, opt_level=0, use_gpu=False)
         stats = model.get_fused_operator_statistics()
         split = split_skip_layer_norm(model.model.graph)
@@ -308,7 +314,7 @@ def optimize_onnx(src: str | Path, dst: str | Path, encoder: str, num_heads: int
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)
     fusions = {op: int(stats[op]) for op in FUSED_OPS if stats.get(op)}
-    return FusionReport(encoder, layers, fusions, before, after, attention_layers,
+    return FusionReport(encoder, layers, fusions, before, after, attention_layers, note, model_type,
                         {"SkipLayerNormalization": split} if split else {}, padded)
 
 

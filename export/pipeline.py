@@ -1,14 +1,16 @@
-"""model id or folder -> validated model package. The build-time flow, step by step:
+"""model id, folder or open_clip name -> validated model package. The build-time flow, step by step:
 
-    load (hub / folder / random init) -> wrappers -> ONNX (fp32) -> [other precisions] -> validate each
-    artifact with ONNX Runtime against eager PyTorch -> write artifacts + manifest (atomically, at the end)
+    load with the family's adapter (hub / folder / open_clip / random init) -> tokenizer.json, checked against the
+    family's own tokenizer -> the family's wrappers -> ONNX (fp32) -> [other precisions] -> validate each artifact
+    with ONNX Runtime against the family's own eager model -> write artifacts + manifest (atomically, at the end)
+
+Nothing here knows a family: export/families/<family>.py says what differs (export/families/base.py).
 
 Nothing is written into the destination until every artifact passed its gate (or --force was given).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -21,18 +23,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from clip_rt import __version__
-from clip_rt.contract import check_precision, image_contract, text_contract
-from clip_rt.errors import ModelSourceError, PackageError, ValidationFailed
+from clip_rt.contract import TextTokens, check_precision, image_contract, text_contract
+from clip_rt.errors import PackageError, ValidationFailed
 from clip_rt.fsutil import sha256_file
 from clip_rt.package import FORMAT, FORMAT_VERSION, MANIFEST, Artifact, write_manifest
+from clip_rt.preprocess import PreprocessConfig
 from clip_rt.tolerances import tolerance
 
 from . import validate
-from .load import TOKENIZER_FILES, LoadedModel, load_clip
+from .families import load as load_model
+from .families.base import LoadedModel, Reference, TokenizerPlan
 from .onnx import DEFAULT_OPSET, export_onnx
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class ExportOptions:
     random_init: bool = False  # random weights from config.json (tests, benchmarks)
     seed: int = 0  # seed for random_init
     revision: str | None = None  # hub revision (branch, tag or commit)
+    pretrained: str | None = None  # open_clip:ARCH only: an open_clip pretrained tag or a checkpoint file
     opset: int = DEFAULT_OPSET
     eval_images: str | None = None  # folder of real photos for validation; None: synthetic crops
     eval_texts: str | None = None  # text file / captions CSV for validation; None: built-in sentences
@@ -69,13 +71,16 @@ class ExportContext:
     eval_crops_source: str
     eval_texts: list[str]
     eval_texts_source: str
+    ref: Reference  # the family's own eager embeddings (families/base.py)
+    preprocess_config: PreprocessConfig
+    text_tokens: TextTokens
     reference: dict[str, np.ndarray] = field(default_factory=dict)  # encoder -> eager fp32 embeddings
     artifacts: list[Artifact] = field(default_factory=list)
 
     def contract(self, encoder: str):
         m = self.manifest["model"]
         return image_contract(m["image_size"], m["embed_dim"]) if encoder == "image" else \
-            text_contract(m["context_length"], m["embed_dim"])
+            text_contract(m["context_length"], m["embed_dim"], tokens=self.text_tokens)
 
     def batches(self, encoder: str) -> list[np.ndarray]:
         if encoder == "image":
@@ -83,20 +88,16 @@ class ExportContext:
         return validate.text_batches(self.tokenize, self.eval_texts)
 
     def eager(self, encoder: str) -> np.ndarray:
-        """Eager fp32 transformers embeddings of the evaluation inputs (computed once)."""
+        """The family's own eager fp32 embeddings of the evaluation inputs (computed once)."""
         if encoder not in self.reference:
             import torch
 
-            from .wrappers import reference_image_embeds, reference_text_embeds
-
-            clip, pre = self.loaded.model, self.manifest["preprocess"]
             outs = []
             with torch.inference_mode():
                 for b in self.batches(encoder):
                     t = torch.from_numpy(b)
-                    e = (reference_image_embeds(clip, t, pre["mean"], pre["std"]) if encoder == "image"
-                         else reference_text_embeds(clip, t))
-                    outs.append(e.numpy())
+                    e = self.ref.image(t) if encoder == "image" else self.ref.text(t)
+                    outs.append(e.float().numpy())
             self.reference[encoder] = np.concatenate(outs)
         return self.reference[encoder]
 
@@ -125,10 +126,7 @@ class ExportContext:
 
 
 def build_fp32(ctx: ExportContext) -> None:
-    from .wrappers import ImageEncoder, TextEncoder
-
-    pre = ctx.manifest["preprocess"]
-    modules = {"image": ImageEncoder(ctx.loaded.model, pre["mean"], pre["std"]), "text": TextEncoder(ctx.loaded.model)}
+    modules = ctx.loaded.family.encoders(ctx.loaded, ctx.preprocess_config)
     for encoder, module in modules.items():
         t0 = time.perf_counter()
         path = export_onnx(module, ctx.contract(encoder), ctx.workdir / f"{encoder}.onnx", ctx.options.opset)
@@ -143,17 +141,18 @@ def build_fp32(ctx: ExportContext) -> None:
 def _optimize_fp32(ctx: ExportContext, encoders: list[str]) -> None:
     """ONNX Runtime's transformer fusions -> {encoder}.opt.onnx, gated like the plain graph and registered after it,
     so Package.artifact(encoder, "fp32") (the last match) picks it for ONNX Runtime. Fusion counts go into `extra`."""
-    from .optimize import encoder_dims, optimize_onnx
+    from .optimize import optimize_onnx
 
     for encoder in encoders:
         t0 = time.perf_counter()
-        heads, width, layers = encoder_dims(ctx.loaded.model.config, encoder)
+        # The family says what should fuse: e.g. CLIP's image encoder runs its last layer for the class token only
+        # (wrappers.ClassTokenLayer), which is not a pattern the fusion knows.
+        plan = ctx.loaded.family.fusion_plan(ctx.loaded, encoder)
         src, dst = ctx.workdir / f"{encoder}.onnx", ctx.workdir / f"{encoder}.opt.onnx"
-        # The image encoder's last layer runs for the class token only (wrappers.ClassTokenLayer): no fusable pattern.
         # The INT8 lowering reads the fused graph before the row padding (a scratch file, dropped at the end).
         unpadded = ctx.workdir / f"{encoder}.fused.onnx" if "int8" in ctx.options.precisions else None
-        report = optimize_onnx(src, dst, encoder, heads, width, layers, layers - 1 if encoder == "image" else -1,
-                               unpadded=unpadded)
+        report = optimize_onnx(src, dst, encoder, plan.num_heads, plan.hidden_size, plan.layers,
+                               plan.attention_layers, unpadded=unpadded, model_type=plan.model_type, note=plan.note)
         ctx.log(f"  fused {encoder} encoder to {dst.name}: {report.summary()} ({time.perf_counter() - t0:.1f} s)")
         warning = report.warning()
         if warning:
@@ -177,65 +176,48 @@ def _register_optional_builders() -> None:
     PRECISION_BUILDERS.update(quantize.BUILDERS)
 
 
-def _preprocess_block(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """The manifest's preprocessing block, from the source's preprocessor_config.json (CLIPImageProcessor)."""
-    from clip_rt.preprocess import PreprocessConfig
-
-    image_size = int(config["vision_config"].get("image_size", 224))
-    pp = folder / "preprocessor_config.json"
-    if pp.is_file():
-        cfg = PreprocessConfig.from_hf(json.loads(pp.read_text(encoding="utf-8")))
-        if cfg.image_size != image_size:
-            raise ModelSourceError(f"{pp} crops to {cfg.image_size} but the vision model expects {image_size}")
-    else:
-        cfg = PreprocessConfig(image_size=image_size, resize=image_size, mean=CLIP_MEAN, std=CLIP_STD)
-    return cfg.to_manifest()
-
-
-def _copy_tokenizer(folder: Path, out: Path) -> list[str]:
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (folder / name).is_file():
-            shutil.copyfile(folder / name, out / name)
-            copied.append(name)
-    if "tokenizer.json" not in copied:  # build the fast-tokenizer file from vocab.json + merges.txt
-        from transformers import CLIPTokenizer
-
-        CLIPTokenizer.from_pretrained(folder).backend_tokenizer.save(str(out / "tokenizer.json"))
-        copied.insert(0, "tokenizer.json")
-    return copied
-
-
-def _base_manifest(loaded: LoadedModel, tokenizer_files: list[str]) -> dict[str, Any]:
-    clip, config = loaded.model, json.loads((loaded.folder / "config.json").read_text(encoding="utf-8"))
-    tc = clip.config.text_config
+def _base_manifest(loaded: LoadedModel, tokenizer: TokenizerPlan, pre: PreprocessConfig) -> dict[str, Any]:
+    family = loaded.family
+    src = loaded.source
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "created_by": f"clip-rt {__version__}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source": loaded.source,
-        "warnings": ([f"RANDOM WEIGHTS (seed {loaded.source['seed']}): built from {loaded.source['model']}/config.json "
-                      f"for tests and benchmarks; its predictions are meaningless"] if loaded.source["random_init"] else []),
-        "model": {
-            "embed_dim": int(clip.config.projection_dim),
-            "image_size": int(clip.config.vision_config.image_size),
-            "patch_size": int(clip.config.vision_config.patch_size),
-            "context_length": int(tc.max_position_embeddings),
-            "logit_scale": float(clip.logit_scale.exp().item()),
-            "vision": {"width": clip.config.vision_config.hidden_size, "layers": clip.config.vision_config.num_hidden_layers},
-            "text": {"width": tc.hidden_size, "layers": tc.num_hidden_layers, "vocab_size": tc.vocab_size},
-        },
-        "preprocess": _preprocess_block(loaded.folder, config),
-        "tokenizer": {"file": "tokenizer.json", "files": tokenizer_files, "bos_id": 49406, "eos_id": 49407,
-                      "pad_id": 49407, "pooling": "argmax" if tc.eos_token_id == 2 else "first_eos"},
+        "source": src,
+        "warnings": ([f"RANDOM WEIGHTS (seed {src['seed']}): built from {src['model']}"
+                      f"{'/config.json' if loaded.folder is not None else ''} for tests and benchmarks; its predictions "
+                      f"are meaningless"] if src["random_init"] else []),
+        "model": {**family.model_block(loaded), "context_length": tokenizer.context_length},
+        "preprocess": pre.to_manifest(),
+        "tokenizer": tokenizer.to_manifest(),
         "artifacts": [],
     }
 
 
+def check_tokenizer(loaded: LoadedModel, tok: Any, texts: Sequence[str], force: bool, log: Log) -> dict[str, Any]:
+    """tokenizer.json (the runtime's tokenizer) against the family's own tokenizer on `texts`: the same ids, text by
+    text, or ValidationFailed (unless --force). Returns the manifest's record of the check."""
+    ours = tok.token_ids(texts)
+    theirs = loaded.family.reference_ids(loaded, texts, tok.context_length)
+    bad = [i for i, (a, b) in enumerate(zip(ours, theirs)) if list(a) != list(b)]
+    record = {"texts": len(texts), "mismatches": len(bad), "against": f"{loaded.family.name}'s own tokenizer"}
+    log(f"  tokenizer.json against {loaded.family.name}'s own tokenizer: {len(texts) - len(bad)} of {len(texts)} "
+        f"texts give the same ids" + ("  ok" if not bad else "  MISMATCH"))
+    if bad and not force:
+        i = bad[0]
+        raise ValidationFailed(f"the converted tokenizer.json gives other ids than {loaded.family.name}'s own tokenizer "
+                               f"for {len(bad)} of {len(texts)} texts, e.g. {texts[i]!r}: {list(ours[i])} vs "
+                               f"{list(theirs[i])}; nothing was written. Use --force to write it anyway (recorded in "
+                               f"the manifest)")
+    if bad:
+        record["examples"] = [{"text": texts[i], "ids": list(ours[i]), "reference": list(theirs[i])} for i in bad[:3]]
+    return record
+
+
 def export_package(model: str | os.PathLike, out: str | os.PathLike, options: ExportOptions = ExportOptions(),
                    log: Log = _stderr) -> Path:
-    """Export `model` (hub id or HF folder) to a validated package at `out`. Returns the package path."""
+    """Export `model` (hub id, HF folder or "open_clip:ARCH") to a validated package at `out`; returns its path."""
     for p in options.precisions:
         check_precision(p)
     _register_optional_builders()
@@ -248,31 +230,39 @@ def export_package(model: str | os.PathLike, out: str | os.PathLike, options: Ex
         raise PackageError(f"{out} exists and is not a clip-rt package; choose an empty or new folder")
 
     t0 = time.perf_counter()
-    loaded = load_clip(model, random_init=options.random_init, seed=options.seed, revision=options.revision)
+    loaded = load_model(str(model), random_init=options.random_init, seed=options.seed, revision=options.revision,
+                        pretrained=options.pretrained)
     src = loaded.source
-    log(f"loaded {src['model']} ({src['kind']}{', revision ' + src['revision'] if src['revision'] else ''}"
+    log(f"loaded {src['model']} ({loaded.family.name}, {src['kind']}"
+        f"{', revision ' + src['revision'] if src.get('revision') else ''}"
+        f"{', pretrained ' + str(src['pretrained']) if src.get('pretrained') else ''}"
         f"{', RANDOM INIT seed %d' % options.seed if options.random_init else ''}) in {time.perf_counter() - t0:.1f} s")
     if loaded.source["random_init"]:
         log(f"WARNING: RANDOM WEIGHTS (seed {options.seed}). This package is for tests and benchmarks only.")
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        tokenizer_files = _copy_tokenizer(loaded.folder, workdir)
-        manifest = _base_manifest(loaded, tokenizer_files)
+        family = loaded.family
+        plan = family.write_tokenizer(loaded, workdir)
+        pre = family.preprocess(loaded)
+        manifest = _base_manifest(loaded, plan, pre)
         from clip_rt.tokenizer import Tokenizer
 
-        tok = Tokenizer(workdir / "tokenizer.json", context_length=manifest["model"]["context_length"])
+        t = plan.tokens
+        tok = Tokenizer(workdir / "tokenizer.json", context_length=plan.context_length, bos_id=t.bos_id,
+                        eos_id=t.eos_id, pad_id=t.pad_id, padding=plan.padding, padding_side=plan.padding_side)
 
         def tokenize(texts: Sequence[str], pad_to_context: bool) -> np.ndarray:
-            ids = tok.encode(list(texts))  # [B, L] int32, padded to the longest
+            ids = tok.encode(list(texts))  # [B, L] int32, padded by the family's rule (longest, or the context)
             if pad_to_context:
                 ids = np.pad(ids, ((0, 0), (0, tok.context_length - ids.shape[1])), constant_values=tok.pad_id)
             return ids
 
-        pre = manifest["preprocess"]
-        crops, crops_src = validate.load_eval_images(options.eval_images, pre["image_size"], pre["resize"])
+        crops, crops_src = validate.load_eval_images(options.eval_images, pre)
         texts, texts_src = validate.load_eval_texts(options.eval_texts)
-        ctx = ExportContext(loaded, workdir, options, manifest, log, tokenize, crops, crops_src, texts, texts_src)
+        manifest["tokenizer"]["checked"] = check_tokenizer(loaded, tok, texts, options.force, log)
+        ctx = ExportContext(loaded, workdir, options, manifest, log, tokenize, crops, crops_src, texts, texts_src,
+                            family.reference(loaded, pre), pre, t)
         log(f"validating on {crops_src} and {texts_src}")
         for precision in ["fp32", *[p for p in options.precisions if p != "fp32"]]:
             log(f"building {precision} ...")

@@ -100,8 +100,7 @@ def _labeled(ctx: "ExportContext", opts: QuantizeOptions) -> "LabeledSet | None"
     if cached is None:
         from .zeroshot_eval import load_labeled
 
-        pre = ctx.manifest["preprocess"]
-        cached = load_labeled(opts.eval_labeled, pre["image_size"], pre["resize"], opts.eval_labeled_images)
+        cached = load_labeled(opts.eval_labeled, ctx.preprocess_config, None, opts.eval_labeled_images)
         ctx._labeled_set = cached  # type: ignore[attr-defined]
     return cached
 
@@ -114,8 +113,7 @@ def _zero_shot_gate(ctx: "ExportContext", opts: QuantizeOptions, precision: str,
     from .zeroshot_eval import agreement, eager_embeddings, onnx_embeddings
 
     if not hasattr(ctx, "_labeled_eager"):
-        pre = ctx.manifest["preprocess"]
-        ctx._labeled_eager = eager_embeddings(ctx.loaded.model, data, ctx.tokenize, pre["mean"], pre["std"])  # type: ignore[attr-defined]
+        ctx._labeled_eager = eager_embeddings(ctx.ref, data, ctx.tokenize)  # type: ignore[attr-defined]
     result = agreement(ctx._labeled_eager, onnx_embeddings(files["image"], files["text"], data, ctx.tokenize),  # type: ignore[attr-defined]
                        data.labels)
     need = tolerance("onnxruntime", precision).top1_agreement
@@ -149,10 +147,9 @@ def _calibration(ctx: "ExportContext", opts: QuantizeOptions) -> "CalibrationSet
         raise InputError("--precision int8 is validated on real photos that calibration never saw: pass "
                          "--eval-images DIR (it may be the --calib folder; the images it picks are then left out "
                          "of calibration)")
-    pre = ctx.manifest["preprocess"]
     labeled = _labeled(ctx, opts)
     held = list(ctx.eval_crops) + (list(labeled.crops) if labeled is not None else [])
-    return load_calibration(opts.calib, opts.calib_texts, pre["image_size"], pre["resize"], held, ctx.eval_texts,
+    return load_calibration(opts.calib, opts.calib_texts, ctx.preprocess_config, None, held, ctx.eval_texts,
                             opts.calib_images, opts.calib_captions)
 
 

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from clip_rt.preprocess import PreprocessConfig
 from clip_rt.tolerances import Tolerance
 
 # Real sentences written for this project (not from ../shared), used when no --eval-texts is given.
@@ -50,6 +51,8 @@ DEFAULT_TEXTS = (
     "東京の夜景",
     "🐶 + 🐱 = ❤️",
     "A",
+    "一只猫睡在红色的沙发上",
+    "两只狗在日落时沿着沙滩奔跑",
 )
 
 IMAGE_BATCHES = (1, 3, 7, 16)  # cycled over the evaluation images
@@ -108,18 +111,27 @@ def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def load_eval_images(folder: str | Path | None, image_size: int, resize: int, limit: int = 64) -> tuple[np.ndarray, str]:
-    """Crops [N, S, S, 3] uint8 for validation: up to `limit` images of `folder` (sorted, evenly spread), or synthetic."""
+def as_preprocess(image_size: "int | PreprocessConfig", resize: int | None = None) -> PreprocessConfig:
+    """A PreprocessConfig as given, or CLIP's (shortest edge to `resize`, center crop of `image_size`)."""
+    if isinstance(image_size, PreprocessConfig):
+        return image_size
+    return PreprocessConfig(image_size=int(image_size), resize=int(resize if resize is not None else image_size))
+
+
+def load_eval_images(folder: str | Path | None, image_size: "int | PreprocessConfig", resize: int | None = None,
+                     limit: int = 64) -> tuple[np.ndarray, str]:
+    """Crops [N, S, S, 3] uint8 for validation: up to `limit` images of `folder` (sorted, evenly spread), preprocessed
+    as the package's PreprocessConfig says (or CLIP's at image_size / resize), or synthetic ones."""
+    cfg = as_preprocess(image_size, resize)
     if folder is None:
-        return synthetic_images(24, image_size), "synthetic"
-    from clip_rt.preprocess import PreprocessConfig, iter_image_files, prepare_batch
+        return synthetic_images(24, cfg.image_size), "synthetic"
+    from clip_rt.preprocess import iter_image_files, prepare_batch
 
     files, _ = iter_image_files([folder])
     if not files:
         raise FileNotFoundError(f"--eval-images {folder}: no images found")
     step = max(1, len(files) // limit)
     files = files[::step][:limit]
-    cfg = PreprocessConfig(image_size=image_size, resize=resize)
     crops = [c for c in prepare_batch(files, cfg) if isinstance(c, np.ndarray)]
     if not crops:
         raise FileNotFoundError(f"--eval-images {folder}: none of the images could be read")

@@ -1,4 +1,6 @@
-"""The two modules that get traced to ONNX, each honoring its contract (clip_rt/contract.py).
+"""Traced building blocks, and the two CLIP-layout encoders (transformers' CLIP towers: the clip and chinese_clip
+families' image towers, and open_clip towers converted to that layout), each honoring its contract
+(clip_rt/contract.py). Family-specific wrappers live with their family (export/families/).
 
 ImageEncoder: pixels uint8 [B, S, S, 3] RGB -> image_embeds float32 [B, D], L2-normalized.
     - The patch-embedding convolution runs as one MatMul over the flattened p x p x 3 patches (the same
@@ -61,6 +63,14 @@ def patch_linear(conv: nn.Conv2d, mean: Sequence[float], std: Sequence[float], r
     return out
 
 
+def patchify(pixels: torch.Tensor, grid: int, patch: int) -> torch.Tensor:
+    """uint8 [B, S, S, 3] -> float32 [B, N, p*p*3]: the non-overlapping patches, rows in (row, column, channel) order,
+    of the pixels shifted by -128 (the integers -128..127; patch_linear's input)."""
+    # Cast first: TensorRT accepts uint8 only at I/O and in Cast, not in Reshape/Transpose.
+    x = pixels.float() - 128.0  # [B, S, S, 3] uint8 -> float32
+    return x.reshape(-1, grid, patch, grid, patch, 3).permute(0, 1, 3, 2, 4, 5).reshape(-1, grid * grid, patch * patch * 3)
+
+
 class ClassTokenLayer(nn.Module):
     """A CLIP encoder layer evaluated for token 0 only: [B, T, W] -> [B, 1, W].
 
@@ -86,9 +96,11 @@ class ClassTokenLayer(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    def __init__(self, clip: "CLIPModel", mean: Sequence[float], std: Sequence[float]):
+    """A CLIP-layout vision transformer (class token, pre-LN, CLIP encoder layers, post-LN, projection)."""
+
+    def __init__(self, vision_model: nn.Module, projection: nn.Module, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
-        vision = copy.deepcopy(clip.vision_model)  # the caller's eager model stays untouched
+        vision = copy.deepcopy(vision_model)  # the caller's eager model stays untouched
         emb = vision.embeddings
         self.patch = int(emb.patch_size)
         self.grid = int(emb.image_size) // self.patch
@@ -100,13 +112,10 @@ class ImageEncoder(nn.Module):
         # Exported node names keep "layers.K/" (the INT8 sensitivity search groups MatMuls by layer).
         self.layers = nn.ModuleList([*body, ClassTokenLayer(last, self.grid ** 2 + 1)])
         self.post_layernorm = vision.post_layernorm
-        self.projection = copy.deepcopy(clip.visual_projection)
+        self.projection = copy.deepcopy(projection)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        g, p = self.grid, self.patch
-        # Cast first: TensorRT accepts uint8 only at I/O and in Cast, not in Reshape/Transpose.
-        x = pixels.float() - 128.0  # [B, S, S, 3] uint8 -> float32, the integers -128..127
-        x = x.reshape(-1, g, p, g, p, 3).permute(0, 1, 3, 2, 4, 5).reshape(-1, g * g, p * p * 3)  # [B, N, p*p*3]
+        x = patchify(pixels, self.grid, self.patch)  # [B, N, p*p*3]
         patches = self.patch_embedding(x)  # [B, N, W]
         cls = self.class_embedding.expand(patches.shape[0], 1, -1)  # [B, 1, W]
         h = torch.cat([cls, patches], dim=1) + self.position_embedding.weight  # [B, N + 1, W]
@@ -120,15 +129,42 @@ class ImageEncoder(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    def __init__(self, clip: "CLIPModel"):
+    """A CLIP-layout text transformer (causal, pooled at the EOS token) and its projection."""
+
+    def __init__(self, text_model: nn.Module, projection: nn.Module | None = None):
+        """text_model + projection, or a whole CLIPModel (its text_model and text_projection)."""
         super().__init__()
-        self.text = clip.text_model
-        self.projection = clip.text_projection
+        if projection is None:
+            text_model, projection = text_model.text_model, text_model.text_projection
+        self.text = text_model
+        self.projection = projection
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         pooled = self.text(input_ids=input_ids.long()).pooler_output  # [B, L] int32 -> [B, width]
         embeds = self.projection(pooled)  # [B, D]
         return embeds / embeds.norm(p=2, dim=-1, keepdim=True)
+
+
+class PixelNormalize(nn.Module):
+    """uint8 [B, S, S, 3] -> float32 [B, 3, S, S] normalized, as explicit graph ops: for image towers whose first
+    layer is not a non-overlapping patch convolution (a ResNet stem pads its input, and zero padding of normalized
+    pixels is not zero padding of raw ones), so the normalization cannot be folded into the first layer's weights."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        m = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
+        s = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+        self.register_buffer("shift", (255.0 * m).float())  # [1, 3, 1, 1]: the mean in 0..255 units
+        self.register_buffer("scale", (1.0 / (255.0 * s)).float())  # [1, 3, 1, 1]
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        # Cast first: TensorRT accepts uint8 only at I/O and in Cast.
+        x = pixels.float().permute(0, 3, 1, 2)  # [B, S, S, 3] uint8 -> [B, 3, S, S] float32
+        return (x - self.shift) * self.scale
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(p=2, dim=-1, keepdim=True)
 
 
 def reference_image_embeds(clip: "CLIPModel", pixels_uint8: torch.Tensor, mean: Sequence[float],

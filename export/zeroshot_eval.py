@@ -3,7 +3,7 @@
     --eval DIR    DIR/labels.csv (file,label: 0-based line of classes.txt), DIR/classes.txt, optional
                   DIR/templates.txt (the first template is used; default "a photo of a {}.")
 
-Eager: transformers' get_image_features / get_text_features (wrappers.reference_*). Candidate: the ONNX files on
+Eager: the family's own model (families/base.Reference). Candidate: the ONNX files on
 ONNX Runtime. Both classify the same crops against the same class prompts; agreement = fraction of images whose
 top-1 class is the same. Accuracy against the labels is reported next to it (on random weights it is chance).
 """
@@ -13,11 +13,16 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from clip_rt.errors import InputError
+
+if TYPE_CHECKING:
+    from clip_rt.preprocess import PreprocessConfig
+
+    from .families.base import Reference
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -30,9 +35,13 @@ class LabeledSet:
     source: str
 
 
-def load_labeled(folder: str | Path, image_size: int, resize: int, limit: int = 200) -> LabeledSet:
-    """Up to `limit` labeled images (evenly spread over labels.csv), preprocessed by the runtime's CPU path."""
-    from clip_rt.preprocess import PreprocessConfig, prepare_batch
+def load_labeled(folder: str | Path, image_size: "int | PreprocessConfig", resize: int | None = None,
+                 limit: int = 200) -> LabeledSet:
+    """Up to `limit` labeled images (evenly spread over labels.csv), preprocessed by the runtime's CPU path as the
+    package's PreprocessConfig says (or CLIP's at image_size / resize)."""
+    from clip_rt.preprocess import prepare_batch
+
+    from .validate import as_preprocess
 
     folder = Path(folder)
     for name in ("labels.csv", "classes.txt"):
@@ -50,7 +59,7 @@ def load_labeled(folder: str | Path, image_size: int, resize: int, limit: int = 
         raise InputError(f"--eval {folder}: labels.csv is empty")
     if len(rows) > limit:
         rows = [rows[i] for i in np.linspace(0, len(rows) - 1, limit).round().astype(int)]
-    cfg = PreprocessConfig(image_size=image_size, resize=resize)
+    cfg = as_preprocess(image_size, resize)
     prepared = prepare_batch([str(folder / f) for f, _ in rows], cfg)
     keep = [(c, lab) for c, (_, lab) in zip(prepared, rows) if isinstance(c, np.ndarray)]
     if not keep:
@@ -62,17 +71,15 @@ def load_labeled(folder: str | Path, image_size: int, resize: int, limit: int = 
                       [template.format(c) for c in classes], f"{len(keep)} labeled images from {folder}")
 
 
-def eager_embeddings(clip: Any, data: LabeledSet, tokenize: Callable[[Sequence[str], bool], np.ndarray],
-                     mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """(image embeddings [N, D], class-prompt embeddings [C, D]) from eager fp32 transformers."""
+def eager_embeddings(ref: "Reference", data: LabeledSet,
+                     tokenize: Callable[[Sequence[str], bool], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(image embeddings [N, D], class-prompt embeddings [C, D]) from the family's own eager fp32 model."""
     import torch
 
-    from .wrappers import reference_image_embeds, reference_text_embeds
-
     with torch.inference_mode():
-        img = np.concatenate([reference_image_embeds(clip, torch.from_numpy(data.crops[i:i + 16]), mean, std).numpy()
+        img = np.concatenate([ref.image(torch.from_numpy(data.crops[i:i + 16])).float().numpy()
                               for i in range(0, len(data.crops), 16)])
-        txt = np.concatenate([reference_text_embeds(clip, torch.from_numpy(tokenize(data.prompts[i:i + 64], False))).numpy()
+        txt = np.concatenate([ref.text(torch.from_numpy(tokenize(data.prompts[i:i + 64], False))).float().numpy()
                               for i in range(0, len(data.prompts), 64)])
     return img, txt
 

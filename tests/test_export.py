@@ -69,7 +69,7 @@ def captions(data_dir: Path, n: int) -> list[str]:
 def test_manifest_records_everything(tiny_package: Path, tiny_source: Path) -> None:
     pkg = Package.open(tiny_package)
     m = pkg.manifest
-    assert m["format"] == "clip-rt-package" and m["format_version"] == 1
+    assert m["format"] == "clip-rt-package" and m["format_version"] == 2
     assert m["source"]["model"] == str(tiny_source.resolve()) and m["source"]["kind"] == "local"
     assert m["source"]["random_init"] is False and len(m["source"]["weights_sha256"]) == 64
     assert m["model"]["embed_dim"] == 32 and m["model"]["image_size"] == 64 and m["model"]["context_length"] == 77

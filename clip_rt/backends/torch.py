@@ -1,7 +1,8 @@
-"""Eager PyTorch backend: transformers' CLIPModel rebuilt from the package's source block.
+"""Eager PyTorch backend: the family's own model rebuilt from the package's source block (transformers' CLIPModel,
+SiglipModel or ChineseCLIPModel, or open_clip's model), its weights checked against the manifest's fingerprint.
 
-The reference that the exported artifacts are checked and benchmarked against, computing exactly
-transformers' math:
+The reference that the exported artifacts are checked and benchmarked against, computing exactly the family's
+math (export/families/<family>.py, its Reference), e.g. for CLIP:
 
     pixels uint8 [B, S, S, 3] -> (x / 255 - mean) / std, NCHW float32 -> get_image_features(...).pooler_output -> L2 norm
     input_ids int32 [B, L]    -> get_text_features(input_ids=ids.long()).pooler_output                   -> L2 norm
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 
 class TorchBackend:
-    """transformers CLIPModel, fp32, on CPU or one CUDA device."""
+    """The family's eager model, fp32, on CPU or one CUDA device."""
 
     name = "torch"
 
@@ -38,7 +39,7 @@ class TorchBackend:
         try:
             import torch
 
-            from ..export.load import load_source
+            from ..export.load import rebuild
         except ImportError as e:
             raise missing_dependency(e.name or "torch", "export", "the torch backend") from e
         if kind == "cuda" and not torch.cuda.is_available():
@@ -56,9 +57,11 @@ class TorchBackend:
         self._device = torch.device("cpu" if kind == "cpu" else f"cuda:{device_id}")
         self._contracts: dict[str, EncoderContract] = {e: package.contract(e) for e in ("image", "text")}
         cfg = PreprocessConfig.from_manifest(package.preprocess)
-        self._mean = torch.tensor(cfg.mean, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)  # [1, 3, 1, 1]
-        self._std = torch.tensor(cfg.std, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)  # [1, 3, 1, 1]
-        self.model = load_source(package.source).to(self._device).eval()
+        loaded = rebuild(package.source)  # ModelSourceError if the weights' fingerprint differs from the manifest's
+        loaded.model = loaded.model.to(self._device).eval()
+        self.family = loaded.family.name
+        self.model = loaded.model
+        self._reference = loaded.family.reference(loaded, cfg)
 
     def _normalize(self, x: Any) -> np.ndarray:
         x = x / x.norm(dim=-1, keepdim=True)  # [B, D]
@@ -70,23 +73,19 @@ class TorchBackend:
         pixels = self._contracts["image"].check_input(pixels)
         with torch.inference_mode():
             x = torch.from_numpy(pixels).to(self._device)  # [B, S, S, 3] uint8
-            x = x.permute(0, 3, 1, 2).float() / 255.0  # NHWC -> NCHW float32 in [0, 1]
-            x = (x - self._mean) / self._std  # [B, 3, S, S]
-            out = self.model.get_image_features(pixel_values=x).pooler_output  # [B, D]
-            return self._normalize(out)
+            return self._normalize(self._reference.image(x))  # [B, D]
 
     def encode_texts(self, input_ids: np.ndarray) -> np.ndarray:
         """int32 [B, L] token ids -> float32 [B, D], L2-normalized."""
         torch = self._torch
         input_ids = self._contracts["text"].check_input(input_ids)
         with torch.inference_mode():
-            ids = torch.from_numpy(input_ids).to(self._device).long()  # [B, L] int64
-            out = self.model.get_text_features(input_ids=ids).pooler_output  # [B, D]
-            return self._normalize(out)
+            ids = torch.from_numpy(input_ids).to(self._device)  # [B, L] int32
+            return self._normalize(self._reference.text(ids))  # [B, D]
 
     def describe(self) -> dict[str, Any]:
         torch = self._torch
-        return {"backend": self.name, "precision": self.precision, "device": str(self._device),
+        return {"backend": self.name, "precision": self.precision, "device": str(self._device), "family": self.family,
                 "torch": torch.__version__, "threads": torch.get_num_threads()}
 
     def close(self) -> None:
@@ -95,7 +94,7 @@ class TorchBackend:
 
 def open_backend(package: "Package", precision: str = "fp32", device: str = "cpu", threads: int | None = None,
                  **options: Any) -> TorchBackend:
-    """Eager transformers CLIPModel from package.source. `threads` calls torch.set_num_threads (process-global)."""
+    """The family's eager model from package.source. `threads` calls torch.set_num_threads (process-global)."""
     if options:
         raise InputError(f"the torch backend takes no option(s) {', '.join(sorted(options))}")
     return TorchBackend(package, precision, device, threads)

@@ -12,16 +12,24 @@ HELP = argparse.ArgumentDefaultsHelpFormatter
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", formatter_class=HELP, help="export a Hugging Face CLIP to a validated model package",
-                       description="Trace CLIP's image and text encoders to ONNX (preprocessing folded in), validate "
-                                   "every artifact against eager PyTorch and write a model package.")
-    p.add_argument("model", help="Hugging Face hub id (e.g. openai/clip-vit-base-patch32) or local HF folder")
+    p = sub.add_parser("export", formatter_class=HELP, help="export a CLIP-family model to a validated model package",
+                       description="Trace a model's image and text encoders to ONNX (preprocessing folded in where "
+                                   "exact), validate every artifact against the model's own eager PyTorch and write a "
+                                   "model package. Families: Hugging Face CLIPModel, SiglipModel (SigLIP, "
+                                   "fixed-resolution SigLIP 2) and ChineseCLIPModel (hub id or folder, told apart by "
+                                   "config.json), and open_clip models of any architecture (open_clip:ARCH).")
+    p.add_argument("model", help="Hugging Face hub id (e.g. openai/clip-vit-base-patch32, "
+                                 "google/siglip-base-patch16-224) or local HF folder, or open_clip:ARCH (e.g. "
+                                 "open_clip:ViT-B-32, open_clip:MobileCLIP2-S0)")
     p.add_argument("-o", "--output", required=True, help="package folder to write")
     p.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"],
                    help="precisions to build (fp32 is always built)")
     p.add_argument("--random-init", action=argparse.BooleanOptionalAction, default=False,
                    help="random weights from the folder's config.json (tests and benchmarks only)")
     p.add_argument("--seed", type=int, default=0, help="seed for --random-init")
+    p.add_argument("--pretrained", metavar="TAG_OR_FILE", default=None,
+                   help="open_clip:ARCH only: an open_clip pretrained tag (e.g. laion2b_s34b_b79k, downloaded) or a "
+                        "local checkpoint file, as open_clip.create_model takes it")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument("--eval-images", default=None, help="folder of real photos for validation (default: synthetic crops)")
@@ -60,7 +68,7 @@ def run_export(args: argparse.Namespace) -> int:
     quantize = _quantize_module()
     extra: dict[str, Any] = quantize.options_from_cli(args) if quantize is not None else {}
     options = ExportOptions(precisions=tuple(args.precision), random_init=args.random_init, seed=args.seed,
-                            revision=args.revision, opset=args.opset, eval_images=args.eval_images,
+                            revision=args.revision, pretrained=args.pretrained, opset=args.opset, eval_images=args.eval_images,
                             eval_texts=args.eval_texts, force=args.force, extra=extra)
     export_package(args.model, args.output, options)
     return 0
@@ -85,11 +93,17 @@ def format_info(pkg: Any) -> str:
     if src.get("random_init"):
         lines.append(f"             RANDOM WEIGHTS, seed {src.get('seed')}: for tests and benchmarks only")
     md = pkg.model
-    lines += [f"model        embed dim {md['embed_dim']}, image {md['image_size']}px (patch {md.get('patch_size')}), "
-              f"context {md['context_length']}, logit scale {md['logit_scale']:.4g}",
-              f"preprocess   resize shortest side to {pre['resize']} ({pre['interpolation']}), center crop {pre['image_size']}, "
-              f"mean {tuple(round(x, 4) for x in pre['mean'])}, std {tuple(round(x, 4) for x in pre['std'])}",
-              f"tokenizer    {', '.join(pkg.tokenizer_files)}",
+    resize = (f"resize shortest side to {pre['resize']} ({pre['interpolation']}), center crop {pre['image_size']}"
+              f"{' (offsets rounded half to even)' if pre.get('crop_rounding') == 'half_even' else ''}"
+              if pre.get("resize_mode", "shortest") == "shortest" else
+              f"resize to {pre['image_size']}x{pre['image_size']} ({pre['interpolation']}), no crop")
+    lines += [f"model        {pkg.family}: embed dim {md['embed_dim']}, image {md['image_size']}px (patch "
+              f"{md.get('patch_size')}), context {md['context_length']}",
+              f"scoring      {pkg.scoring.describe}",
+              f"preprocess   {resize}, mean {tuple(round(x, 4) for x in pre['mean'])}, "
+              f"std {tuple(round(x, 4) for x in pre['std'])}",
+              f"tokenizer    {', '.join(pkg.tokenizer_files)}; texts padded to "
+              f"{'the context length' if pkg.padding == 'max_length' else 'the longest of a batch'}",
               "", "artifacts"]
     header = ("file", "encoder", "precision", "backend", "opset", "MiB", "sha256", "min cos", "mean cos", "note")
     rows = [header]

@@ -102,8 +102,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", formatter_class=HELP, help="zero-shot classify images against labels",
                        description="Zero-shot classification: every image file (folders are walked recursively) "
                                    "is scored against the labels, prompted with the templates (prompt ensembling: "
-                                   "the mean of the normalized prompt embeddings). Scores are softmax probabilities "
-                                   "at the model's logit scale. Label embeddings are cached on disk "
+                                   "the mean of the normalized prompt embeddings). Scores follow the package's scoring "
+                                   "rule: softmax probabilities over the labels at the model's logit scale (CLIP), or "
+                                   "an independent sigmoid per label (SigLIP). Label embeddings are cached on disk "
                                    "($CLIP_RT_CACHE, default ~/.cache/clip-rt).")
     p.add_argument("package", help="model package folder")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders")
@@ -209,7 +210,12 @@ def run_score(args: argparse.Namespace) -> int:
     cos = float(model.similarity([args.image], [args.text])[0, 0])
     score = 100.0 * max(cos, 0.0)
     if args.json:
-        print(json.dumps({"file": args.image, "text": args.text, "clip_score": score, "cosine": cos}, ensure_ascii=False))
+        doc = {"file": args.image, "text": args.text, "clip_score": score, "cosine": cos}
+        if model.scoring.rule == "sigmoid":  # the model's own match probability, sigmoid(scale * cos + bias)
+            import numpy as np
+
+            doc["probability"] = float(model.scoring.probabilities(np.array([[cos]], np.float32))[0, 0])
+        print(json.dumps(doc, ensure_ascii=False))
     else:
         print(f"{score:.4f}")
     return 0
