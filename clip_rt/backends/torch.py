@@ -12,7 +12,8 @@ inference_mode hold no per-call state, so several threads may call at once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -58,7 +59,8 @@ class TorchBackend:
         cfg = PreprocessConfig.from_manifest(package.preprocess)
         self._mean = torch.tensor(cfg.mean, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)  # [1, 3, 1, 1]
         self._std = torch.tensor(cfg.std, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)  # [1, 3, 1, 1]
-        self.model = load_source(package.source).to(self._device).eval()
+        with _no_transformers_progress_bar():  # a runtime backend opening: no "Loading weights" bar on stderr
+            self.model = load_source(package.source).to(self._device).eval()
 
     def _normalize(self, x: Any) -> np.ndarray:
         x = x / x.norm(dim=-1, keepdim=True)  # [B, D]
@@ -99,3 +101,17 @@ def open_backend(package: "Package", precision: str = "fp32", device: str = "cpu
     if options:
         raise InputError(f"the torch backend takes no option(s) {', '.join(sorted(options))}")
     return TorchBackend(package, precision, device, threads)
+
+
+@contextmanager
+def _no_transformers_progress_bar() -> Iterator[None]:
+    """transformers' progress bars off inside the block, as they were after it (its switch is process-wide)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
