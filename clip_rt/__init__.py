@@ -42,3 +42,8 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'clip_rt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names (resolved lazily, so absent from globals() until first use) and the module's dunders."""
+    return sorted({*__all__, *(n for n in globals() if n.startswith("__"))})

@@ -19,14 +19,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import check_choice
+
 # Precision is one value, everywhere (CLI choices, manifest, artifact selection).
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 ENCODERS: tuple[str, ...] = ("image", "text")
 
 
 def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    """`precision` if it is one of PRECISIONS, else clip_rt.errors.InputError (a ValueError) naming them."""
+    check_choice(precision, "precision", PRECISIONS)
     return precision
 
 

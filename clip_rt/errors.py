@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 
 class ClipRtError(Exception):
     """Base class: the CLI prints these as one line (no traceback) and exits non-zero."""
@@ -59,9 +62,32 @@ def missing_dependency(module: str, extra: str, purpose: str) -> BackendUnavaila
                               f"install it with: pip install 'clip-rt[{extra}]'")
 
 
+def check_int(value: object, name: str, minimum: int = 1) -> None:
+    """InputError unless `value` is an int (numpy ints too, bools not) >= minimum. `name` is the parameter the
+    message names (the CLI checks its flags itself, so these messages speak to Python callers)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise InputError(f"{name} must be >= {minimum}, got {value}")
+
+
+def check_real(value: object, name: str, low: float, high: float) -> None:
+    """InputError unless `value` is a finite real number (not a bool) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise InputError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
+
+
+def check_choice(value: object, name: str, choices: tuple[str, ...]) -> None:
+    """InputError unless `value` is one of the strings `choices` (exactly: 'INT8' is not 'int8')."""
+    if not isinstance(value, str) or value not in choices:
+        hint = f" (they are lower case: {value.lower()!r})" if isinstance(value, str) and value.lower() in choices else ""
+        raise InputError(f"{name} must be one of {', '.join(choices)}{hint}, got {value!r}")
+
+
 def check_threads(threads: object) -> None:
     """InputError unless `threads` (a backend's thread count) is a positive int or None (the library's default)."""
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
         raise InputError(f"threads must be a positive int or None, got {threads!r}")
 
 

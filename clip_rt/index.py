@@ -89,6 +89,10 @@ class ImageIndex:
     def __len__(self) -> int:
         return len(self.files)
 
+    def __repr__(self) -> str:
+        return (f"ImageIndex({len(self)} images, dim {self.dim}, backend={self.info.get('backend')!r}, "
+                f"precision={self.info.get('precision')!r}, package={self.info.get('package')!r})")
+
     @property
     def dim(self) -> int:
         return int(self.embeddings.shape[1])

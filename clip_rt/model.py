@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, Union
 
 import numpy as np
 
-from .errors import BackendUnavailable, ImageError, InputError
+from .errors import BackendUnavailable, ImageError, InputError, check_int, check_threads
 from .package import Package
-from .preprocess import PreprocessConfig, iter_image_files, open_image, prepare_batch
+from .preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, iter_image_files, open_image, prepare_batch
 from .tokenizer import TextTruncatedWarning, Tokenizer, truncation_message
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class ClipModel:
         outs = [self.backend.encode_images(pixels[b]) for b in _batches(len(pixels), batch_size)]
         return np.concatenate(outs)  # [N, D]
 
-    def _prepared(self, sources: list[Any], batch_size: int, workers: int | None
+    def _prepared(self, sources: list[Any], batch_size: int, workers: int | None, max_pixels: int
                   ) -> Iterator[tuple[slice, list[np.ndarray | ImageError]]]:
         """Preprocessed batches in order; batch k+1 is decoded while the caller encodes batch k."""
         cfg = self.preprocess_config
@@ -93,25 +93,26 @@ class ClipModel:
         if not chunks:
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-rt-prefetch") as pool:
-            pending = pool.submit(prepare_batch, sources[chunks[0]], cfg, workers)
+            pending = pool.submit(prepare_batch, sources[chunks[0]], cfg, workers, max_pixels=max_pixels)
             for i, chunk in enumerate(chunks):
                 ready = pending.result()
                 if i + 1 < len(chunks):
-                    pending = pool.submit(prepare_batch, sources[chunks[i + 1]], cfg, workers)
+                    pending = pool.submit(prepare_batch, sources[chunks[i + 1]], cfg, workers, max_pixels=max_pixels)
                 yield chunk, ready
 
     def encode_images(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32,
-                      preprocess: str = "cpu", workers: int | None = None) -> np.ndarray:
+                      preprocess: str = "cpu", workers: int | None = None,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """Images -> float32 [N, D], L2-normalized, in input order.
 
         images: file paths, PIL images or uint8 arrays ([H, W], [H, W, 3] or [H, W, 4], any size), one or a
             list; a uint8 [B, S, S, 3] array at the model's size S is taken as already preprocessed.
         preprocess: "cpu" (Pillow, the reference) or "gpu" (the backend's own decode-and-resize path; only
             backends with encode_frames offer it, others raise BackendUnavailable).
+        max_pixels: larger images (width * height, from the header) are refused as decompression bombs.
         Raises ImageError naming the first file that cannot be read; use encode_image_files to skip bad files.
         """
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        check_int(batch_size, "batch_size")
         if preprocess == "gpu":
             return self._encode_frames(_as_list(images), batch_size)
         if preprocess != "cpu":
@@ -120,7 +121,7 @@ class ClipModel:
             return self._encode_pixels(images, batch_size)
         sources = _as_list(images)
         outs = []
-        for _, prepared in self._prepared(sources, batch_size, workers):
+        for _, prepared in self._prepared(sources, batch_size, workers, max_pixels):
             bad = [p for p in prepared if isinstance(p, ImageError)]
             if bad:
                 more = f" (and {len(bad) - 1} more in this batch)" if len(bad) > 1 else ""
@@ -148,21 +149,20 @@ class ClipModel:
         return np.concatenate(outs) if outs else self._empty()
 
     def encode_image_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 32, workers: int | None = None,
-                           recursive: bool = True, progress: Callable[[int, int], None] | None = None
-                           ) -> tuple[np.ndarray, list[str], list[ImageError]]:
+                           recursive: bool = True, progress: Callable[[int, int], None] | None = None,
+                           max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, list[str], list[ImageError]]:
         """Files and folders (walked recursively) -> (float32 [N, D], the N files embedded, per-file errors).
 
         A file that cannot be read is reported in the errors and skipped; the rest are still embedded.
-        progress(done, total) is called after each batch.
+        progress(done, total) is called after each batch. max_pixels: as in encode_images.
         """
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        check_int(batch_size, "batch_size")
         files, errors = iter_image_files([str(p) for p in paths], recursive=recursive)
         files = [str(f) for f in files]
         ok: list[str] = []
         outs = []
         done = 0
-        for chunk, prepared in self._prepared(files, batch_size, workers):
+        for chunk, prepared in self._prepared(files, batch_size, workers, max_pixels):
             good = []
             for f, p in zip(files[chunk], prepared):
                 if isinstance(p, ImageError):
@@ -178,16 +178,19 @@ class ClipModel:
         return (np.concatenate(outs) if outs else self._empty()), ok, list(errors)
 
     # -- texts -------------------------------------------------------------------------------------------
-    def encode_texts(self, texts: str | Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def encode_texts(self, texts: str | Sequence[str], batch_size: int = 64,
+                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Texts -> float32 [N, D], L2-normalized, in input order. Texts longer than the context are cut
-        (keeping the end-of-text token), as CLIP's tokenizer does, with one TextTruncatedWarning per call."""
-        out, cut = self.encode_texts_counted(texts, batch_size)
+        (keeping the end-of-text token), as CLIP's tokenizer does, with one TextTruncatedWarning per call.
+        progress(done, total) is called after each batch (clip_rt.progress.progress_callback makes a bar)."""
+        out, cut = self.encode_texts_counted(texts, batch_size, progress)
         if cut:
             warnings.warn(truncation_message(cut, len(out), self.tokenizer.context_length), TextTruncatedWarning,
                           stacklevel=2)
         return out
 
-    def encode_texts_counted(self, texts: str | Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, int]:
+    def encode_texts_counted(self, texts: str | Sequence[str], batch_size: int = 64,
+                             progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, int]:
         """encode_texts() without the warning: (float32 [N, D], how many texts were cut)."""
         if isinstance(texts, str):
             texts = [texts]
@@ -195,8 +198,7 @@ class ClipModel:
         bad = [t for t in texts if not isinstance(t, str)]
         if bad:
             raise InputError(f"encode_texts takes strings, got {type(bad[0]).__name__}: {bad[0]!r}")
-        if batch_size < 1:
-            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        check_int(batch_size, "batch_size")
         out = np.empty((len(texts), self.embed_dim), dtype=np.float32)  # [N, D]
         cut = 0
         for chunk in _batches(len(texts), TEXT_CHUNK):
@@ -212,6 +214,8 @@ class ClipModel:
                 rows = order[b]
                 batch = np.ascontiguousarray(ids[rows, : int(lengths[rows].max())])  # [b, l] int32
                 out[chunk.start + rows] = self.backend.encode_texts(batch)  # [b, D]
+                if progress is not None:
+                    progress(chunk.start + b.stop, len(texts))
         return out, cut
 
     # -- both ----------------------------------------------------------------------------------------------
@@ -256,6 +260,9 @@ def load(package: str | os.PathLike | Package, backend: str = "onnxruntime", pre
     from .contract import check_precision
 
     check_precision(precision)
+    if device is not None and not isinstance(device, str):
+        raise InputError(f"device must be 'cpu', 'cuda', 'cuda:N' or None, got {type(device).__name__} {device!r}")
+    check_threads(threads)
     pkg = package if isinstance(package, Package) else Package.open(Path(package))
     tokenizer = Tokenizer.from_package(pkg)
     cfg = PreprocessConfig.from_manifest(pkg.preprocess)

@@ -208,7 +208,7 @@ def _label(src: Any) -> str:
 
 def _bomb(label: str, what: str, max_pixels: int) -> ImageError:
     return ImageError(label, f"decompression bomb: {what} exceeds the limit of {max_pixels:,}; raise it with "
-                             f"max_pixels= (open_image/prepare/prepare_batch) if the file is trusted")
+                             f"max_pixels= (Python) or --max-pixels (clip-rt commands) if the file is trusted")
 
 
 def _load(img: Image.Image, label: str) -> Image.Image:

@@ -27,13 +27,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import ImageError, InputError
+from .errors import ImageError, InputError, check_int, check_real
 from .fsutil import atomic_write_bytes
 from .fsutil import cache_dir as default_cache_dir
+from .progress import progress_callback
 from .tokenizer import TextTruncatedWarning, truncation_message
 
 if TYPE_CHECKING:
@@ -44,6 +45,10 @@ log = logging.getLogger("clip_rt.zeroshot")
 CACHE_VERSION = 1  # bump when the way embeddings are computed changes: old cache files are then ignored
 MEMORY_ENTRIES = 16  # label matrices kept in this process (LRU)
 PROMPTS_PER_CHUNK = 8192  # prompts encoded per label chunk: bounds memory for any number of labels
+
+
+class LabelWarning(UserWarning):
+    """A label list that works but is probably not what was meant: repeated labels, or one label for predict()."""
 
 
 # -- templates and labels --------------------------------------------------------------------------------
@@ -67,13 +72,18 @@ def _lines(text: str) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
 
 
+def _read_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """_lines() of a UTF-8 file; a byte-order mark (Windows editors write one) is dropped, not kept in line 1."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read {what} {path}: {e}") from None
+    return _lines(text)
+
+
 def read_template_file(path: str | os.PathLike) -> list[str]:
     """One template per line, {} for the label; blank lines and lines starting with '#' are skipped."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read templates file {path}: {e}") from None
-    return _check_templates(_lines(text), f"templates file {path}")
+    return _check_templates(_read_lines(path, "templates file"), f"templates file {path}")
 
 
 def resolve_templates(spec: str | Sequence[str]) -> list[str]:
@@ -93,12 +103,20 @@ def resolve_templates(spec: str | Sequence[str]) -> list[str]:
 
 
 def read_labels_file(path: str | os.PathLike) -> list[str]:
-    """One label per line; blank lines are skipped (labels may contain commas)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read labels file {path}: {e}") from None
-    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+    """One label per line (labels may contain commas), UTF-8 with or without a byte-order mark; blank lines and
+    lines starting with '#' (comments, as in template files) are skipped."""
+    return _read_lines(path, "labels file")
+
+
+def _warn_repeated(labels: list[str]) -> None:
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    repeated = [f"{label!r} x{n}" for label, n in counts.items() if n > 1]
+    if repeated:
+        more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+        warnings.warn(f"repeated labels: {', '.join(repeated[:5])}{more}; each copy gets the same embedding, and "
+                      f"its probability is split between the copies", LabelWarning, stacklevel=3)
 
 
 # -- the cache -------------------------------------------------------------------------------------------
@@ -178,10 +196,14 @@ class ZeroShotClassifier:
     "imagenet"), a template file, one template with {} or a list of them. cache: use the memory and disk
     caches (False: always run the text encoder, write nothing). cache_dir: default $CLIP_RT_CACHE or
     ~/.cache/clip-rt. The label matrix is built (or read from the cache) here, in the constructor.
+    progress: True for a bar on stderr while the text encoder runs (shown only if it takes over a second: a
+    first run of 1,000 labels x 80 templates takes minutes), or a progress(done, total) callback over prompts.
+    Repeated labels are allowed (ImageNet's class list has some) and draw a LabelWarning.
     """
 
     def __init__(self, model: "ClipModel", labels: Sequence[str], templates: str | Sequence[str] = "simple",
-                 cache: bool = True, cache_dir: str | os.PathLike | None = None, text_batch_size: int = 64):
+                 cache: bool = True, cache_dir: str | os.PathLike | None = None, text_batch_size: int = 64,
+                 progress: bool | Callable[[int, int], None] = False):
         if isinstance(labels, str):
             raise InputError("labels must be a list of names, not one string")
         labels = [str(x).strip() for x in labels]
@@ -189,6 +211,8 @@ class ZeroShotClassifier:
             raise InputError("no labels given")
         if any(not x for x in labels):
             raise InputError("a label is empty")
+        check_int(text_batch_size, "text_batch_size")
+        _warn_repeated(labels)
         self.model = model
         self.labels = labels
         # A repeated label (ImageNet's class list repeats names) is encoded and scored once and copied, so that it
@@ -207,6 +231,7 @@ class ZeroShotClassifier:
         self.cache_path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.cache_file = self.cache_path / "text-embeddings" / f"{self.key}.npy"
         self.text_batch_size = text_batch_size
+        self.progress = progress_callback("text embeddings", "prompt") if progress is True else (progress or None)
         self.cache_status = ""  # "memory" | "disk" | "computed" | "uncached", after construction
         self.text_embeddings = self._label_matrix()  # [C, D] float32, rows L2-normalized
 
@@ -245,10 +270,13 @@ class ZeroShotClassifier:
         per_chunk = max(1, PROMPTS_PER_CHUNK // len(templates))
         out = np.empty((len(labels), self.model.embed_dim), dtype=np.float32)  # [C', D]
         cut = 0
+        total = len(labels) * len(templates)
         for start in range(0, len(labels), per_chunk):
             chunk = labels[start: start + per_chunk]
             prompts = [t.replace("{}", label) for t in templates for label in chunk]  # template-major
-            emb, n_cut = self.model.encode_texts_counted(prompts, batch_size=self.text_batch_size)  # [T * c, D]
+            emb, n_cut = self.model.encode_texts_counted(prompts, batch_size=self.text_batch_size,
+                                                         progress=self._offset_progress(start * len(templates), total))
+            # emb: [T * c, D]
             cut += n_cut
             mean = emb.reshape(len(templates), len(chunk), -1).mean(axis=0)  # [c, D]
             out[start: start + len(chunk)] = mean / np.linalg.norm(mean, axis=1, keepdims=True)
@@ -256,6 +284,13 @@ class ZeroShotClassifier:
             warnings.warn(truncation_message(cut, len(labels) * len(templates), self.model.tokenizer.context_length,
                                              "prompts"), TextTruncatedWarning, stacklevel=2)
         return out if len(labels) == len(self.labels) else out[self._column]  # [C, D]
+
+    def _offset_progress(self, offset: int, total: int) -> Callable[[int, int], None] | None:
+        """The progress callback for one label chunk: its prompts count from `offset` of all `total`."""
+        report = self.progress
+        if report is None:
+            return None
+        return lambda done, _: report(offset + done, total)
 
     # -- scoring ------------------------------------------------------------------------------------------
     def cosines(self, image_embeds: np.ndarray) -> np.ndarray:
@@ -282,9 +317,15 @@ class ZeroShotClassifier:
 
     def predict_embeddings(self, image_embeds: np.ndarray, top_k: int | None = 5) -> list[list[Prediction]]:
         """Normalized image embeddings [N, D] -> per image, the top_k labels with the package's scores (softmax
-        probabilities over the labels, or independent sigmoid probabilities)."""
-        if top_k is not None and top_k < 1:
-            raise InputError(f"top_k must be >= 1, got {top_k}")
+        probabilities over the labels, or independent sigmoid probabilities).
+        With a single softmax-scored label the probability is always 1.0 (LabelWarning): tag() scores one label by
+        cosine."""
+        if top_k is not None:
+            check_int(top_k, "top_k")
+        if len(self._distinct) == 1 and self.model.scoring.rule != "sigmoid":
+            warnings.warn(f"one label ({self.labels[0]!r}): its softmax probability is always 1.0; add labels to "
+                          f"compare against, or use tag() (the cosine similarity against a threshold)",
+                          LabelWarning, stacklevel=2)
         return self._top(self.model.scoring.probabilities(self.cosines(image_embeds)), top_k)
 
     def predict(self, images: "ImageInput | Sequence[ImageInput]", top_k: int | None = 5,
@@ -292,11 +333,14 @@ class ZeroShotClassifier:
         """Images (as ClipModel.encode_images takes them) -> per image, the top_k labels (None: all), best first,
         scored as the package's scoring rule says: softmax probability over all labels at the model's logit scale
         (CLIP), or sigmoid(logit_scale * cos + logit_bias) per label (SigLIP)."""
+        if top_k is not None:
+            check_int(top_k, "top_k")
         return self.predict_embeddings(self.model.encode_images(images, batch_size=batch_size), top_k)
 
     def tag_embeddings(self, image_embeds: np.ndarray, threshold: float) -> list[list[Prediction]]:
         """Per image, every label whose score is >= threshold, best first (possibly none): the cosine similarity
         for softmax-scored packages, the sigmoid probability for sigmoid-scored ones."""
+        check_real(threshold, "threshold (a cosine similarity or sigmoid probability)", -1.0, 1.0)
         scores = self.cosines(image_embeds)  # [N, C]
         if self.model.scoring.rule == "sigmoid":  # independent per label: the model's own probability
             scores = self.model.scoring.probabilities(scores)
@@ -308,12 +352,18 @@ class ZeroShotClassifier:
         For softmax-scored packages (CLIP) scores are raw cosines (not softmax, which forces labels to compete);
         matching image-caption pairs of OpenAI's ViT-B/32 typically score 0.25-0.35. For sigmoid-scored packages
         (SigLIP) scores are the model's own per-label probabilities, sigmoid(logit_scale * cos + logit_bias).
-        Tune the threshold per model and label set."""
+        Tune the threshold per model and label set. threshold: a finite number in [-1, 1], else InputError."""
+        check_real(threshold, "threshold (a cosine similarity or sigmoid probability)", -1.0, 1.0)
         return self.tag_embeddings(self.model.encode_images(images, batch_size=batch_size), threshold)
 
     def predict_files(self, paths: Sequence[str | os.PathLike], top_k: int | None = 5, batch_size: int = 32,
-                      progress: Any = None) -> tuple[list[tuple[str, list[Prediction]]], list[ImageError]]:
+                      progress: Any = None, **image_options: Any
+                      ) -> tuple[list[tuple[str, list[Prediction]]], list[ImageError]]:
         """Files and folders (walked recursively) -> ([(file, predictions)], [per-file errors]).
-        A file that cannot be read is reported and skipped."""
-        embeds, files, errors = self.model.encode_image_files(paths, batch_size=batch_size, progress=progress)
+        A file that cannot be read is reported and skipped. image_options: as ClipModel.encode_image_files
+        takes them (workers, max_pixels)."""
+        if top_k is not None:
+            check_int(top_k, "top_k")
+        embeds, files, errors = self.model.encode_image_files(paths, batch_size=batch_size, progress=progress,
+                                                              **image_options)
         return list(zip(files, self.predict_embeddings(embeds, top_k))), errors

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 from clip_rt import __version__
 from clip_rt.contract import TextTokens, check_precision, image_contract, text_contract
 from clip_rt.errors import PackageError, ValidationFailed
-from clip_rt.fsutil import sha256_file
+from clip_rt.fsutil import make_temp_dir, sha256_file
 from clip_rt.package import FORMAT, FORMAT_VERSION, MANIFEST, Artifact, write_manifest
 from clip_rt.preprocess import PreprocessConfig
 from clip_rt.tolerances import tolerance
@@ -240,7 +239,7 @@ def export_package(model: str | os.PathLike, out: str | os.PathLike, options: Ex
     if loaded.source["random_init"]:
         log(f"WARNING: RANDOM WEIGHTS (seed {options.seed}). This package is for tests and benchmarks only.")
     out.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    workdir = make_temp_dir(out.parent, prefix=f".{out.name}.")  # umask honoured (mkdtemp: 0700)
     try:
         family = loaded.family
         plan = family.write_tokenizer(loaded, workdir)

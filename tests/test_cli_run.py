@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -162,3 +163,179 @@ def test_command_errors_are_one_line(tmp_path, tiny_package, capsys):
     assert "not a built-in set" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["classify", str(tiny_package), "x.jpg"])  # --labels or --labels-file is required
+
+
+# -- what a new user hits (issue 19) ------------------------------------------------------------------------
+def one_line_error(err: str, *needles: str) -> None:
+    """`err` is one 'clip-rt CMD: error: ...' line (or argparse's usage + one error line) holding every needle."""
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert all(n in lines[0] for n in needles), (lines[0], needles)
+
+
+def test_labels_file_with_bom_and_comments(tiny_package, data_dir, tmp_path, cache, capsys):
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes("\ufeffairplane\n# transport\nship\ncat\n".encode("utf-8"))
+    image = labelled_images(data_dir, "cifar10")[0][0]
+    assert main(["classify", str(tiny_package), image, "--labels-file", str(labels), "--top-k", "5", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert sorted(x["label"] for x in doc["results"][0]["labels"]) == ["airplane", "cat", "ship"]
+
+
+def test_empty_inputs_are_errors(tiny_package, tmp_path, cache, capsys):
+    """A folder without image files is an error naming it (exit 2), not an empty success; nothing is written."""
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("not an image")
+    assert main(["classify", str(tiny_package), str(empty), "--labels", "a,b", "--json"]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    one_line_error(out.err, "no image files found under", str(empty))
+    assert main(["embed", str(tiny_package), "--images", str(empty), "-o", str(tmp_path / "e.npy")]) == 2
+    one_line_error(capsys.readouterr().err, "no image files found under", str(empty))
+    assert not (tmp_path / "e.npy").exists() and not (tmp_path / "e.files.json").exists()
+
+
+def test_repeated_labels_warn_and_one_label_is_refused(tiny_package, data_dir, cache, capsys):
+    image = labelled_images(data_dir, "cifar10")[0][0]
+    assert main(["classify", str(tiny_package), image, "--labels", "cat,cat,dog", "--json"]) == 0
+    out = capsys.readouterr()
+    assert len(json.loads(out.out)["results"][0]["labels"]) == 3
+    assert "clip-rt classify: warning: repeated labels: 'cat' x2" in out.err and out.err.count("\n") == 1
+    assert main(["classify", str(tiny_package), image, "--labels", "cat"]) == 2
+    one_line_error(capsys.readouterr().err, "one label", "always 1.000")
+    assert main(["classify", str(tiny_package), image, "--labels", "cat, cat"]) == 2
+    capsys.readouterr()
+
+
+@pytest.fixture
+def small_index(model, data_dir, tmp_path) -> tuple[Path, str]:
+    from clip_rt.index import ImageIndex
+
+    images = labelled_images(data_dir, "cifar10")[0][:4]
+    index, _ = ImageIndex.build(model, images)
+    return index.save(tmp_path / "idx"), images[0]
+
+
+def test_search_flags(small_index, capsys):
+    """--text-weight without both queries is refused (it used to be ignored); -v logs the model and the index."""
+    idx, image = small_index
+    for query in (["--image", image], ["--text", "a cat"]):
+        assert main(["search", str(idx), *query, "--text-weight", "0.3"]) == 2
+        one_line_error(capsys.readouterr().err, "--text-weight", "--text", "--image")
+    assert main(["search", str(idx), "--image", image, "--text", "a cat", "--text-weight", "0.3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["query"]["text_weight"] == 0.3
+    assert main(["search", str(idx), "--text", "a cat", "-v"]) == 0
+    err = capsys.readouterr().err
+    assert "model: {" in err and "index: " in err and "4 images" in err
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["classify", "{pkg}", "x.jpg", "--labels", "a,b", "--top-k", "0"], "--top-k"),
+    (["classify", "{pkg}", "x.jpg", "--labels", "a,b", "--batch-size", "0"], "--batch-size"),
+    (["classify", "{pkg}", "x.jpg", "--labels", "a,b", "--threads", "two"], "--threads"),
+    (["embed", "{pkg}", "--texts", "a", "-o", "t.npy", "--threads", "0"], "--threads"),
+    (["search", "{idx}", "--text", "a", "--top-k", "0"], "--top-k"),
+    (["search", "{idx}", "--text", "a", "--threads", "-1"], "--threads"),
+    (["search", "{idx}", "--text", "a", "--image", "{img}", "--text-weight", "1.5"], "--text-weight"),
+    (["bench", "{pkg}", "--threads", "0"], "--threads"),
+])
+def test_flag_errors_name_the_flag(argv, flag, tiny_package, small_index, capsys):
+    idx, image = small_index
+    argv = [a.format(pkg=tiny_package, idx=idx, img=image) for a in argv]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    one_line_error(capsys.readouterr().err, f"argument {flag}")
+
+
+def test_device_flag_combinations_name_the_flags(tiny_package, data_dir, cache, capsys):
+    image = labelled_images(data_dir, "cifar10")[0][0]
+    assert main(["classify", str(tiny_package), image, "--labels", "a,b", "--provider", "cuda"]) == 2
+    err = capsys.readouterr().err
+    one_line_error(err, "--provider cuda", "--device cuda")
+    assert "device=" not in err
+    assert main(["embed", str(tiny_package), "--texts", "a", "-o", "t.npy", "--backend", "tensorrt",
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    one_line_error(err, "--backend tensorrt", "--device cuda")
+    assert "device=" not in err
+
+
+def test_max_pixels_flag(tiny_package, data_dir, cache, capsys):
+    """The decompression-bomb reason names the flag that raises the limit, and the flag works."""
+    image = labelled_images(data_dir, "cifar10")[0][0]  # 32 x 32
+    assert main(["classify", str(tiny_package), image, "--labels", "a,b", "--max-pixels", "1000", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["results"] == [] and "--max-pixels" in doc["errors"][0]["error"]
+    assert main(["classify", str(tiny_package), image, "--labels", "a,b", "--max-pixels", "1024", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["results"]) == 1
+
+
+def test_help_shows_each_default_once():
+    """No '(default: None)', no Python tuples or lists, no second default after a help text that gives one."""
+    from clip_rt.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name, sub in commands.items():
+        text = " ".join(sub.format_help().split())  # argparse wraps lines; compare on single spaces
+        assert "(default: None)" not in text, name
+        assert "(default: (" not in text and "(default: [" not in text, name
+        for option_help in text.split(" --"):
+            assert option_help.count("default") <= 1 or "unset" in option_help, (name, option_help)
+    build_engine = " ".join(commands["build-engine"].format_help().split())
+    assert "comma-separated: image, text (default: image,text)" in build_engine
+    export = " ".join(commands["export"].format_help().split())
+    assert "(fp32 is always built) (default: fp32)" in export
+
+
+def test_embed_help_names_the_file_it_writes(tiny_package, data_dir, tmp_path, capsys):
+    from clip_rt.cli import build_parser
+
+    embed = build_parser()._subparsers._group_actions[0].choices["embed"]  # type: ignore[union-attr]
+    assert "(imgs.npy -> imgs.files.json)" in " ".join(embed.format_help().split())
+    images = labelled_images(data_dir, "cifar10")[0][:2]
+    assert main(["embed", str(tiny_package), "--images", *images, "-o", str(tmp_path / "imgs.npy")]) == 0
+    assert json.loads((tmp_path / "imgs.files.json").read_text()) == images
+
+
+def test_outputs_honour_the_umask(tiny_package, model, data_dir, tmp_path, cache, capsys):
+    """embed's .npy and .files.json, the text-embedding cache and an index get 0666 less the umask (they were
+    0600 whatever the umask), so a shared index or cache can be read by the group."""
+    from clip_rt.index import ImageIndex
+
+    images = labelled_images(data_dir, "cifar10")[0][:2]
+    old = os.umask(0o027)
+    try:
+        assert main(["embed", str(tiny_package), "--images", *images, "-o", str(tmp_path / "i.npy")]) == 0
+        assert main(["classify", str(tiny_package), *images, "--labels", "a,b"]) == 0
+        index, _ = ImageIndex.build(model, images)
+        written = [tmp_path / "i.npy", tmp_path / "i.files.json", *(cache / "text-embeddings").iterdir(),
+                   *index.save(tmp_path / "idx").iterdir()]
+        assert len(written) >= 6
+        assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o640)}
+        os.umask(0o002)
+        assert main(["embed", str(tiny_package), "--texts", "a", "-o", str(tmp_path / "t.npy")]) == 0
+        assert (tmp_path / "t.npy").stat().st_mode & 0o777 == 0o664
+    finally:
+        os.umask(old)
+    capsys.readouterr()
+
+
+def test_progress_on_stderr_only_when_asked_or_on_a_terminal(tiny_package, data_dir, cache, capsys, monkeypatch):
+    """--progress shows text-encoding progress on stderr and leaves --json stdout clean; without it (stderr not a
+    terminal here) nothing is shown."""
+    from clip_rt import progress
+
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)  # show at once (the default waits a second)
+    images = labelled_images(data_dir, "cifar10")[0][:3]
+    argv = ["classify", str(tiny_package), *images, "--labels", "cat,dog,ship", "--templates", "imagenet", "--json"]
+    assert main(argv + ["--progress"]) == 0
+    out = capsys.readouterr()
+    assert len(json.loads(out.out)["results"]) == 3
+    assert "text embeddings" in out.err and "240/240" in out.err
+    zeroshot.clear_memory_cache()
+    shutil.rmtree(cache)
+    assert main(argv) == 0
+    assert capsys.readouterr().err == ""

@@ -180,3 +180,53 @@ def test_no_silent_fallback(model, tiny_package):
         clip_rt.load(tiny_package, backend="tflite")
     with pytest.raises(PackageError, match="int8"):
         clip_rt.load(tiny_package, precision="int8")
+
+
+def test_dir_lists_the_public_names():
+    names = dir(clip_rt)
+    for name in ("load", "ClipModel", "ZeroShotClassifier", "ImageIndex", "Tokenizer", "Package", "__version__"):
+        assert name in names
+    assert "TYPE_CHECKING" not in names and "Any" not in names
+
+
+def test_bad_argument_types_raise_clip_rt_errors(model, tiny_package, photos):
+    """Every bad argument is a clip_rt.errors class (an InputError is also a ValueError), never a bare TypeError."""
+    from clip_rt.errors import InputError
+
+    with pytest.raises(InputError, match=r"precision must be one of fp32, fp16, int8 \(they are lower case: 'int8'\)"):
+        clip_rt.load(tiny_package, precision="INT8")
+    for threads in ("2", 0, 2.0, True):
+        with pytest.raises(InputError, match="threads"):
+            clip_rt.load(tiny_package, threads=threads)
+    with pytest.raises(InputError, match="device"):
+        clip_rt.load(tiny_package, device=0)
+    for batch_size in ("4", 0, 1.5):
+        with pytest.raises(InputError, match="batch_size"):
+            model.encode_texts(["a"], batch_size=batch_size)
+        with pytest.raises(InputError, match="batch_size"):
+            model.encode_images(photos[:1], batch_size=batch_size)
+        with pytest.raises(InputError, match="batch_size"):
+            model.encode_image_files(photos[:1], batch_size=batch_size)
+    assert model.encode_texts(["a", "b"], batch_size=np.int64(1)).shape == (2, model.embed_dim)
+
+
+def test_max_pixels_reaches_the_decoder(model, photos):
+    """encode_image_files/encode_images take max_pixels (the CLI's --max-pixels) and refuse larger images by name."""
+    w, h = Image.open(photos[0]).size
+    emb, files, errors = model.encode_image_files(photos[:2], max_pixels=w * h - 1)
+    assert photos[0] in [e.file for e in errors] and "max_pixels=" in errors[0].reason
+    assert "--max-pixels" in errors[0].reason
+    with pytest.raises(ImageError, match="decompression bomb"):
+        model.encode_images(photos[:1], max_pixels=w * h - 1)
+    assert model.encode_images(photos[:1], max_pixels=w * h).shape == (1, model.embed_dim)
+
+
+def test_torch_backend_prints_no_loading_bar(tiny_package, capfd):
+    pytest.importorskip("torch")
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()
+    capfd.readouterr()
+    clip_rt.load(tiny_package, backend="torch").encode_texts(["a dog"])
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # transformers' switch is restored

@@ -203,3 +203,60 @@ def test_bad_inputs(model, cache):
         ZeroShotClassifier(model, ["cat", "  "])
     with pytest.raises(InputError):
         ZeroShotClassifier(model, ["cat"]).predict(np.zeros((1, 64, 64, 3), np.uint8), top_k=0)
+
+
+def test_labels_and_templates_files_skip_bom_and_comments(tmp_path):
+    """A byte-order mark (Windows editors write one) is not part of the first label; '#' lines are comments in
+    labels files as in template files."""
+    f = tmp_path / "labels.txt"
+    f.write_bytes("\ufeffcat\n# animals below\n\n  small, fluffy dog \nship\n".encode("utf-8"))
+    assert zeroshot.read_labels_file(f) == ["cat", "small, fluffy dog", "ship"]
+    t = tmp_path / "templates.txt"
+    t.write_bytes("\ufeffa photo of a {}.\n# more\nthe {}.\n".encode("utf-8"))
+    assert resolve_templates(str(t)) == ["a photo of a {}.", "the {}."]
+    f.write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(InputError, match="cannot read labels file"):
+        zeroshot.read_labels_file(f)
+
+
+def test_repeated_and_single_labels_warn(model, cache, recwarn):
+    pixels = np.zeros((1, 64, 64, 3), np.uint8)
+    with pytest.warns(zeroshot.LabelWarning, match=r"repeated labels: 'cat' x2"):
+        clf = ZeroShotClassifier(model, ["cat", "dog", "cat"])
+    probs = {p.index: p.score for p in clf.predict(pixels, top_k=None)[0]}
+    assert probs[0] == probs[2]  # the copies share the probability mass
+    with pytest.warns(zeroshot.LabelWarning, match="always 1.0"):
+        preds = ZeroShotClassifier(model, ["cat"]).predict(pixels)
+    assert preds[0][0].score == pytest.approx(1.0)
+    recwarn.clear()
+    ZeroShotClassifier(model, ["cat", "dog"]).predict(pixels)
+    assert not [w for w in recwarn if issubclass(w.category, zeroshot.LabelWarning)]
+
+
+def test_threshold_and_top_k_are_checked(model, cache):
+    clf = ZeroShotClassifier(model, ["cat", "dog"])
+    pixels = np.zeros((1, 64, 64, 3), np.uint8)
+    for bad in (1.5, -1.01, float("nan"), float("inf"), "0.3", True, None):
+        with pytest.raises(InputError, match="threshold"):
+            clf.tag(pixels, threshold=bad)
+        with pytest.raises(InputError, match="threshold"):
+            clf.tag_embeddings(np.zeros((1, model.embed_dim), np.float32), threshold=bad)
+    assert len(clf.tag(pixels, threshold=-1)[0]) == 2 and clf.tag(pixels, threshold=1.0) == [[]]
+    for bad in ("3", 0, 2.0):
+        with pytest.raises(InputError, match="top_k"):
+            clf.predict(pixels, top_k=bad)
+    assert len(clf.predict(pixels, top_k=np.int64(1))[0]) == 1
+
+
+def test_progress_counts_every_prompt_once(model, cache, monkeypatch):
+    """The progress callback sees the prompts of all label chunks, in order, ending at labels x templates."""
+    monkeypatch.setattr(zeroshot, "PROMPTS_PER_CHUNK", 100)  # 300 labels x 2 templates: 12 chunks of 50 labels
+    seen: list[tuple[int, int]] = []
+    labels = [f"thing {i}" for i in range(300)]
+    ZeroShotClassifier(model, labels, templates=["a {}.", "the {}."], progress=lambda d, t: seen.append((d, t)),
+                       text_batch_size=32)
+    done = [d for d, _ in seen]
+    assert {t for _, t in seen} == {600} and done == sorted(done) and done[-1] == 600 and len(done) > 12
+    seen.clear()  # a cache hit runs no encoder and reports nothing
+    ZeroShotClassifier(model, labels, templates=["a {}.", "the {}."], progress=lambda d, t: seen.append((d, t)))
+    assert seen == []

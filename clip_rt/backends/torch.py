@@ -13,7 +13,8 @@ inference_mode hold no per-call state, so several threads may call at once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -57,7 +58,8 @@ class TorchBackend:
         self._device = torch.device("cpu" if kind == "cpu" else f"cuda:{device_id}")
         self._contracts: dict[str, EncoderContract] = {e: package.contract(e) for e in ("image", "text")}
         cfg = PreprocessConfig.from_manifest(package.preprocess)
-        loaded = rebuild(package.source)  # ModelSourceError if the weights' fingerprint differs from the manifest's
+        with _no_transformers_progress_bar():  # a runtime backend opening: no "Loading weights" bar on stderr
+            loaded = rebuild(package.source)  # ModelSourceError if the weights' fingerprint differs from the manifest's
         loaded.model = loaded.model.to(self._device).eval()
         self.family = loaded.family.name
         self.model = loaded.model
@@ -98,3 +100,17 @@ def open_backend(package: "Package", precision: str = "fp32", device: str = "cpu
     if options:
         raise InputError(f"the torch backend takes no option(s) {', '.join(sorted(options))}")
     return TorchBackend(package, precision, device, threads)
+
+
+@contextmanager
+def _no_transformers_progress_bar() -> Iterator[None]:
+    """transformers' progress bars off inside the block, as they were after it (its switch is process-wide)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()

@@ -17,13 +17,31 @@ from ..errors import ClipRtError
 COMMAND_MODULES = ("export", "run", "index", "validate", "engine", "bench")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown once: not after a help text that already says its default (or an unset one, None), and a
+    list default written as it is typed (image,text for a comma-separated flag, fp32 int8 for nargs='+'), not as
+    a Python tuple."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or "default:" in text or default is None or default is argparse.SUPPRESS
+                or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
+            return action.help
+        if isinstance(default, (list, tuple)):
+            sep = " " if action.nargs not in (None, argparse.OPTIONAL) else ","
+            written = (sep.join(str(x) for x in default) or "none").replace("%", "%%")
+            return f"{text} (default: {written})"
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     from .. import __version__
 
     parser = argparse.ArgumentParser(prog="clip-rt", description="Fast CLIP inference: export, run, search, benchmark.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"clip-rt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -34,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command group not present in this build
             raise
         module.register(sub)
+    for command in sub.choices.values():  # one help style for every command, whichever module made it
+        command.formatter_class = HelpFormatter
     return parser
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Callable
 
-HELP = argparse.ArgumentDefaultsHelpFormatter
+from .run import HELP, positive_int
 
 
 def _csv(cast: Callable[[str], object], choices: tuple[str, ...] | None = None) -> Callable[[str], tuple]:
@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="labeled image folder (labels.csv, classes.txt, like shared/data/caltech101): real crops for "
                         "parity, top-1 agreement, and the files and labels of end-to-end mode (skipped without it)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="intra-op threads per backend; unset: each library's default")
     p.add_argument("--iters", type=_iters, default="auto", metavar="N|auto",
                    help="timed calls per row; auto: as many as fit in --budget seconds, at least --min-iters, at "
@@ -88,10 +88,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                    help="peak RSS per row, from a fresh process per backend and precision")
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the result document here")
-    p.add_argument("--plot", default=None, metavar="OUT.png", help="write latency-vs-batch plots (needs matplotlib)")
+    p.add_argument("--plot", default=None, metavar="OUT.png",
+                   help="write latency-vs-batch plots (needs matplotlib: pip install 'clip-rt[bench]')")
     p.add_argument("--markdown", action=argparse.BooleanOptionalAction, default=False,
                    help="print the table as Markdown instead of aligned plain text")
     p.set_defaults(handler=run_bench_cli)
+
+
+def check_plot_dependency() -> None:
+    """--plot needs matplotlib: checked before minutes of measuring, not after them."""
+    from ..errors import missing_dependency
+
+    try:
+        import matplotlib  # noqa: F401  (pyplot itself is imported by the plot)
+    except ImportError:
+        raise missing_dependency("matplotlib", "bench", "the benchmark plot (--plot)") from None
 
 
 def run_bench_cli(args: argparse.Namespace) -> int:
@@ -99,6 +110,8 @@ def run_bench_cli(args: argparse.Namespace) -> int:
     from ..bench.report import markdown_table, plot, text_table
     from ..fsutil import atomic_write_json
 
+    if args.plot:
+        check_plot_dependency()
     cfg = BenchConfig(package=args.package, backends=args.backends, precisions=args.precisions,
                       batch_sizes=args.batch_sizes, text_lengths=args.text_lengths, modes=args.modes,
                       encoders=args.encoders, data=args.data, device=args.device, threads=args.threads,
@@ -106,10 +119,10 @@ def run_bench_cli(args: argparse.Namespace) -> int:
                       max_iters=args.max_iters, parity_items=args.parity_items, block_s=args.block_s,
                       settle_s=args.settle_s, memory=args.memory)
     doc = run_bench(cfg)
+    print(markdown_table(doc) if args.markdown else text_table(doc), flush=True)  # first: the files may fail
     if args.json_out:
         atomic_write_json(args.json_out, doc)
         print(f"wrote {args.json_out}", file=sys.stderr)
     if args.plot:
         print(f"wrote {plot(doc, args.plot)}", file=sys.stderr)
-    print(markdown_table(doc) if args.markdown else text_table(doc))
     return 0

@@ -63,14 +63,23 @@ def _quantize_module() -> Any:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..export.pipeline import ExportOptions, export_package
+    try:
+        from ..export.pipeline import ExportOptions, export_package
 
-    quantize = _quantize_module()
-    extra: dict[str, Any] = quantize.options_from_cli(args) if quantize is not None else {}
-    options = ExportOptions(precisions=tuple(args.precision), random_init=args.random_init, seed=args.seed,
-                            revision=args.revision, pretrained=args.pretrained, opset=args.opset, eval_images=args.eval_images,
-                            eval_texts=args.eval_texts, force=args.force, extra=extra)
-    export_package(args.model, args.output, options)
+        quantize = _quantize_module()
+        extra: dict[str, Any] = quantize.options_from_cli(args) if quantize is not None else {}
+        options = ExportOptions(precisions=tuple(args.precision), random_init=args.random_init, seed=args.seed,
+                                revision=args.revision, pretrained=args.pretrained,
+                                opset=args.opset, eval_images=args.eval_images,
+                                eval_texts=args.eval_texts, force=args.force, extra=extra)
+        export_package(args.model, args.output, options)
+    except ModuleNotFoundError as e:  # torch, transformers, onnx, ...: the export extra is not installed
+        from ..errors import missing_dependency
+
+        top = (e.name or "").split(".")[0]
+        if not top or top == "clip_rt":  # a module of clip-rt itself: a broken install, not a missing extra
+            raise
+        raise missing_dependency(top, "export", "clip-rt export") from e
     return 0
 
 

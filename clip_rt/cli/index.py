@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
-from .run import HELP, add_model_args, add_verbose_arg, load_model, print_table, report_errors, setup_logging
+from .run import (HELP, add_model_args, add_verbose_arg, load_model, log_model, positive_int, print_table,
+                  report_errors, setup_logging, unit_float)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,10 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("index", help="index folder (from clip-rt index)")
     p.add_argument("--text", default=None, help="query text")
     p.add_argument("--image", default=None, help="query image file")
-    p.add_argument("--text-weight", type=float, default=0.5, help="weight of the text when both are given")
-    p.add_argument("--top-k", type=int, default=10, help="results to show")
+    p.add_argument("--text-weight", type=unit_float, default=None,
+                   help="weight of the text when --text and --image are both given (default: 0.5)")
+    p.add_argument("--top-k", type=positive_int, default=10, help="results to show")
     p.add_argument("--package", default=None, help="model package (default: the one recorded in the index)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: the backend's choice)")
     p.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
                    help='print one JSON document: {"query": {...}, "results": [{"file", "score"}]}')
     add_verbose_arg(p)
@@ -56,6 +59,9 @@ def run_search(args: argparse.Namespace) -> int:
 
     if args.text is None and args.image is None:
         raise InputError("give --text, --image, or both")
+    if args.text_weight is not None and (args.text is None or args.image is None):
+        raise InputError("--text-weight mixes a --text query with an --image query; give both, or leave it out")
+    text_weight = 0.5 if args.text_weight is None else args.text_weight
     setup_logging(args.verbose)
     index = ImageIndex.load(args.index)
     if args.package:
@@ -63,10 +69,12 @@ def run_search(args: argparse.Namespace) -> int:
                      precision=index.info.get("precision") or "fp32", threads=args.threads)
     else:
         model = index.open_model(threads=args.threads)
-    hits = index.search(model, text=args.text, image=args.image, text_weight=args.text_weight, top_k=args.top_k)
+    log_model(model)
+    logging.getLogger("clip_rt.cli").info("index: %s (%d images, dim %d)", args.index, len(index), index.dim)
+    hits = index.search(model, text=args.text, image=args.image, text_weight=text_weight, top_k=args.top_k)
     if args.json:
         query = {"text": args.text, "image": args.image,
-                 "text_weight": args.text_weight if args.text is not None and args.image is not None else None}
+                 "text_weight": text_weight if args.text is not None and args.image is not None else None}
         print(json.dumps({"query": query, "results": [{"file": h.file, "score": h.score} for h in hits]},
                          ensure_ascii=False))
     else:
