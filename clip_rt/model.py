@@ -83,7 +83,7 @@ class ClipModel:
         outs = [self.backend.encode_images(pixels[b]) for b in _batches(len(pixels), batch_size)]
         return np.concatenate(outs)  # [N, D]
 
-    def _prepared(self, sources: list[Any], batch_size: int, workers: int | None
+    def _prepared(self, sources: list[Any], batch_size: int, workers: int | None, decode: str = "exact"
                   ) -> Iterator[tuple[slice, list[np.ndarray | ImageError]]]:
         """Preprocessed batches in order; batch k+1 is decoded while the caller encodes batch k."""
         cfg = self.preprocess_config
@@ -91,21 +91,23 @@ class ClipModel:
         if not chunks:
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-rt-prefetch") as pool:
-            pending = pool.submit(prepare_batch, sources[chunks[0]], cfg, workers)
+            pending = pool.submit(prepare_batch, sources[chunks[0]], cfg, workers, decode=decode)
             for i, chunk in enumerate(chunks):
                 ready = pending.result()
                 if i + 1 < len(chunks):
-                    pending = pool.submit(prepare_batch, sources[chunks[i + 1]], cfg, workers)
+                    pending = pool.submit(prepare_batch, sources[chunks[i + 1]], cfg, workers, decode=decode)
                 yield chunk, ready
 
     def encode_images(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32,
-                      preprocess: str = "cpu", workers: int | None = None) -> np.ndarray:
+                      preprocess: str = "cpu", workers: int | None = None, decode: str = "exact") -> np.ndarray:
         """Images -> float32 [N, D], L2-normalized, in input order.
 
         images: file paths, PIL images or uint8 arrays ([H, W], [H, W, 3] or [H, W, 4], any size), one or a
             list; a uint8 [B, S, S, 3] array at the model's size S is taken as already preprocessed.
         preprocess: "cpu" (Pillow, the reference) or "gpu" (the backend's own decode-and-resize path; only
             backends with encode_frames offer it, others raise BackendUnavailable).
+        decode: "exact" (full-size decode: the parity reference) or "fast" (JPEGs decoded at a reduced DCT scale
+            still >= the resize edge; see clip_rt.preprocess) for files, bytes and file objects.
         Raises ImageError naming the first file that cannot be read; use encode_image_files to skip bad files.
         """
         if batch_size < 1:
@@ -118,7 +120,7 @@ class ClipModel:
             return self._encode_pixels(images, batch_size)
         sources = _as_list(images)
         outs = []
-        for _, prepared in self._prepared(sources, batch_size, workers):
+        for _, prepared in self._prepared(sources, batch_size, workers, decode):
             bad = [p for p in prepared if isinstance(p, ImageError)]
             if bad:
                 more = f" (and {len(bad) - 1} more in this batch)" if len(bad) > 1 else ""
@@ -140,12 +142,12 @@ class ClipModel:
         return np.concatenate(outs) if outs else self._empty()
 
     def encode_image_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 32, workers: int | None = None,
-                           recursive: bool = True, progress: Callable[[int, int], None] | None = None
-                           ) -> tuple[np.ndarray, list[str], list[ImageError]]:
+                           recursive: bool = True, progress: Callable[[int, int], None] | None = None,
+                           decode: str = "exact") -> tuple[np.ndarray, list[str], list[ImageError]]:
         """Files and folders (walked recursively) -> (float32 [N, D], the N files embedded, per-file errors).
 
         A file that cannot be read is reported in the errors and skipped; the rest are still embedded.
-        progress(done, total) is called after each batch.
+        progress(done, total) is called after each batch. decode: as in encode_images ("exact" by default).
         """
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
@@ -154,7 +156,7 @@ class ClipModel:
         ok: list[str] = []
         outs = []
         done = 0
-        for chunk, prepared in self._prepared(files, batch_size, workers):
+        for chunk, prepared in self._prepared(files, batch_size, workers, decode):
             good = []
             for f, p in zip(files[chunk], prepared):
                 if isinstance(p, ImageError):

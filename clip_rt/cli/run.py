@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 HELP = argparse.ArgumentDefaultsHelpFormatter
 BACKEND_CHOICES = ("onnxruntime", "openvino", "tensorrt", "torch")  # the keys of clip_rt.backends.BACKENDS
+DECODES = ("fast", "exact")  # clip_rt.preprocess.DECODES, spelled out so that the CLI does not import Pillow to parse
 
 
 # -- shared by the run and index commands --------------------------------------------------------------
@@ -129,6 +130,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--images", nargs="+", metavar="PATH", help="image files and folders")
     what.add_argument("--texts", nargs="+", metavar="TEXT", help="texts")
     p.add_argument("-o", "--output", required=True, help="output .npy file")
+    p.add_argument("--decode", choices=DECODES, default="fast",
+                   help="JPEG decoding for --images: fast (DCT-scaled to the smallest size >= the model's resize "
+                        "edge) or exact (full size, the parity reference); see the README's search section")
     add_model_args(p)
     p.set_defaults(handler=run_embed)
 
@@ -192,7 +196,7 @@ def run_embed(args: argparse.Namespace) -> int:
     out = Path(args.output)
     errors: list = []
     if args.images:
-        emb, files, errors = model.encode_image_files(args.images, batch_size=args.batch_size)
+        emb, files, errors = model.encode_image_files(args.images, batch_size=args.batch_size, decode=args.decode)
         atomic_write_json(out.with_suffix(".files.json"), files)
     else:
         emb = model.encode_texts(args.texts)
