@@ -1,74 +1,165 @@
-"""`clip-rt index` (embed a folder into a retrieval index) and `clip-rt search` (query it)."""
+"""`clip-rt index` (build or update an image index or a text pool) and `clip-rt search` (query one)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
+from typing import Any, Callable
 
-from .run import HELP, add_model_args, add_verbose_arg, load_model, print_table, report_errors, setup_logging
+from .run import DECODES, HELP, add_model_args, add_verbose_arg, load_model, print_table, report_errors, setup_logging
+
+
+def progress_printer(label: str = "embedded", unit: str = "images") -> Callable[[int, int], None]:
+    """A progress(done, total) callback: a tqdm bar on stderr if tqdm is installed, else count lines on stderr."""
+    try:
+        from tqdm import tqdm  # type: ignore[import-untyped]
+    except ImportError:
+        state = {"last": 0.0}
+
+        def count(done: int, total: int) -> None:
+            now = time.monotonic()
+            if done == total or now - state["last"] >= 2.0:
+                state["last"] = now
+                print(f"{label} {done}/{total} {unit}", file=sys.stderr, flush=True)
+        return count
+    bar: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, unit=unit[:3], desc=label, file=sys.stderr)
+        bar["bar"].update(done - bar["bar"].n)
+        if done >= total:
+            bar["bar"].close()
+    return update
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("index", formatter_class=HELP, help="embed image files into a searchable index",
-                       description="Embed every image under the given files and folders (walked recursively) and "
-                                   "save an index folder (embeddings.npy, files.json, header.json). Unreadable "
+    from ..search.plan import INDEX_TYPES
+
+    p = sub.add_parser("index", formatter_class=HELP, help="build or update a searchable index of images or texts",
+                       description="Embed every image under the given files and folders (walked recursively) into an "
+                                   "index folder (SQLite item table, vectors file, FAISS engine above "
+                                   "~65k vectors), or every line of --texts FILE into a text pool. Run it again with "
+                                   "--update to embed only new and changed files and drop vanished ones. Unreadable "
                                    "files are reported on stderr and left out; the exit code is then 1.")
-    p.add_argument("package", help="model package folder")
-    p.add_argument("paths", nargs="+", metavar="DIR", help="image folders (or files)")
-    p.add_argument("-o", "--output", required=True, help="index folder to write")
+    p.add_argument("package", nargs="?", help="model package folder (not needed with --remove or --convert)")
+    p.add_argument("paths", nargs="*", metavar="DIR", help="image folders (or files)")
+    p.add_argument("-o", "--output", help="index folder to write (new or empty, or an index with --update)")
+    p.add_argument("--texts", metavar="FILE", default=None,
+                   help="build a text pool from FILE (one text per line, or a CSV/TSV caption/text/label column)")
+    p.add_argument("--update", action=argparse.BooleanOptionalAction, default=False,
+                   help="update the index at -o (created if absent): embed only new and changed items")
+    p.add_argument("--remove", nargs="+", metavar="PATH", default=None,
+                   help="drop these files (or every file under these folders, or these texts) from the index at -o")
+    p.add_argument("--convert", metavar="OLD", default=None,
+                   help="convert a clip-rt 0.1 index folder (header.json, embeddings.npy) in place; no re-embedding")
+    p.add_argument("--decode", choices=DECODES, default=None,
+                   help="JPEG decoding: fast (DCT-scaled to the smallest size >= the model's resize edge, ~10x "
+                        "faster on phone photos) or exact (full size, the parity reference). Default: fast for a new "
+                        "index, the recorded choice for --update")
+    p.add_argument("--index-type", choices=INDEX_TYPES, default=None,
+                   help="vector engine: auto (exact below ~65k x 512 vectors, else IVF-PQ sized to the memory "
+                        "budget), flat (always exact), ivfpq, hnsw. Default: auto, or the recorded choice")
+    p.add_argument("--memory-budget", default=None, metavar="SIZE",
+                   help="memory the approximate engine may keep resident, e.g. 512M, 2G. Default: 1G, or the "
+                        "recorded choice")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="progress on stderr (a tqdm bar if tqdm is installed, else counts)")
     add_model_args(p)
     p.set_defaults(handler=run_index)
 
-    p = sub.add_parser("search", formatter_class=HELP, help="search an index by text and/or image",
-                       description="Exact cosine-similarity search. The query is a text, an image, or both mixed as "
-                                   "normalize(w * text + (1 - w) * image) with w = --text-weight. The model is the "
-                                   "package recorded in the index header unless --package is given.")
+    p = sub.add_parser("search", formatter_class=HELP, help="search an index or a text pool by text and/or image",
+                       description="Cosine-similarity search (exact, or FAISS candidates reranked exactly). The query "
+                                   "is a text, an image, or both mixed as normalize(w * text + (1 - w) * image) with "
+                                   "w = --text-weight. The model is the package recorded in the index unless "
+                                   "--package is given.")
     p.add_argument("index", help="index folder (from clip-rt index)")
     p.add_argument("--text", default=None, help="query text")
     p.add_argument("--image", default=None, help="query image file")
     p.add_argument("--text-weight", type=float, default=0.5, help="weight of the text when both are given")
     p.add_argument("--top-k", type=int, default=10, help="results to show")
     p.add_argument("--package", default=None, help="model package (default: the one recorded in the index)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the backend's choice)")
     p.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
-                   help='print one JSON document: {"query": {...}, "results": [{"file", "score"}]}')
+                   help='print one JSON document: {"query": {...}, "results": [{"item", "file", "score"}]}')
     add_verbose_arg(p)
     p.set_defaults(handler=run_search)
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from ..index import ImageIndex
+    from pathlib import Path
 
+    from ..errors import InputError
+    from ..search.maintain import stderr_progress
+
+    setup_logging(args.verbose)
+    say = stderr_progress("clip-rt index") if args.progress else None
+    if args.convert is not None:
+        from ..search.legacy import convert
+
+        index = convert(args.convert, package=args.package)
+        print(f"converted {args.convert}: {len(index)} image(s), engine {index.engine.kind}", flush=True)
+        return 0
+    if args.output is None:
+        raise InputError("name the index folder with -o")
+    if args.remove is not None:
+        from ..search.update import remove_items
+
+        extra = [x for x in (args.package, *args.paths) if x]
+        report = remove_items(args.output, [*args.remove, *extra], log=say)
+        print(f"removed {report.removed} item(s) from {args.output}; engine: {report.engine}", flush=True)
+        return 0
+    if args.package is None or (not args.paths and args.texts is None):
+        raise InputError("give the model package and at least one image folder (or --texts FILE)")
+    if args.paths and args.texts is not None:
+        raise InputError("give image folders or --texts FILE, not both (a text pool and an image index are "
+                         "separate indexes)")
+    out = Path(args.output)
+    if not args.update and out.exists() and any(out.iterdir()):
+        from ..search.maintain import check_output_folder
+
+        check_output_folder(out)  # a folder of other files: refused with its own message
+        raise InputError(f"{out} already holds an index; refresh it with --update, or choose a new folder for -o")
     model = load_model(args)
-    index, errors = ImageIndex.build(model, args.paths, batch_size=args.batch_size, progress=args.progress)
-    index.save(args.output)
-    print(f"indexed {len(index)} image(s) into {args.output}", flush=True)
-    report_errors(errors, len(index) + len(errors))
-    return 1 if errors else 0
+    bar = progress_printer(unit="texts" if args.texts else "images") if args.progress else None
+    if args.texts is not None:
+        from ..search.texts import update_texts
+
+        index, report = update_texts(out, model, args.texts, index_type=args.index_type,
+                                     memory_budget=args.memory_budget, progress=bar, log=say)
+        print(f"indexed {len(index)} text(s) into {out} ({report.summary()})", flush=True)
+        return 0
+    from ..search.update import update_images
+
+    index, report = update_images(out, model, args.paths, decode=args.decode, index_type=args.index_type,
+                                  memory_budget=args.memory_budget, batch_size=args.batch_size, progress=bar, log=say)
+    print(f"indexed {len(index)} image(s) into {out} ({report.summary()})", flush=True)
+    report_errors(report.errors, len(index) + len(report.errors))
+    return 1 if report.errors else 0
 
 
 def run_search(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..index import ImageIndex
-    from ..model import load
+    from ..search import Index
 
     if args.text is None and args.image is None:
         raise InputError("give --text, --image, or both")
+    if args.top_k < 1:
+        raise InputError(f"--top-k must be >= 1, got {args.top_k}")
+    if not 0.0 <= args.text_weight <= 1.0:
+        raise InputError(f"--text-weight must be in [0, 1], got {args.text_weight}")
     setup_logging(args.verbose)
-    index = ImageIndex.load(args.index)
-    if args.package:
-        model = load(args.package, backend=index.info.get("backend") or "onnxruntime",
-                     precision=index.info.get("precision") or "fp32", threads=args.threads)
-    else:
-        model = index.open_model(threads=args.threads)
+    index = Index.open(args.index)
+    model = index.open_model(args.package, threads=args.threads)
     hits = index.search(model, text=args.text, image=args.image, text_weight=args.text_weight, top_k=args.top_k)
     if args.json:
         query = {"text": args.text, "image": args.image,
                  "text_weight": args.text_weight if args.text is not None and args.image is not None else None}
-        print(json.dumps({"query": query, "results": [{"file": h.file, "score": h.score} for h in hits]},
+        key = "file" if index.kind == "images" else "text"
+        print(json.dumps({"query": query, "results": [{"item": h.item, key: h.item, "score": h.score} for h in hits]},
                          ensure_ascii=False))
     else:
-        print_table([[f"{h.score:.4f}", h.file] for h in hits], ["cosine", "file"])
+        print_table([[f"{h.score:.4f}", h.item] for h in hits], ["cosine", "file" if index.kind == "images" else "text"])
     return 0
