@@ -81,13 +81,13 @@ def model_meta(model: "ClipModel", kind: str) -> dict[str, Any]:
 
 def open_for_update(root: Path, model: "ClipModel", kind: str, extra: dict[str, Any]) -> Store:
     """The index at `root` opened for writing (created when absent), refusing another kind or another model."""
+    from .legacy import is_legacy
+
+    if is_legacy(root):
+        raise IndexFileError(f"{root} is a clip-rt 0.1 index folder; convert it first with: "
+                             f"clip-rt index --convert {root}")
     check_output_folder(root)
     if not (root / DB).is_file():
-        from .legacy import is_legacy
-
-        if is_legacy(root):
-            raise IndexFileError(f"{root} is a clip-rt 0.1 index folder; convert it first with: "
-                                 f"clip-rt index --convert {root}")
         return Store.create(root, {**model_meta(model, kind), **extra})
     store = Store.open(root, writable=True)
     if store.meta.get("kind") != kind:
