@@ -203,6 +203,16 @@ def _check_after_crash(root: Path, model, folder: Path, full: Index) -> None:
     same_index(again, full)
 
 
+def test_approximate_image_index_is_tuned_with_text_queries_too(crash_setup):
+    from clip_rt.search.tune import tuning_texts
+
+    work, *_ = crash_setup
+    meta = Index.open(work / "base").engine.meta
+    assert meta["tuning_text_queries"] == len(tuning_texts()) >= 100
+    assert min(meta["recall_at_10"], meta["recall_at_10_text"]) >= meta["target_recall"]
+    assert all(len(t["recall"]) == 2 for t in meta["tried"])  # every setting measured on both query sets
+
+
 @pytest.mark.parametrize("method,n,when", CRASH_POINTS)
 def test_update_killed_at_each_commit_step(crash_setup, tiny_package, method, n, when):
     work, folder, model, full = crash_setup

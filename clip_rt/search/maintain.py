@@ -102,9 +102,11 @@ def open_for_update(root: Path, model: "ClipModel", kind: str, extra: dict[str, 
 
 
 def refresh_engine(store: Store, index_type: str | None = None, memory_budget: int | None = None,
-                   progress: Callable[[str], None] | None = None, seed: int = 0) -> str:
+                   progress: Callable[[str], None] | None = None, seed: int = 0,
+                   text_queries: Callable[[], np.ndarray] | None = None) -> str:
     """Bring the engine in line with the item table; returns what was done. Compacts the vectors file first when
-    most of its rows are dead. index_type / memory_budget: new choices (recorded), else the recorded ones."""
+    most of its rows are dead. index_type / memory_budget: new choices (recorded), else the recorded ones.
+    text_queries: called for the text query embeddings [m, D] that tuning must also satisfy (clip_rt.search.tune)."""
     request = dict(store.meta.get("engine_request") or {"index_type": "auto", "memory_budget": None})
     changed_request = False
     for key, value in (("index_type", index_type), ("memory_budget", memory_budget)):
@@ -140,7 +142,8 @@ def refresh_engine(store: Store, index_type: str | None = None, memory_budget: i
         if churn > RETUNE_CHANGE * int(engine.meta.get("tuned_n", built_n)):
             live = np.zeros(len(vectors), dtype=bool)  # [rows]
             live[live_ids] = True
-            engine.meta.update(tune(engine, vectors, live, pick_queries(live_ids, seed), TARGET_RECALL))
+            engine.meta.update(tune(engine, vectors, live, pick_queries(live_ids, seed), TARGET_RECALL,
+                                    text_queries() if text_queries else None))
             engine.meta.update({"tuned_n": n, "churn": 0})
             what += f", re-tuned: recall@10 {engine.meta['recall_at_10']:.3f}"
         _save(store, engine)
@@ -154,7 +157,7 @@ def refresh_engine(store: Store, index_type: str | None = None, memory_budget: i
     engine = FaissEngine.build(want, vectors, live_ids, exclude=queries, seed=seed, progress=progress)
     if progress:
         progress(f"tuning the search depth on {len(queries)} held-back queries")
-    engine.meta.update(tune(engine, vectors, live, queries, TARGET_RECALL))
+    engine.meta.update(tune(engine, vectors, live, queries, TARGET_RECALL, text_queries() if text_queries else None))
     engine.meta.update({"total_s": round(time.perf_counter() - t0, 2), "tuned_n": n, "churn": 0})
     _save(store, engine)
     return (f"{want.factory} built in {engine.meta['total_s']:.0f} s, recall@10 {engine.meta['recall_at_10']:.3f} "
@@ -163,10 +166,12 @@ def refresh_engine(store: Store, index_type: str | None = None, memory_budget: i
 
 def import_vectors(path: str | os.PathLike, items: list[str], vectors: np.ndarray, header: dict[str, Any], *,
                    index_type: str | None = None, memory_budget: int | None = None,
-                   progress: Callable[[str], None] | None = None) -> UpdateReport:
+                   progress: Callable[[str], None] | None = None,
+                   text_queries: np.ndarray | None = None) -> UpdateReport:
     """A new index of ready-made embeddings [N, D] (normalized here) for `items`, e.g. `clip-rt embed` output or
     the scale bench's vectors. header: kind ("images"/"texts"), and what made them (package, backend, precision,
-    keys) if a model is to query it; an index without keys is searched with search_vector only."""
+    keys) if a model is to query it; an index without keys is searched with search_vector only. text_queries: as
+    update_images tunes an image index with (the model's embeddings of tune.tuning_texts())."""
     root = Path(path)
     check_output_folder(root)
     if (root / DB).is_file():
@@ -183,7 +188,8 @@ def import_vectors(path: str | os.PathLike, items: list[str], vectors: np.ndarra
             part = part / np.linalg.norm(part, axis=1, keepdims=True)  # [n, D]
             store.commit([Item(x, "", "imported") for x in items[start:start + step]], part)
         report = UpdateReport(added=len(items))
-        report.engine = refresh_engine(store, index_type, memory_budget, progress)
+        report.engine = refresh_engine(store, index_type, memory_budget, progress,
+                                       text_queries=None if text_queries is None else lambda: text_queries)
     finally:
         store.close()
     return report

@@ -2,6 +2,9 @@
 
 The queries are indexed vectors held back from training (FaissEngine.build leaves them out of the k-means and
 PQ sample); each query's own row is excluded from both result lists, so recall is measured on its other neighbours.
+An image index built with a model is also tuned with text queries (queries.txt: everyday photo searches, embedded
+with the index's text encoder): text embeddings sit apart from image embeddings (CLIP's modality gap), so their
+neighbours can need deeper probing than an image's. A setting must reach the target on both sets.
 For every nprobe (1, 2, 4, ... nlist) one candidate search at the deepest rerank depth gives the recall of each
 shallower depth too (its prefix). The cheapest (nprobe, k_factor) whose recall reaches the target wins, cost being
 the codes scanned plus the vectors gathered for reranking; if none does, the most accurate one, and the header says
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,17 +42,8 @@ def pick_queries(live_ids: np.ndarray, seed: int = 0) -> np.ndarray:
 def exact_neighbours(vectors: np.ndarray, live: np.ndarray, query_ids: np.ndarray, k: int = K) -> np.ndarray:
     """Exact top-k vector ids [nq, k] of each query row among the live rows other than itself."""
     queries = np.ascontiguousarray(vectors[query_ids], dtype=np.float32)  # [nq, D]
-    best_s = np.full((len(query_ids), k), -np.inf, np.float32)
-    best_i = np.full((len(query_ids), k), -1, np.int64)
-    chunk = 65536
-    for start in range(0, vectors.shape[0], chunk):
-        stop = min(start + chunk, vectors.shape[0])
-        s = queries @ np.asarray(vectors[start:stop]).T  # [nq, chunk]
-        s[:, ~live[start:stop]] = -np.inf
-        ids = np.broadcast_to(np.arange(start, stop, dtype=np.int64), s.shape)
-        s = np.where(ids == query_ids[:, None], -np.inf, s)  # not itself
-        best_s, best_i = top_k(np.concatenate([best_s, s], 1), np.concatenate([best_i, ids], 1), k)
-    return best_i
+    top = exact_top(vectors, live, queries, k + 1)  # [nq, k + 1]: itself is among them (a score of 1)
+    return np.array([[i for i in row if i != q][:k] for row, q in zip(top, query_ids)], dtype=np.int64)
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -58,15 +53,25 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(hits)) if hits else 1.0
 
 
+def tuning_texts() -> list[str]:
+    """The text queries an image index is tuned with (queries.txt)."""
+    text = (resources.files("clip_rt.search") / "queries.txt").read_text(encoding="utf-8")
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
 def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids: np.ndarray,
-         target: float) -> dict[str, Any]:
-    """Set the engine's search parameters for `target` recall@10 and return what was measured (for the header)."""
+         target: float, text_queries: np.ndarray | None = None) -> dict[str, Any]:
+    """Set the engine's search parameters for `target` recall@10 on the held-back items (and on `text_queries`
+    [m, D], if given) and return what was measured (for the header)."""
     t0 = time.perf_counter()
     truth = exact_neighbours(vectors, live, query_ids)
     queries = np.ascontiguousarray(vectors[query_ids], dtype=np.float32)
-    not_self = live.copy()
+    sets = [(queries, truth, query_ids)]
+    if text_queries is not None and len(text_queries):
+        tq = np.ascontiguousarray(text_queries, dtype=np.float32)
+        sets.append((tq, exact_top(vectors, live, tq), np.full(len(tq), -1, np.int64)))
     dim = vectors.shape[1]
-    results = []  # (cost, recall, setting)
+    results = []  # (cost, min recall over the sets, setting, recall per set)
     if engine.kind == "ivfpq":
         nlist, code_bytes = int(engine.index.nlist), int(engine.meta["factory"].split("PQ")[1].split("x")[0]) // 2
         n = len(engine.ids)
@@ -74,34 +79,51 @@ def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids
         deepest = K * (K_FACTORS[-1] + 1)  # + 1: the query's own row takes a candidate slot
         for nprobe in settings:
             engine.configure(nprobe)
-            cand = engine.candidates(queries, deepest)  # [nq, deepest]
+            cands = [engine.candidates(q, deepest) for q, _, _ in sets]  # [nq, deepest] per set
             for kf in K_FACTORS:
-                found = _without_self(queries, cand[:, :K * kf + 1], vectors, not_self, query_ids)
-                r = recall(found, truth)
+                rs = [recall(_without_self(q, c[:, :K * kf + 1], vectors, live, own), t)
+                      for (q, t, own), c in zip(sets, cands)]
                 cost = nprobe / nlist * n * code_bytes + GATHER_COST * K * kf * 4 * dim
-                results.append((cost, r, {"nprobe": nprobe, "k_factor": kf}))
-            if max(r for _, r, s in results if s["nprobe"] == nprobe) >= 0.999:
+                results.append((cost, min(rs), {"nprobe": nprobe, "k_factor": kf}, rs))
+            if min(r for _, r, s, _ in results if s["nprobe"] == nprobe) >= 0.999:
                 break  # deeper probing cannot do better
     else:  # hnsw
         for ef in EF_SEARCH:
             engine.configure(1, ef)
-            cand = engine.candidates(queries, max(ef, K * 4 + 1))
-            found = _without_self(queries, cand, vectors, not_self, query_ids)
-            results.append((ef, recall(found, truth), {"ef_search": ef, "k_factor": max(ef, K * 4 + 1) // K}))
+            depth = max(ef, K * 4 + 1)
+            rs = [recall(_without_self(q, engine.candidates(q, depth), vectors, live, own), t) for q, t, own in sets]
+            results.append((ef, min(rs), {"ef_search": ef, "k_factor": depth // K}, rs))
     good = [x for x in results if x[1] >= target]
-    cost, reached, setting = min(good, key=lambda x: x[0]) if good else max(results, key=lambda x: (x[1], -x[0]))
+    cost, reached, setting, per_set = (min(good, key=lambda x: x[0]) if good
+                                       else max(results, key=lambda x: (x[1], -x[0])))
     if not good:
         log.warning("search: tuning reached recall@10 %.3f, below the target %.2f: the memory budget leaves too "
                     "coarse codes; raise --memory-budget", reached, target)
     engine.meta.update(setting)
     engine.configure(int(engine.meta.get("nprobe", 1)), int(engine.meta.get("ef_search", 64)))
-    tried = [{"recall": round(r, 4), **s} for _, r, s in results]
-    return {"recall_at_10": round(reached, 4), "target_recall": target, "tuning_queries": int(len(query_ids)),
-            "tuning_method": "indexed vectors held back from training; each query's own row excluded",
-            "tuning_s": round(time.perf_counter() - t0, 2), "tried": tried, **setting}
+    tried = [{"recall": [round(r, 4) for r in rs], **s} for _, _, s, rs in results]
+    out = {"recall_at_10": round(per_set[0], 4), "target_recall": target, "tuning_queries": int(len(query_ids)),
+           "tuning_method": "indexed vectors held back from training; each query's own row excluded",
+           "tuning_s": round(time.perf_counter() - t0, 2), "tried": tried, **setting}
+    if len(sets) > 1:
+        out.update({"recall_at_10_text": round(per_set[1], 4), "tuning_text_queries": int(len(sets[1][0]))})
+    return out
+
+
+def exact_top(vectors: np.ndarray, live: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray:
+    """Exact top-k vector ids [nq, k] of free queries [nq, D] among the live rows."""
+    best_s = np.full((len(queries), k), -np.inf, np.float32)
+    best_i = np.full((len(queries), k), -1, np.int64)
+    for start in range(0, vectors.shape[0], 65536):
+        stop = min(start + 65536, vectors.shape[0])
+        s = queries @ np.asarray(vectors[start:stop]).T  # [nq, chunk]
+        s[:, ~live[start:stop]] = -np.inf
+        ids = np.broadcast_to(np.arange(start, stop, dtype=np.int64), s.shape)
+        best_s, best_i = top_k(np.concatenate([best_s, s], 1), np.concatenate([best_i, ids], 1), k)
+    return best_i
 
 
 def _without_self(queries: np.ndarray, cand: np.ndarray, vectors: np.ndarray, live: np.ndarray,
-                  query_ids: np.ndarray) -> np.ndarray:
-    cand = np.where(cand == query_ids[:, None], -1, cand)
+                  own: np.ndarray) -> np.ndarray:
+    cand = np.where(cand == own[:, None], -1, cand)
     return rerank(queries, cand, K, vectors, live)[1]

@@ -27,6 +27,7 @@ from .index import Index
 from .maintain import UpdateReport, as_vectors, open_for_update, refresh_engine, scoped
 from .plan import parse_memory
 from .store import Item, Store
+from .tune import tuning_texts
 
 if TYPE_CHECKING:
     from ..model import ClipModel
@@ -87,7 +88,8 @@ def update_images(path: str | os.PathLike, model: "ClipModel", paths: Sequence[s
                              f"mix the two in one index (rebuild it into a new folder to switch)")
         report = _update(store, model, roots, [os.path.abspath(f) for f in found], errors, recorded, batch_size,
                          progress)
-        report.engine = refresh_engine(store, index_type, budget, log)
+        report.engine = refresh_engine(store, index_type, budget, log,
+                                       text_queries=lambda: model.encode_texts(tuning_texts()))
     finally:
         store.close()
     return Index.open(root), report
