@@ -12,7 +12,7 @@ import pytest
 
 from clip_rt.errors import BackendUnavailable, InputError
 from clip_rt.search import Index
-from clip_rt.search.engine import ENGINE_FILE, ExactEngine, FaissEngine
+from clip_rt.search.engine import ENGINE_FILE, ExactEngine, FaissEngine, usable_cores
 from clip_rt.search.maintain import import_vectors, refresh_engine
 from clip_rt.search.plan import EXACT_MAX_BYTES, ivfpq_bytes, nlist_for, parse_memory, plan
 from clip_rt.search.store import Store
@@ -78,6 +78,8 @@ def test_ivfpq_reaches_its_recall_on_random_vectors(ann):
     assert isinstance(index.engine, FaissEngine) and meta["factory"] == "IVF128,PQ32x4fs"
     assert "recall@10" in report.engine and meta["recall_at_10"] >= meta["target_recall"] == 0.97
     assert meta["tuning_queries"] == 256 and meta["generation"] == index.store.meta["generation"]
+    shards = index.engine.shards  # one per usable core, vector id i in shard i % shards
+    assert meta["shards"] == len(shards) == min(4, usable_cores()) and sum(x.ntotal for x in shards) == N
     # Fresh queries (not in the collection) against exact search over the same vectors.
     queries = unit(200, DIM, 1)
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]

@@ -2,7 +2,9 @@
 
     ExactEngine   inner product with numpy over the memory-mapped vectors (no FAISS needed)
     FaissEngine   a FAISS structure (IVF + fast-scan PQ codes, or HNSW) proposing k * k_factor candidates per query,
-                  reranked exactly here from the memory-mapped vectors
+                  reranked exactly here from the memory-mapped vectors. An IVF-PQ engine is split into shards (vector
+                  id modulo the shard count, one core each) searched in parallel threads: FAISS scans the lists of
+                  one query on one thread, and on a collection without cluster structure a query scans most lists.
 
 Both skip dead rows (items deleted since the vectors were written) through a boolean `live` mask [rows]. The FAISS
 structure is saved as engine.npz (serialized index, the ids it holds, its metadata as JSON) in one atomic write,
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -36,6 +39,8 @@ ENGINE_FILE = "engine.npz"
 ADD_CHUNK = 65536  # vectors copied from the memory map and added to FAISS at a time
 TRAIN_PER_LIST = 40  # k-means training points per inverted list (FAISS asks for at least 39; plan keeps 48 per list)
 KMEANS_ITERATIONS = 10  # IVF coarse quantizer: 10 rounds reach a usable partition at a fraction of 25's cost
+MAX_SHARDS = 4  # IVF-PQ shards: one per usable core, at most this many
+_pools: dict[int, ThreadPoolExecutor] = {}
 
 
 def faiss() -> "faiss_module":
@@ -91,16 +96,33 @@ class ExactEngine:
         return top_k(scores, ids, k)
 
 
-class FaissEngine:
-    """A FAISS index over the live vectors (ids = vector ids), searched for k * k_factor candidates that are then
-    reranked exactly."""
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
-    def __init__(self, index: Any, ids: np.ndarray, meta: dict[str, Any]):
-        self.index = index
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    if n not in _pools:
+        _pools[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="clip-rt-search")
+    return _pools[n]
+
+
+class FaissEngine:
+    """FAISS shards over the live vectors (ids = vector ids), searched for k * k_factor candidates each that are
+    then reranked exactly."""
+
+    def __init__(self, shards: list[Any], ids: np.ndarray, meta: dict[str, Any]):
+        self.shards = shards  # FAISS indexes; vector id i lives in shards[i % len(shards)]
         self.ids = np.asarray(ids, dtype=np.int64)  # the vector ids the structure holds, ascending
-        self.meta = meta  # kind, factory, nprobe, k_factor, recall, generation, epoch, ...
+        self.meta = meta  # kind, factory, shards, nprobe, k_factor, recall, generation, epoch, ...
         self.kind = str(meta["kind"])
         self.configure(int(meta.get("nprobe", 1)), int(meta.get("ef_search", 64)))
+
+    @property
+    def nlist(self) -> int:
+        return int(self.shards[0].nlist) if self.kind == "ivfpq" else 0
 
     # -- building ------------------------------------------------------------------------------------------------
     @classmethod
@@ -125,19 +147,24 @@ class FaissEngine:
                 progress(f"training {plan.factory} on {trained_on} vectors")
             index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
         t_train = time.perf_counter() - t0
-        engine = cls(index, np.zeros(0, np.int64), {"kind": plan.kind, "factory": plan.factory, "reason": plan.reason,
-                                                   "resident_bytes": plan.resident_bytes,
-                                                   "budget_bytes": plan.budget_bytes, "trained_on": trained_on,
-                                                   "nprobe": max(1, plan.nlist // 16), "k_factor": 8})
+        n_shards = min(MAX_SHARDS, usable_cores()) if plan.kind == "ivfpq" else 1
+        shards = [index] + [fa.clone_index(index) for _ in range(n_shards - 1)]  # trained, empty
+        engine = cls(shards, np.zeros(0, np.int64), {"kind": plan.kind, "factory": plan.factory, "reason": plan.reason,
+                                                    "resident_bytes": plan.resident_bytes, "shards": n_shards,
+                                                    "budget_bytes": plan.budget_bytes, "trained_on": trained_on,
+                                                    "nprobe": max(1, plan.nlist // 16), "k_factor": 8})
         engine.add(vectors, live_ids, progress)
         engine.meta.update({"train_s": round(t_train, 2), "build_s": round(time.perf_counter() - t0, 2),
                             "built_n": int(len(live_ids))})
         return engine
 
     def add(self, vectors: np.ndarray, ids: np.ndarray, progress: Callable[[str], None] | None = None) -> None:
+        n = len(self.shards)
         for start in range(0, len(ids), ADD_CHUNK):
             part = np.asarray(ids[start:start + ADD_CHUNK], dtype=np.int64)
-            self.index.add_with_ids(np.ascontiguousarray(vectors[part], dtype=np.float32), part)
+            for s, shard in enumerate(self.shards):
+                mine = part[part % n == s]
+                shard.add_with_ids(np.ascontiguousarray(vectors[mine], dtype=np.float32), mine)
             if progress:
                 progress(f"added {min(start + ADD_CHUNK, len(ids))}/{len(ids)} vectors")
         self.ids = np.union1d(self.ids, ids)
@@ -147,7 +174,9 @@ class FaissEngine:
         if len(ids) == 0:
             return
         if self.kind == "ivfpq":
-            self.index.remove_ids(faiss().IDSelectorBatch(np.asarray(ids, dtype=np.int64)))
+            ids = np.asarray(ids, dtype=np.int64)
+            for s, shard in enumerate(self.shards):
+                shard.remove_ids(faiss().IDSelectorBatch(ids[ids % len(self.shards) == s]))
             self.ids = np.setdiff1d(self.ids, ids)
         else:
             self.meta["tombstones"] = int(self.meta.get("tombstones", 0)) + len(ids)
@@ -165,15 +194,20 @@ class FaissEngine:
     # -- searching ------------------------------------------------------------------------------------------------
     def configure(self, nprobe: int, ef_search: int = 64) -> None:
         fa = faiss()
-        if self.kind == "ivfpq":
-            fa.extract_index_ivf(self.index).nprobe = int(nprobe)
-        elif self.kind == "hnsw":
-            fa.ParameterSpace().set_index_parameter(self.index, "efSearch", int(ef_search))
+        for shard in self.shards:
+            if self.kind == "ivfpq":
+                fa.extract_index_ivf(shard).nprobe = int(nprobe)
+            elif self.kind == "hnsw":
+                fa.ParameterSpace().set_index_parameter(shard, "efSearch", int(ef_search))
 
     def candidates(self, queries: np.ndarray, depth: int) -> np.ndarray:
-        """Vector ids [nq, depth] proposed by the structure (-1 where it has fewer)."""
-        _, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), int(depth))
-        return ids
+        """Vector ids [nq, shards * depth] proposed by the shards (-1 where one has fewer); FAISS releases the GIL,
+        so the shards run in parallel threads."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if len(self.shards) == 1:
+            return self.shards[0].search(q, int(depth))[1]
+        found = _pool(len(self.shards)).map(lambda shard: shard.search(q, int(depth))[1], self.shards)
+        return np.concatenate(list(found), axis=1)
 
     def search(self, queries: np.ndarray, k: int, vectors: np.ndarray, live: np.ndarray,
                k_factor: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -183,8 +217,8 @@ class FaissEngine:
     # -- files ------------------------------------------------------------------------------------------------------
     def save(self, root: Path) -> None:
         buf = io.BytesIO()
-        np.savez(buf, index=faiss().serialize_index(self.index), ids=self.ids,
-                 meta=np.frombuffer(json.dumps(self.meta).encode("utf-8"), dtype=np.uint8))
+        shards = {f"shard{i}": faiss().serialize_index(x) for i, x in enumerate(self.shards)}
+        np.savez(buf, ids=self.ids, meta=np.frombuffer(json.dumps(self.meta).encode("utf-8"), dtype=np.uint8), **shards)
         atomic_write_bytes(root / ENGINE_FILE, buf.getvalue())
 
     @classmethod
@@ -197,12 +231,12 @@ class FaissEngine:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(z["meta"].tobytes().decode("utf-8"))
-                index = fa.deserialize_index(z["index"])
+                shards = [fa.deserialize_index(z[f"shard{i}"]) for i in range(int(meta.get("shards", 1)))]
                 ids = z["ids"]
         except Exception as e:  # noqa: BLE001 - a damaged derived file is rebuilt, never trusted
             log.warning("search: ignoring unreadable %s (%s: %s); it will be rebuilt", path, type(e).__name__, e)
             return None
-        return cls(index, ids, meta)
+        return cls(shards, ids, meta)
 
 
 def rerank(queries: np.ndarray, candidates: np.ndarray, k: int, vectors: np.ndarray,

@@ -6,7 +6,7 @@ An image index built with a model is also tuned with text queries (queries.txt: 
 with the index's text encoder): text embeddings sit apart from image embeddings (CLIP's modality gap), so their
 neighbours can need deeper probing than an image's. A setting must reach the target on both sets.
 For every nprobe (1, 2, 4, ... nlist) one candidate search at the deepest rerank depth gives the recall of each
-shallower depth too (its prefix). The cheapest (nprobe, k_factor) whose recall reaches the target wins, cost being
+shallower depth too (each shard's prefix). The cheapest (nprobe, k_factor) whose recall reaches the target wins, cost being
 the codes scanned plus the vectors gathered for reranking; if none does, the most accurate one, and the header says
 what it reached.
 """
@@ -73,17 +73,19 @@ def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids
     dim = vectors.shape[1]
     results = []  # (cost, min recall over the sets, setting, recall per set)
     if engine.kind == "ivfpq":
-        nlist, code_bytes = int(engine.index.nlist), int(engine.meta["factory"].split("PQ")[1].split("x")[0]) // 2
+        nlist, code_bytes = engine.nlist, int(engine.meta["factory"].split("PQ")[1].split("x")[0]) // 2
         n = len(engine.ids)
         settings = [2 ** i for i in range(int(np.log2(nlist)) + 1)]
         deepest = K * (K_FACTORS[-1] + 1)  # + 1: the query's own row takes a candidate slot
         for nprobe in settings:
             engine.configure(nprobe)
-            cands = [engine.candidates(q, deepest) for q, _, _ in sets]  # [nq, deepest] per set
-            for kf in K_FACTORS:
-                rs = [recall(_without_self(q, c[:, :K * kf + 1], vectors, live, own), t)
+            shards = len(engine.shards)
+            cands = [engine.candidates(q, deepest).reshape(len(q), shards, deepest)  # [nq, shards, deepest] per set
+                     for q, _, _ in sets]
+            for kf in K_FACTORS:  # each shard's best K * kf + 1: what a search at that depth gets
+                rs = [recall(_without_self(q, c[:, :, :K * kf + 1].reshape(len(q), -1), vectors, live, own), t)
                       for (q, t, own), c in zip(sets, cands)]
-                cost = nprobe / nlist * n * code_bytes + GATHER_COST * K * kf * 4 * dim
+                cost = nprobe / nlist * n * code_bytes + GATHER_COST * len(engine.shards) * K * kf * 4 * dim
                 results.append((cost, min(rs), {"nprobe": nprobe, "k_factor": kf}, rs))
             if min(r for _, r, s, _ in results if s["nprobe"] == nprobe) >= 0.999:
                 break  # deeper probing cannot do better
