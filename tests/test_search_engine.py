@@ -94,6 +94,18 @@ def test_ivfpq_reaches_its_recall_on_random_vectors(ann):
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
+def test_concurrent_searches_match_serial_ones(ann):
+    """One opened index serves several threads at once (the serve deployment shares it)."""
+    import faults
+
+    root, _, _ = ann
+    index = Index.open(root)
+    queries = unit(24, DIM, 9)
+    serial = [index.search_vector(q, top_k=10) for q in queries]
+    parallel = faults.run_in_threads(6, lambda t: [index.search_vector(q, top_k=10) for q in queries[t::6]])
+    assert [parallel[i % 6][i // 6] for i in range(24)] == serial
+
+
 def test_tuning_ground_truth_excludes_the_query():
     vectors = unit(500, 16, 2)
     live = np.ones(500, bool)

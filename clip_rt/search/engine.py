@@ -75,6 +75,22 @@ def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     return s, i
 
 
+def exact_search(queries: np.ndarray, k: int, vectors: np.ndarray,
+                 live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k (scores, vector ids) [nq, k] over the live rows, a block of rows at a time (bounded memory for a
+    memory map of any size and any number of queries)."""
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.full((len(queries), 0), -1, np.int64)
+    step = max(1024, (1 << 24) // max(1, len(queries)))  # rows per block: ~64 MiB of scores
+    for start in range(0, vectors.shape[0], step):
+        stop = min(start + step, vectors.shape[0])
+        s = queries @ np.asarray(vectors[start:stop]).T  # [nq, block]
+        s[:, ~live[start:stop]] = -np.inf
+        ids = np.broadcast_to(np.arange(start, stop, dtype=np.int64), s.shape)
+        best_s, best_i = top_k(np.concatenate([best_s, s], 1), np.concatenate([best_i, ids], 1), k)
+    return best_s, best_i
+
+
 class ExactEngine:
     """Exact inner product over every live row."""
 
@@ -84,16 +100,7 @@ class ExactEngine:
         self.meta = dict(meta or {"kind": "flat"})
 
     def search(self, queries: np.ndarray, k: int, vectors: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = vectors.shape[0]
-        if rows == 0:
-            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        scores = np.empty((len(queries), rows), dtype=np.float32)  # [nq, rows]
-        for start in range(0, rows, ADD_CHUNK * 4):  # bounded temporaries on a memory map of any size
-            stop = min(start + ADD_CHUNK * 4, rows)
-            scores[:, start:stop] = queries @ np.asarray(vectors[start:stop]).T  # [nq, chunk]
-        scores[:, ~live] = -np.inf
-        ids = np.broadcast_to(np.arange(rows, dtype=np.int64), scores.shape)
-        return top_k(scores, ids, k)
+        return exact_search(queries, k, vectors, live)
 
 
 def usable_cores() -> int:

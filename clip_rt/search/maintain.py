@@ -182,7 +182,7 @@ def import_vectors(path: str | os.PathLike, items: list[str], vectors: np.ndarra
                          f"{list(vecs.shape)}")
     store = Store.create(root, {"kind": "images", "keys": {}, **header, "dim": int(vecs.shape[1])})
     try:
-        step = 1 << 18
+        step = 1 << 16
         for start in range(0, len(items), step):
             part = vecs[start:start + step]
             part = part / np.linalg.norm(part, axis=1, keepdims=True)  # [n, D]

@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -83,6 +84,7 @@ class Store:
         self.conn = conn
         self.writable = writable
         self._lock_fd: int | None = None
+        self._read_lock = threading.Lock()  # one connection, shared by the threads searching this index
         self.meta: dict[str, Any] = {}
         self.reload()
 
@@ -206,7 +208,9 @@ class Store:
         for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
             part = ids[start:start + 500]
             marks = ",".join("?" * len(part))
-            out.update(self.conn.execute(f"SELECT vector_id, item FROM items WHERE vector_id IN ({marks})", part))
+            with self._read_lock:
+                out.update(self.conn.execute(f"SELECT vector_id, item FROM items WHERE vector_id IN ({marks})",
+                                             part).fetchall())
         return out
 
     def check_key(self, model: Any, encoder: str) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .engine import rerank, top_k
+from .engine import exact_search, rerank
 
 if TYPE_CHECKING:
     from .engine import FaissEngine
@@ -114,15 +114,7 @@ def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids
 
 def exact_top(vectors: np.ndarray, live: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray:
     """Exact top-k vector ids [nq, k] of free queries [nq, D] among the live rows."""
-    best_s = np.full((len(queries), k), -np.inf, np.float32)
-    best_i = np.full((len(queries), k), -1, np.int64)
-    for start in range(0, vectors.shape[0], 65536):
-        stop = min(start + 65536, vectors.shape[0])
-        s = queries @ np.asarray(vectors[start:stop]).T  # [nq, chunk]
-        s[:, ~live[start:stop]] = -np.inf
-        ids = np.broadcast_to(np.arange(start, stop, dtype=np.int64), s.shape)
-        best_s, best_i = top_k(np.concatenate([best_s, s], 1), np.concatenate([best_i, ids], 1), k)
-    return best_i
+    return exact_search(np.ascontiguousarray(queries, dtype=np.float32), k, vectors, live)[1]
 
 
 def _without_self(queries: np.ndarray, cand: np.ndarray, vectors: np.ndarray, live: np.ndarray,

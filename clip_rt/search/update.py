@@ -26,7 +26,7 @@ from ..preprocess import check_decode, iter_image_files
 from .index import Index
 from .maintain import UpdateReport, as_vectors, open_for_update, refresh_engine, scoped
 from .plan import parse_memory
-from .store import Item, Store
+from .store import IndexFileError, Item, Store
 from .tune import tuning_texts
 
 if TYPE_CHECKING:
@@ -165,16 +165,21 @@ def _update(store: Store, model: "ClipModel", roots: list[str], files: list[str]
 def remove_items(path: str | os.PathLike, items: Sequence[str | os.PathLike],
                  log: Callable[[str], None] | None = None) -> UpdateReport:
     """Drop files (or every file under a folder) from an image index, or texts from a text pool. No model needed."""
+    from .legacy import is_legacy
+
     root = Path(path)
+    if is_legacy(root):
+        raise IndexFileError(f"{root} is a clip-rt 0.1 index folder; convert it first with: clip-rt index --convert {root}")
     store = Store.open(root, writable=True)
     try:
         indexed = [row[1] for row in store.rows()]
+        in_index = set(indexed)
         texts = store.meta.get("kind") == "texts"
         present: list[str] = []
         missing: list[str] = []
         for p in items:
             if texts:
-                hits = [str(p)] if str(p) in set(indexed) else []
+                hits = [str(p)] if str(p) in in_index else []
             else:
                 hits = [x for x in indexed if scoped(x, [os.path.abspath(p)])]
             present.extend(hits)
