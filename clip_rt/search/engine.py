@@ -152,7 +152,16 @@ class FaissEngine:
             trained_on = len(sample)
             if progress:
                 progress(f"training {plan.factory} on {trained_on} vectors")
-            index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+            x = np.ascontiguousarray(vectors[sample], dtype=np.float32)
+            fa.Clustering(dim, plan.nlist, ivf.cp).train(x, ivf.quantizer)  # the coarse k-means, on every thread
+            threads = fa.omp_get_max_threads()
+            # The PQ step runs one tiny k-means per sub-quantizer (hundreds of them, 16 centroids each): with OpenMP
+            # every iteration ends in a barrier, which on a busy machine costs more than the arithmetic. One thread.
+            fa.omp_set_num_threads(1)
+            try:
+                index.train(x)  # the quantizer is trained already: this trains the PQ codebooks on the residuals
+            finally:
+                fa.omp_set_num_threads(threads)
         t_train = time.perf_counter() - t0
         n_shards = min(MAX_SHARDS, usable_cores()) if plan.kind == "ivfpq" else 1
         shards = [index] + [fa.clone_index(index) for _ in range(n_shards - 1)]  # trained, empty
