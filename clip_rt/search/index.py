@@ -177,6 +177,9 @@ class Index:
                                 "precision": self.store.meta.get("precision") or "fp32"}
         opts.update(kwargs)
         where = package or self.store.meta.get("package")
+        if not where:
+            raise IndexFileError(f"the index {self.root} records no model package (it was imported from vectors); "
+                                 f"name the package that made them: clip-rt search INDEX --package PKG")
         try:
             pkg = Package.open(str(where))
         except PackageError as e:
