@@ -242,7 +242,7 @@ def test_update_killed_by_sigkill_at_random_moments(crash_setup, tiny_package):
     proc, t0 = _start_update(code.format(root=str(timing), pkg=str(tiny_package), folder=str(folder)))
     assert proc.wait(timeout=300) == 0
     duration = time.monotonic() - t0
-    for i, delay in enumerate(np.random.default_rng(0).uniform(0.05, 0.95, 4) * duration):
+    for i, delay in enumerate(np.random.default_rng(0).uniform(0.05, 0.95, 3) * duration):
         root = work / f"sigkill-{i}"
         shutil.copytree(work / "base", root)
         proc, t0 = _start_update(code.format(root=str(root), pkg=str(tiny_package), folder=str(folder)))

@@ -5,6 +5,7 @@
     index.search(model, text="a red bicycle", top_k=5)                    # [Hit(item, score)], best first
     pool, _ = update_texts("captions.index", model, "captions.txt")
     pool.search(model, image="photo.jpg", top_k=5)                        # the captions nearest a photo
+    import_vectors("mine.index", names, embeddings, {})                   # ready-made embeddings; search_vector
 
 One concern per module:
     store      the index folder: SQLite item table, append-only vectors file, the commit protocol
@@ -22,7 +23,7 @@ FAISS loads only when an approximate index is built or searched; without it ever
 """
 
 from .index import Hit, Index, open_index
-from .maintain import UpdateReport
+from .maintain import UpdateReport, import_vectors
 from .recall import recall_at_k
 from .store import IndexFileError
 from .texts import update_texts
@@ -30,5 +31,5 @@ from .update import remove_items, update_images
 
 ImageIndex = Index  # clip-rt 0.1's name (its build() took no folder: use update_images)
 
-__all__ = ["Hit", "ImageIndex", "Index", "IndexFileError", "UpdateReport", "open_index", "recall_at_k", "remove_items",
-           "update_images", "update_texts"]
+__all__ = ["Hit", "ImageIndex", "Index", "IndexFileError", "UpdateReport", "import_vectors", "open_index",
+           "recall_at_k", "remove_items", "update_images", "update_texts"]

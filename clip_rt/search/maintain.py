@@ -135,6 +135,8 @@ def refresh_engine(store: Store, index_type: str | None = None, memory_budget: i
     built_n = int(engine.meta.get("built_n", 0)) if engine is not None else 0
     if (engine is not None and engine.kind == want.kind and engine.meta.get("epoch") == store.meta.get("epoch")
             and not changed_request and _within(n, built_n)):
+        if engine.meta.get("generation") == store.meta.get("generation"):
+            return f"{engine.meta['factory']} up to date ({n} vectors)"
         added, removed = engine.sync(vectors, live_ids)
         churn = int(engine.meta.get("churn", 0)) + added + removed
         engine.meta["churn"] = churn
