@@ -19,7 +19,8 @@ _LAZY = {
     "load": "clip_rt.model",
     "ClipModel": "clip_rt.model",
     "ZeroShotClassifier": "clip_rt.zeroshot",
-    "ImageIndex": "clip_rt.index",
+    "Index": "clip_rt.search",
+    "ImageIndex": "clip_rt.search",  # clip-rt 0.1's name for Index
     "Tokenizer": "clip_rt.tokenizer",
     "Package": "clip_rt.package",
 }
@@ -27,7 +28,7 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:
-    from .index import ImageIndex
+    from .search import ImageIndex, Index
     from .model import ClipModel, load
     from .package import Package
     from .tokenizer import Tokenizer

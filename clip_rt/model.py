@@ -85,7 +85,8 @@ class ClipModel:
         outs = [self.backend.encode_images(pixels[b]) for b in _batches(len(pixels), batch_size)]
         return np.concatenate(outs)  # [N, D]
 
-    def _prepared(self, sources: list[Any], batch_size: int, workers: int | None, max_pixels: int
+    def _prepared(self, sources: list[Any], batch_size: int, workers: int | None, max_pixels: int,
+                  decode: str = "exact"
                   ) -> Iterator[tuple[slice, list[np.ndarray | ImageError]]]:
         """Preprocessed batches in order; batch k+1 is decoded while the caller encodes batch k."""
         cfg = self.preprocess_config
@@ -93,16 +94,18 @@ class ClipModel:
         if not chunks:
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-rt-prefetch") as pool:
-            pending = pool.submit(prepare_batch, sources[chunks[0]], cfg, workers, max_pixels=max_pixels)
+            pending = pool.submit(prepare_batch, sources[chunks[0]], cfg, workers, max_pixels=max_pixels,
+                                    decode=decode)
             for i, chunk in enumerate(chunks):
                 ready = pending.result()
                 if i + 1 < len(chunks):
-                    pending = pool.submit(prepare_batch, sources[chunks[i + 1]], cfg, workers, max_pixels=max_pixels)
+                    pending = pool.submit(prepare_batch, sources[chunks[i + 1]], cfg, workers, max_pixels=max_pixels,
+                                    decode=decode)
                 yield chunk, ready
 
     def encode_images(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32,
                       preprocess: str = "cpu", workers: int | None = None,
-                      max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+                      max_pixels: int = DEFAULT_MAX_PIXELS, decode: str = "exact") -> np.ndarray:
         """Images -> float32 [N, D], L2-normalized, in input order.
 
         images: file paths, PIL images or uint8 arrays ([H, W], [H, W, 3] or [H, W, 4], any size), one or a
@@ -110,6 +113,8 @@ class ClipModel:
         preprocess: "cpu" (Pillow, the reference) or "gpu" (the backend's own decode-and-resize path; only
             backends with encode_frames offer it, others raise BackendUnavailable).
         max_pixels: larger images (width * height, from the header) are refused as decompression bombs.
+        decode: "exact" (full-size decode: the parity reference) or "fast" (JPEGs decoded at a reduced DCT scale
+            still >= the resize edge; see clip_rt.preprocess) for files, bytes and file objects.
         Raises ImageError naming the first file that cannot be read; use encode_image_files to skip bad files.
         """
         check_int(batch_size, "batch_size")
@@ -121,7 +126,7 @@ class ClipModel:
             return self._encode_pixels(images, batch_size)
         sources = _as_list(images)
         outs = []
-        for _, prepared in self._prepared(sources, batch_size, workers, max_pixels):
+        for _, prepared in self._prepared(sources, batch_size, workers, max_pixels, decode):
             bad = [p for p in prepared if isinstance(p, ImageError)]
             if bad:
                 more = f" (and {len(bad) - 1} more in this batch)" if len(bad) > 1 else ""
@@ -150,11 +155,12 @@ class ClipModel:
 
     def encode_image_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 32, workers: int | None = None,
                            recursive: bool = True, progress: Callable[[int, int], None] | None = None,
-                           max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, list[str], list[ImageError]]:
+                           max_pixels: int = DEFAULT_MAX_PIXELS, decode: str = "exact"
+                           ) -> tuple[np.ndarray, list[str], list[ImageError]]:
         """Files and folders (walked recursively) -> (float32 [N, D], the N files embedded, per-file errors).
 
         A file that cannot be read is reported in the errors and skipped; the rest are still embedded.
-        progress(done, total) is called after each batch. max_pixels: as in encode_images.
+        progress(done, total) is called after each batch. max_pixels, decode: as in encode_images (decode "exact" by default).
         """
         check_int(batch_size, "batch_size")
         files, errors = iter_image_files([str(p) for p in paths], recursive=recursive)
@@ -162,7 +168,7 @@ class ClipModel:
         ok: list[str] = []
         outs = []
         done = 0
-        for chunk, prepared in self._prepared(files, batch_size, workers, max_pixels):
+        for chunk, prepared in self._prepared(files, batch_size, workers, max_pixels, decode):
             good = []
             for f, p in zip(files[chunk], prepared):
                 if isinstance(p, ImageError):

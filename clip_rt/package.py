@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,6 +81,7 @@ class Package:
         self.manifest = manifest
         self.artifacts = [Artifact.from_json(a) for a in manifest.get("artifacts", [])]
         self._verified: set[str] = set()
+        self._tokenizer_digests: list[str] | None = None  # sha256 of each tokenizer file, read on first need
 
     # -- opening ---------------------------------------------------------------------------------------
     @classmethod
@@ -213,7 +215,7 @@ class Package:
         if not found:
             have = sorted({f"{a.backend}/{a.precision}" for a in self.artifacts if a.encoder == encoder})
             hint = (f"clip-rt build-engine {self.root} --precision {precision}" if backend == "tensorrt"
-                    else f"clip-rt export SOURCE -o {self.root} --precision {precision}")
+                    else self.export_command(precision))
             raise PackageError(f"{self.root} has no {precision} {encoder} artifact for {backend} "
                                f"(it has: {', '.join(have) or 'none'}); create it with: {hint}")
         return found[-1]
@@ -231,9 +233,54 @@ class Package:
             self._verified.add(artifact.file)
         return p
 
+    def export_command(self, *precisions: str) -> str:
+        """The `clip-rt export` command that writes this package again with its precisions plus `precisions`, from
+        the source its manifest records (hub id and revision, or local folder; random-init seed)."""
+        source = self.manifest.get("source") or {}
+        have = [p for p in ("fp32", "fp16", "int8") if any(a.precision == p for a in self.artifacts)]
+        wanted = list(dict.fromkeys([*have, *precisions]))
+        parts = ["clip-rt export", shlex.quote(str(source.get("model") or "SOURCE")), "-o", shlex.quote(str(self.root)),
+                 "--precision", *wanted]
+        if source.get("revision"):
+            parts += ["--revision", shlex.quote(str(source["revision"]))]
+        if source.get("random_init"):
+            parts += ["--random-init", "--seed", str(source.get("seed") or 0)]
+        return " ".join(parts)
+
+    def embedding_key(self, encoder: str, precision: str, backend: str = "onnxruntime") -> str:
+        """A short id of what turns inputs into `encoder`'s embeddings at `precision` on `backend`, for the keys of
+        indexes and embedding caches (16 hex digits).
+
+        It covers: the sha256 of the ONNX artifacts of (encoder, precision), which ONNX Runtime and OpenVINO run and
+        TensorRT engines are built from (the torch backend runs the source weights: their fingerprint instead); the
+        backend; the model block; and the encoder's input rules: the preprocessing block for "image", the tokenizer
+        settings and files' content for "text". Artifacts of other precisions or encoders and TensorRT engines are not
+        in it, so adding them to a package keeps every key. Raises PackageError (with the command that creates it)
+        when the package has no such artifact."""
+        from .fsutil import sha256_bytes
+
+        if encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {encoder!r}; choose one of {ENCODERS}")
+        if backend == "torch":
+            produced: Any = {"weights_sha256": self.source.get("weights_sha256")}
+        else:
+            self.artifact(encoder, precision)  # PackageError naming the export command when there is none
+            produced = sorted(a.sha256 for a in self.find(encoder, precision, "onnxruntime"))
+        inputs = self.preprocess if encoder == "image" else {**self.manifest["tokenizer"],
+                                                             "sha256": self._tokenizer_sha256()}
+        blob = json.dumps({"encoder": encoder, "precision": precision, "backend": backend, "produced": produced,
+                           "model": self.model, "inputs": inputs}, sort_keys=True)
+        return sha256_bytes(blob.encode())[:16]
+
+    def _tokenizer_sha256(self) -> list[str]:
+        if self._tokenizer_digests is None:
+            self._tokenizer_digests = [sha256_file(self.root / rel) for rel in self.tokenizer_files]
+        return self._tokenizer_digests
+
     @property
     def fingerprint(self) -> str:
-        """A short id of the package's content (artifact hashes + preprocessing + tokenizer), for cache keys."""
+        """A short id of the whole package's content (every artifact's hash + preprocessing + tokenizer). Adding an
+        artifact changes it: key embeddings by embedding_key() instead."""
         from .fsutil import sha256_bytes
 
         blob = json.dumps({"artifacts": sorted(a.sha256 for a in self.artifacts), "model": self.model,

@@ -21,6 +21,12 @@ Two more settings cover the other model families (the manifest's preprocess bloc
   - crop_rounding "half_even": the crop offsets are round((H - S) / 2) with Python's round (halves to even), as
     torchvision's CenterCrop computes them (open_clip's preprocessing); they differ from the floor by one pixel
     when H - S is odd and (H - S) // 2 is odd.
+
+decode="fast" (bulk indexing; never the default of the parity paths) lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8
+of its size through its DCT scaling (Pillow's Image.draft): the smallest scale whose shortest edge is still at least
+`resize`, so that the exact resize above only ever shrinks. A 12-megapixel photo then decodes several times faster;
+the crop differs from the exact path's by the scaled IDCT's filtering (measured in the README's search section).
+Other formats decode as with "exact".
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ RESIZE_MODES = ("shortest", "squash")  # shortest edge to `resize` + center crop
 CROP_ROUNDINGS = ("floor", "half_even")  # center-crop offset (W - S) // 2 (transformers) | round((W - S) / 2)
 # transformers image processors whose settings this module reproduces (with their *Fast / *Pil variants).
 HF_PROCESSORS = ("CLIPImageProcessor", "SiglipImageProcessor", "ChineseCLIPImageProcessor")
+DECODES = ("exact", "fast")  # full-size decode (the parity reference) | JPEG DCT-scaled decode (see the module doc)
 
 RESCALE = 1.0 / 255.0  # uint8 -> [0, 1], applied inside the model graph
 # Largest image (width * height) decoded by default: Pillow's own default MAX_IMAGE_PIXELS, so that an
@@ -250,8 +257,9 @@ def _unsupported_format(fp: Any) -> str | None:
     return None
 
 
-def _decode(fp: Any, label: str, max_pixels: int) -> Image.Image:
-    """Header, size check, then pixels. Every failure becomes an ImageError with a human reason."""
+def _decode(fp: Any, label: str, max_pixels: int, draft_edge: int | None = None) -> Image.Image:
+    """Header, size check, then pixels. Every failure becomes an ImageError with a human reason.
+    draft_edge: decode a JPEG at the smallest DCT scale whose shortest edge stays >= draft_edge (Image.draft)."""
     try:
         img = Image.open(fp)
     except UnidentifiedImageError:
@@ -275,10 +283,13 @@ def _decode(fp: Any, label: str, max_pixels: int) -> Image.Image:
     width, height = img.size
     if width * height > max_pixels:  # from the header only: nothing has been allocated yet
         raise _bomb(label, f"{width}x{height} pixels", max_pixels)
+    if draft_edge is not None and img.format == "JPEG" and min(width, height) > draft_edge:
+        # draft() picks the largest of 1/8, 1/4, 1/2 that keeps both edges >= the requested size; a no-op otherwise
+        img.draft(None, resized_size(width, height, draft_edge))
     return _load(img, label)
 
 
-def _open_path(path: str, max_pixels: int) -> Image.Image:
+def _open_path(path: str, max_pixels: int, draft_edge: int | None = None) -> Image.Image:
     try:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
@@ -288,7 +299,7 @@ def _open_path(path: str, max_pixels: int) -> Image.Image:
         if st.st_size == 0:
             raise ImageError(path, "empty file (0 bytes)")
         with open(path, "rb") as f:
-            return _decode(f, path, max_pixels)
+            return _decode(f, path, max_pixels, draft_edge)
     except PermissionError:
         raise ImageError(path, "permission denied") from None
     except FileNotFoundError:
@@ -326,17 +337,20 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def open_image(src: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> Image.Image:
+def open_image(src: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None,
+               draft_edge: int | None = None) -> Image.Image:
     """A path, bytes, binary file object, PIL image or uint8 array -> an RGB PIL image, EXIF orientation applied.
 
     Files larger than `max_pixels` (width * height, read from the header) are refused before decoding.
+    draft_edge: a JPEG read here (path, bytes, file) is decoded at the smallest DCT scale whose shortest edge is
+    still >= draft_edge (decode="fast"); None (default) decodes at full size.
     Raises ImageError(file, reason) for anything that cannot be read; `name` overrides the file in messages.
     A PIL image passed in is never modified.
     """
     label = name or _label(src)
     owned = True  # images we decoded ourselves may be transposed in place
     if isinstance(src, (str, os.PathLike)):
-        img = _open_path(os.fspath(src), max_pixels)
+        img = _open_path(os.fspath(src), max_pixels, draft_edge)
     elif isinstance(src, Image.Image):
         if src.size[0] * src.size[1] > max_pixels:
             raise _bomb(label, f"{src.size[0]}x{src.size[1]} pixels", max_pixels)
@@ -346,9 +360,9 @@ def open_image(src: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | No
     elif isinstance(src, (bytes, bytearray, memoryview)):
         if len(src) == 0:
             raise ImageError(label, "empty file (0 bytes)")
-        img = _decode(io.BytesIO(src), label, max_pixels)
+        img = _decode(io.BytesIO(src), label, max_pixels, draft_edge)
     elif hasattr(src, "read"):
-        img = _decode(src, label, max_pixels)
+        img = _decode(src, label, max_pixels, draft_edge)
     else:
         raise ImageError(label, f"unsupported input type {type(src).__name__}; pass a path, bytes, a binary file "
                                 f"object, a PIL image or a uint8 array")
@@ -399,24 +413,33 @@ def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     return np.asarray(crop, dtype=np.uint8)  # [S, S, 3] uint8
 
 
+def check_decode(decode: str) -> str:
+    if decode not in DECODES:
+        raise InputError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
+    return decode
+
+
 def prepare(src: Any, cfg: PreprocessConfig, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-            name: str | None = None) -> np.ndarray:
+            name: str | None = None, decode: str = "exact") -> np.ndarray:
     """One image source -> the model input uint8 [S, S, 3].
 
     A uint8 array already shaped [S, S, 3] is taken as an already preprocessed crop and returned as is
-    (contiguous), without resizing. Raises ImageError for unreadable input.
+    (contiguous), without resizing. decode: "exact" (full-size decode, the parity reference) or "fast" (JPEGs
+    decoded at a reduced DCT scale that is still >= cfg.resize; see the module doc). Raises ImageError for
+    unreadable input.
     """
     S = cfg.image_size
     if isinstance(src, np.ndarray) and src.dtype == np.uint8 and src.shape == (S, S, 3):
         return np.ascontiguousarray(src)  # [S, S, 3] uint8
-    return resize_crop(open_image(src, max_pixels=max_pixels, name=name), cfg)
+    draft_edge = cfg.resize if check_decode(decode) == "fast" else None
+    return resize_crop(open_image(src, max_pixels=max_pixels, name=name, draft_edge=draft_edge), cfg)
 
 
-def _prepare_one(args: tuple[int, Any, PreprocessConfig, int]) -> np.ndarray | ImageError:
-    i, src, cfg, max_pixels = args
+def _prepare_one(args: tuple[int, Any, PreprocessConfig, int, str]) -> np.ndarray | ImageError:
+    i, src, cfg, max_pixels, decode = args
     name = None if isinstance(src, (str, os.PathLike)) else f"item {i} ({_label(src)})"
     try:
-        return prepare(src, cfg, max_pixels=max_pixels, name=name)
+        return prepare(src, cfg, max_pixels=max_pixels, name=name, decode=decode)
     except ImageError as e:
         return e
     except Exception as e:  # noqa: BLE001 - one bad item must not stop the batch; it is reported, not hidden
@@ -424,13 +447,14 @@ def _prepare_one(args: tuple[int, Any, PreprocessConfig, int]) -> np.ndarray | I
 
 
 def prepare_batch(srcs: Sequence[Any], cfg: PreprocessConfig, workers: int | None = None, *,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> list[np.ndarray | ImageError]:
+                  max_pixels: int = DEFAULT_MAX_PIXELS, decode: str = "exact") -> list[np.ndarray | ImageError]:
     """Many image sources -> one entry per source, in order: a uint8 [S, S, 3] array, or the ImageError saying
     why that item could not be read. Decoding runs on a thread pool (Pillow releases the GIL while decoding
-    and resizing); `workers` defaults to min(8, CPU count), and 1 runs inline."""
+    and resizing); `workers` defaults to min(8, CPU count), and 1 runs inline. decode: as in prepare()."""
     if isinstance(srcs, (str, os.PathLike, bytes)):
         raise TypeError("prepare_batch takes a sequence of image sources, not a single one; use prepare()")
-    jobs = [(i, s, cfg, max_pixels) for i, s in enumerate(srcs)]
+    check_decode(decode)
+    jobs = [(i, s, cfg, max_pixels, decode) for i, s in enumerate(srcs)]
     n = min(8, os.cpu_count() or 1) if workers is None else max(1, int(workers))
     if n == 1 or len(jobs) <= 1:
         return [_prepare_one(j) for j in jobs]

@@ -9,8 +9,9 @@ an independent sigmoid per label (sigmoid(logit_scale * cos + logit_bias)) for S
 
 A label's text embedding is the mean of its normalized prompt embeddings over the templates, normalized
 again (CLIP's prompt ensembling). The label matrix is cached in memory and on disk under
-$CLIP_RT_CACHE (default ~/.cache/clip-rt)/text-embeddings/, keyed by the package fingerprint, backend,
-precision, labels and templates, so a second run with the same inputs never runs the text encoder.
+$CLIP_RT_CACHE (default ~/.cache/clip-rt)/text-embeddings/, keyed by what produces the text embeddings
+(Package.embedding_key: the text artifact's sha256, precision, backend, tokenizer), labels and templates, so a
+second run with the same inputs never runs the text encoder.
 """
 
 from __future__ import annotations
@@ -121,9 +122,11 @@ def _warn_repeated(labels: list[str]) -> None:
 
 # -- the cache -------------------------------------------------------------------------------------------
 def cache_key(model: "ClipModel", labels: Sequence[str], templates: Sequence[str]) -> str:
-    """sha256 over everything that changes the label matrix."""
-    blob = json.dumps({"v": CACHE_VERSION, "package": model.package.fingerprint, "backend": model.backend.name,
-                       "precision": model.backend.precision, "labels": list(labels), "templates": list(templates)},
+    """sha256 over everything that changes the label matrix: what produces the text embeddings (the package's
+    embedding_key for the text encoder at this backend and precision: artifacts added to the package keep it), the
+    labels and the templates."""
+    text_key = model.package.embedding_key("text", model.backend.precision, model.backend.name)
+    blob = json.dumps({"v": CACHE_VERSION, "text_encoder": text_key, "labels": list(labels), "templates": list(templates)},
                       ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

@@ -19,9 +19,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Modules the lean runtime must never need. tqdm is blocked too: it is optional (progress bars only).
+# Modules the lean runtime must never need. tqdm is blocked too: it is optional (progress bars only); so is
+# faiss (clip-rt[search]): exact search works without it.
 BLOCKED = ("torch", "torchvision", "transformers", "onnx", "onnxscript", "tensorrt", "cuda", "safetensors", "tqdm",
-           "huggingface_hub", "openvino")
+           "huggingface_hub", "openvino", "faiss")
 
 # Run before the code under test: any import of a blocked top-level module raises ModuleNotFoundError,
 # exactly as if it were not installed.

@@ -1,5 +1,6 @@
-"""ImageIndex: build, save/load (and refusing broken indexes), search by text / image / mix, the index and
-search commands, and Flickr8k retrieval recall against transformers on the same weights."""
+"""Image indexes: build through the API and the CLI, search by text / image / mix / vector against exact numpy,
+refusals (another model, not an index, a photo folder as -o, an empty folder), and Flickr8k retrieval recall
+against transformers on the same weights."""
 
 from __future__ import annotations
 
@@ -13,13 +14,9 @@ import pytest
 
 import clip_rt
 from clip_rt.cli import main
-from clip_rt.index import IndexFileError, ImageIndex, recall_at_k
+from clip_rt.errors import InputError
+from clip_rt.search import Index, IndexFileError, recall_at_k, update_images
 from runtime_reference import flickr, hf_reference
-
-
-@pytest.fixture(scope="module")
-def model(tiny_package: Path) -> clip_rt.ClipModel:
-    return clip_rt.load(tiny_package)
 
 
 @pytest.fixture(scope="module")
@@ -36,95 +33,110 @@ def folder(tmp_path_factory, data_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def built(model, folder):
-    return ImageIndex.build(model, [folder], batch_size=6)
+def built(model, folder, tmp_path_factory):
+    return update_images(tmp_path_factory.mktemp("idx") / "photos.index", model, [folder], decode="exact",
+                         batch_size=6)
 
 
 def test_build_walks_folders_and_reports_bad_files(built, folder, model):
-    index, errors = built
-    assert len(index) == 20 and index.dim == model.embed_dim
-    assert [Path(e.file).name for e in errors] == ["broken.jpg"]
-    assert all(Path(f).is_absolute() and Path(f).is_file() for f in index.files)
-    assert np.abs(index.embeddings - model.encode_images(index.files)).max() < 1e-6
+    index, report = built
+    assert len(index) == 20 and index.dim == model.embed_dim and index.kind == "images"
+    assert [Path(e.file).name for e in report.errors] == ["broken.jpg"]
+    assert report.added == report.embedded == 20 and report.engine.startswith("exact")
+    items = index.items()
+    assert all(Path(f).is_absolute() and Path(f).is_file() for f in items)
+    assert np.abs(index.embeddings() - model.encode_images(items)).max() < 1e-6
+    assert index.info["keys"]["image"] == model.package.embedding_key("image", "fp32", "onnxruntime")
+    assert "images" in repr(index) and "items=20" in repr(index)
 
 
-def test_save_load_round_trip_and_search(built, model, tmp_path):
+def test_search_by_text_image_mix_and_vector(built, model):
     index, _ = built
-    index.save(tmp_path / "idx")
-    loaded = ImageIndex.load(tmp_path / "idx")
-    assert loaded.files == index.files and np.array_equal(loaded.embeddings, index.embeddings)
-    assert loaded.info["fingerprint"] == model.package.fingerprint
-    # by text: exact top-k by cosine
+    index = Index.open(index.root)  # a fresh read-only open
+    items, emb = index.items(), index.embeddings()
     q = model.encode_texts(["two dogs running on grass"])[0]
-    scores = index.embeddings @ q
-    hits = loaded.search(model, text="two dogs running on grass", top_k=5)
-    assert [h.file for h in hits] == [index.files[i] for i in np.argsort(-scores)[:5]]
+    scores = emb @ q
+    hits = index.search(model, text="two dogs running on grass", top_k=5)
+    assert [h.item for h in hits] == [items[i] for i in np.argsort(-scores, kind="stable")[:5]]
     np.testing.assert_allclose([h.score for h in hits], np.sort(scores)[::-1][:5], atol=1e-6)
-    # by image: an indexed photo finds itself first
-    hit = loaded.search(model, image=index.files[7], top_k=3)[0]
-    assert hit.file == index.files[7] and hit.score > 0.9999
-    # mix: the normalized weighted sum; the ends of the range are the pure queries
-    img = model.encode_images([index.files[3]])[0]
+    assert hits[0].file == hits[0].item
+    hit = index.search(model, image=items[7], top_k=3)[0]  # an indexed photo finds itself first
+    assert hit.item == items[7] and hit.score > 0.9999
+    img = model.encode_images([items[3]])[0]
     mix = 0.3 * q + 0.7 * img
-    got = loaded.query_embedding(model, text="two dogs running on grass", image=index.files[3], text_weight=0.3)
+    got = index.query_embedding(model, text="two dogs running on grass", image=items[3], text_weight=0.3)
     np.testing.assert_allclose(got, mix / np.linalg.norm(mix), atol=1e-6)
-    assert loaded.search(model, text="two dogs running on grass", image=index.files[3], text_weight=1.0, top_k=5) == hits
-    assert loaded.search(model, text="x", image=index.files[7], text_weight=0.0, top_k=1)[0].file == index.files[7]
-    assert len(loaded.search(model, text="a dog", top_k=100)) == 20
+    assert index.search(model, text="two dogs running on grass", image=items[3], text_weight=1.0, top_k=5) == hits
+    assert len(index.search(model, text="a dog", top_k=100)) == 20
+    batch = index.search_vectors(np.stack([q, img]), top_k=4)
+    assert [h.item for h in batch[0]] == [h.item for h in hits[:4]] and batch[1][0].item == items[3]
+    with pytest.raises(InputError, match="top_k"):
+        index.search_vector(q, top_k=0)
+    with pytest.raises(InputError, match=r"queries must be \[nq, 32\]"):
+        index.search_vector(np.ones(7, np.float32))
 
 
-@pytest.mark.parametrize("damage", ["truncate_embeddings", "edit_files", "no_header", "garbage_header",
-                                    "missing_embeddings", "newer_version"])
-def test_broken_index_is_refused(built, tmp_path, damage):
-    index, _ = built
-    root = index.save(tmp_path / "idx")
-    if damage == "truncate_embeddings":
-        data = (root / "embeddings.npy").read_bytes()
-        (root / "embeddings.npy").write_bytes(data[: len(data) - 100])
-    elif damage == "edit_files":
-        files = json.loads((root / "files.json").read_text())
-        (root / "files.json").write_text(json.dumps(files[::-1]))
-    elif damage == "no_header":
-        (root / "header.json").unlink()
-    elif damage == "garbage_header":
-        (root / "header.json").write_text("{not json")
-    elif damage == "missing_embeddings":
-        (root / "embeddings.npy").unlink()
-    elif damage == "newer_version":
-        header = json.loads((root / "header.json").read_text())
-        header["format_version"] = 99
-        (root / "header.json").write_text(json.dumps(header))
-    with pytest.raises(IndexFileError, match="rebuild|not a clip-rt index|upgrade"):
-        ImageIndex.load(root)
-
-
-def test_index_from_another_package_is_refused(built, tiny_package, tmp_path):
+def test_index_from_another_model_is_refused(built, tiny_package, tmp_path):
     index, _ = built
     other = tmp_path / "pkg2"
     shutil.copytree(tiny_package, other)
     manifest = json.loads((other / "manifest.json").read_text())
     manifest["preprocess"]["resize"] = manifest["preprocess"]["resize"] + 8  # other preprocessing: other embeddings
     (other / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(IndexFileError, match="fingerprint"):
-        index.search(clip_rt.load(other), text="a dog")
+    model2 = clip_rt.load(other)
+    with pytest.raises(IndexFileError, match="makes other image embeddings"):
+        index.search(model2, image=index.items()[0])
+    index.search(model2, text="a dog")  # the text encoder and tokenizer are the same: text queries still compare
+    with pytest.raises(IndexFileError, match="makes other image embeddings"):
+        update_images(index.root, model2, [index.items()[0]])
 
 
 def test_index_and_search_commands(tiny_package, folder, tmp_path, capsys, model):
     out = tmp_path / "cli-idx"
-    rc = main(["index", str(tiny_package), str(folder), "-o", str(out), "--no-progress"])
+    rc = main(["index", str(tiny_package), str(folder), "-o", str(out), "--no-progress", "--decode", "exact"])
     captured = capsys.readouterr()
     assert rc == 1, "a bad file makes the exit code non-zero"
     assert "broken.jpg" in captured.err and "indexed 20 image(s)" in captured.out
     rc = main(["search", str(out), "--text", "a child playing", "--top-k", "4", "--json"])
     doc = json.loads(capsys.readouterr().out)
     assert rc == 0 and len(doc["results"]) == 4
-    index = ImageIndex.load(out)
+    index = Index.open(out)
     want = index.search(model, text="a child playing", top_k=4)
-    assert [r["file"] for r in doc["results"]] == [h.file for h in want]
-    rc = main(["search", str(out), "--image", index.files[2], "--top-k", "2"])
+    assert [r["file"] for r in doc["results"]] == [h.item for h in want]
+    rc = main(["search", str(out), "--image", index.items()[2], "--top-k", "2"])
     table = capsys.readouterr().out
-    assert rc == 0 and index.files[2] in table.splitlines()[1]
+    assert rc == 0 and index.items()[2] in table.splitlines()[1]
     assert main(["search", str(out)]) == 2  # neither --text nor --image
+    # Building again over an existing index is refused (it would silently re-embed everything): --update refreshes.
+    assert main(["index", str(tiny_package), str(folder), "-o", str(out), "--no-progress"]) == 2
+    assert "refresh it with --update" in capsys.readouterr().err
+    assert main(["index", str(tiny_package), str(folder), "-o", str(out), "--update", "--no-progress"]) == 1
+    assert "0 embedded" in capsys.readouterr().out
+
+
+def test_photo_folder_is_never_taken_for_an_index(tiny_package, folder, tmp_path, capsys):
+    """Issue 19.10: a photo folder given as the index gets the right command, and -o never writes into one."""
+    photos = tmp_path / "photos"
+    shutil.copytree(folder / "b", photos)
+    assert main(["search", str(photos), "--text", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder of images" in err and f"-o {photos.name}.index" in err and f"-o {photos}\n" not in err
+    before = sorted(p.name for p in photos.rglob("*"))
+    assert main(["index", str(tiny_package), str(folder), "-o", str(photos), "--no-progress"]) == 2
+    assert "already exists and is not a clip-rt index" in capsys.readouterr().err
+    assert main(["index", str(tiny_package), str(folder), "-o", str(photos), "--update", "--no-progress"]) == 2
+    assert sorted(p.name for p in photos.rglob("*")) == before  # nothing was written into it
+    assert main(["search", str(tmp_path / "nothing"), "--text", "x"]) == 2
+    assert "not a clip-rt index" in capsys.readouterr().err
+
+
+def test_empty_folder_is_an_error(tiny_package, tmp_path, capsys):
+    """Issue 19.7 (index): no image files is an error, and an update never empties an index because of it."""
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    rc = main(["index", str(tiny_package), str(tmp_path / "empty"), "-o", str(tmp_path / "i"), "--no-progress"])
+    assert rc == 2 and f"no image files found under {tmp_path / 'empty'}" in capsys.readouterr().err
+    assert not (tmp_path / "i").exists()
 
 
 def test_progress_without_tqdm(tiny_package, folder, tmp_path):
@@ -134,6 +146,7 @@ def test_progress_without_tqdm(tiny_package, folder, tmp_path):
     proc = run_lean_cli(["index", str(tiny_package), str(folder), "-o", str(tmp_path / "i"), "--batch-size", "8"])
     assert proc.returncode == 1, proc.stderr
     assert "embedded 21/21 images" in proc.stderr  # the broken file counts as done: 21 files in total
+    assert "broken.jpg" in proc.stderr
 
 
 def _transformers_recall(ref, files, captions, owner, k):
@@ -150,16 +163,16 @@ def _transformers_recall(ref, files, captions, owner, k):
 
 
 def _runtime_recall(model, files, captions, owner, k, tmp_path):
-    """Recall from the runtime: an ImageIndex of the photos (saved and reloaded), captions searched one by one."""
-    index, errors = ImageIndex.build(model, files, batch_size=16)
-    assert not errors
-    index = ImageIndex.load(index.save(tmp_path / "flickr-index"))
-    pos = {f: i for i, f in enumerate(index.files)}
+    """Recall from the runtime: an index of the photos (exact decode, like transformers), captions searched in one
+    batch through the index."""
+    index, report = update_images(tmp_path / "flickr-index", model, files, decode="exact", batch_size=16)
+    assert not report.errors
+    pos = {f: i for i, f in enumerate(index.items())}
     row = [pos[os.path.abspath(f)] for f in files]
     text = model.encode_texts(captions)
-    t2i = np.mean([row[owner[j]] in {pos[h.file] for h in index.search_embedding(text[j], top_k=k)}
-                   for j in range(len(captions))]) * 100
-    i2t = recall_at_k(index.embeddings, text, [row[o] for o in owner], ks=(k,))[f"i2t@{k}"]
+    found = index.search_vectors(text, top_k=k)
+    t2i = np.mean([row[owner[j]] in {pos[h.item] for h in found[j]} for j in range(len(captions))]) * 100
+    i2t = recall_at_k(index.embeddings(), text, [row[o] for o in owner], ks=(k,))[f"i2t@{k}"]
     return t2i, i2t
 
 

@@ -28,8 +28,8 @@ pytest.importorskip("transformers", reason="the parity reference is transformers
 def test_blocker_really_blocks():
     proc = run_lean("import torch", epilogue=False)
     assert proc.returncode != 0 and "blocked: lean runtime test" in proc.stderr
-    proc = run_lean("import clip_rt, clip_rt.model, clip_rt.zeroshot, clip_rt.index, clip_rt.cli.run, clip_rt.cli.index\n"
-                    "print(clip_rt.load, clip_rt.ZeroShotClassifier, clip_rt.ImageIndex)")
+    proc = run_lean("import clip_rt, clip_rt.model, clip_rt.zeroshot, clip_rt.search, clip_rt.cli.run, clip_rt.cli.index\n"
+                    "print(clip_rt.load, clip_rt.ZeroShotClassifier, clip_rt.Index, clip_rt.ImageIndex)")
     assert proc.returncode == 0, proc.stderr
 
 
@@ -52,15 +52,17 @@ def test_lean_classify_index_and_refusals(tiny_package, data_dir, tmp_path):
     """Zero-shot, the index and the similarity API run without torch; asking for torch or openvino says how to get
     it."""
     code = f"""
-import json, clip_rt
+import json, clip_rt, clip_rt.search
 from clip_rt.errors import BackendUnavailable
 m = clip_rt.load({str(tiny_package)!r})
 clf = clip_rt.ZeroShotClassifier(m, ["airplane", "cat", "ship"], templates="imagenet")
 files = [{str(data_dir / 'cifar10' / 'images' / 'airplane_0000.jpg')!r}, {str(data_dir / 'cifar10' / 'images' / 'cat_0000.jpg')!r}]
 preds = clf.predict(files, top_k=3)
-index, errors = clip_rt.ImageIndex.build(m, [{str(data_dir / 'cifar10' / 'images')!r}], progress=True)
-index.save({str(tmp_path / 'idx')!r})
-hits = clip_rt.ImageIndex.load({str(tmp_path / 'idx')!r}).search(m, text="a cat", top_k=2)
+from clip_rt.cli.index import progress_printer
+index, report = clip_rt.search.update_images({str(tmp_path / 'idx')!r}, m, [{str(data_dir / 'cifar10' / 'images')!r}],
+                                             progress=progress_printer())
+errors = report.errors
+hits = clip_rt.Index.open({str(tmp_path / 'idx')!r}).search(m, text="a cat", top_k=2)
 try:
     clip_rt.load({str(tiny_package)!r}, backend="torch")
     torch_error = None

@@ -1,4 +1,4 @@
-"""`clip-rt index` (embed a folder into a retrieval index) and `clip-rt search` (query it)."""
+"""`clip-rt index` (build or update an image index or a text pool) and `clip-rt search` (query one)."""
 
 from __future__ import annotations
 
@@ -6,27 +6,50 @@ import argparse
 import json
 import logging
 
-from .run import (HELP, add_model_args, add_verbose_arg, load_model, log_model, positive_int, print_table,
+from .run import (DECODES, HELP, add_model_args, add_verbose_arg, load_model, log_model, positive_int, print_table,
                   report_errors, setup_logging, unit_float)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("index", formatter_class=HELP, help="embed image files into a searchable index",
-                       description="Embed every image under the given files and folders (walked recursively) and "
-                                   "save an index folder (embeddings.npy, files.json, header.json). Unreadable "
+    from ..search.plan import INDEX_TYPES
+
+    p = sub.add_parser("index", formatter_class=HELP, help="build or update a searchable index of images or texts",
+                       description="Embed every image under the given files and folders (walked recursively) into an "
+                                   "index folder (SQLite item table, vectors file, FAISS engine above "
+                                   "~65k vectors), or every line of --texts FILE into a text pool. Run it again with "
+                                   "--update to embed only new and changed files and drop vanished ones. Unreadable "
                                    "files are reported on stderr and left out; the exit code is then 1.")
-    p.add_argument("package", help="model package folder")
-    p.add_argument("paths", nargs="+", metavar="DIR", help="image folders (or files)")
-    p.add_argument("-o", "--output", required=True, help="index folder to write")
+    p.add_argument("package", nargs="?", help="model package folder (not needed with --remove or --convert)")
+    p.add_argument("paths", nargs="*", metavar="DIR", help="image folders (or files)")
+    p.add_argument("-o", "--output", help="index folder to write (new or empty, or an index with --update)")
+    p.add_argument("--texts", metavar="FILE", default=None,
+                   help="build a text pool from FILE (one text per line, or a CSV/TSV caption/text/label column)")
+    p.add_argument("--update", action=argparse.BooleanOptionalAction, default=False,
+                   help="update the index at -o (created if absent): embed only new and changed items")
+    p.add_argument("--remove", nargs="+", metavar="PATH", default=None,
+                   help="drop these files (or every file under these folders, or these texts) from the index at -o")
+    p.add_argument("--convert", metavar="OLD", default=None,
+                   help="convert a clip-rt 0.1 index folder (header.json, embeddings.npy) in place; no re-embedding")
+    p.add_argument("--decode", choices=DECODES, default=None,
+                   help="JPEG decoding: fast (DCT-scaled to the smallest size >= the model's resize edge, ~10x "
+                        "faster on phone photos) or exact (full size, the parity reference). Default: fast for a new "
+                        "index, the recorded choice for --update")
+    p.add_argument("--index-type", choices=INDEX_TYPES, default=None,
+                   help="vector engine: auto (exact below ~65k x 512 vectors, else IVF-PQ sized to the memory "
+                        "budget), flat (always exact), ivfpq, hnsw. Default: auto, or the recorded choice")
+    p.add_argument("--memory-budget", default=None, metavar="SIZE",
+                   help="memory the approximate engine may keep resident, e.g. 512M, 2G. Default: 1G, or the "
+                        "recorded choice")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="progress on stderr (a tqdm bar if tqdm is installed, else counts)")
     add_model_args(p)
     p.set_defaults(handler=run_index)
 
-    p = sub.add_parser("search", formatter_class=HELP, help="search an index by text and/or image",
-                       description="Exact cosine-similarity search. The query is a text, an image, or both mixed as "
-                                   "normalize(w * text + (1 - w) * image) with w = --text-weight. The model is the "
-                                   "package recorded in the index header unless --package is given.")
+    p = sub.add_parser("search", formatter_class=HELP, help="search an index or a text pool by text and/or image",
+                       description="Cosine-similarity search (exact, or FAISS candidates reranked exactly). The query "
+                                   "is a text, an image, or both mixed as normalize(w * text + (1 - w) * image) with "
+                                   "w = --text-weight. The model is the package recorded in the index unless "
+                                   "--package is given.")
     p.add_argument("index", help="index folder (from clip-rt index)")
     p.add_argument("--text", default=None, help="query text")
     p.add_argument("--image", default=None, help="query image file")
@@ -36,26 +59,67 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--package", default=None, help="model package (default: the one recorded in the index)")
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: the backend's choice)")
     p.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
-                   help='print one JSON document: {"query": {...}, "results": [{"file", "score"}]}')
+                   help='print one JSON document: {"query": {...}, "results": [{"item", "file", "score"}]}')
     add_verbose_arg(p)
     p.set_defaults(handler=run_search)
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from ..index import ImageIndex
+    from pathlib import Path
 
+    from ..errors import InputError
+    from ..progress import progress_callback
+    from ..search.maintain import stderr_progress
+
+    setup_logging(args.verbose)
+    say = stderr_progress("clip-rt index") if args.progress else None
+    if args.convert is not None:
+        from ..search.legacy import convert
+
+        index = convert(args.convert, package=args.package)
+        print(f"converted {args.convert}: {len(index)} image(s), engine {index.engine.kind}", flush=True)
+        return 0
+    if args.output is None:
+        raise InputError("name the index folder with -o")
+    if args.remove is not None:
+        from ..search.update import remove_items
+
+        extra = [x for x in (args.package, *args.paths) if x]
+        report = remove_items(args.output, [*args.remove, *extra], log=say)
+        print(f"removed {report.removed} item(s) from {args.output}; engine: {report.engine}", flush=True)
+        return 0
+    if args.package is None or (not args.paths and args.texts is None):
+        raise InputError("give the model package and at least one image folder (or --texts FILE)")
+    if args.paths and args.texts is not None:
+        raise InputError("give image folders or --texts FILE, not both (a text pool and an image index are "
+                         "separate indexes)")
+    out = Path(args.output)
+    if not args.update and out.exists() and any(out.iterdir()):
+        from ..search.maintain import check_output_folder
+
+        check_output_folder(out)  # a folder of other files: refused with its own message
+        raise InputError(f"{out} already holds an index; refresh it with --update, or choose a new folder for -o")
     model = load_model(args)
-    index, errors = ImageIndex.build(model, args.paths, batch_size=args.batch_size, progress=args.progress)
-    index.save(args.output)
-    print(f"indexed {len(index)} image(s) into {args.output}", flush=True)
-    report_errors(errors, len(index) + len(errors))
-    return 1 if errors else 0
+    bar = progress_callback("embedded", "text" if args.texts else "img") if args.progress else None
+    if args.texts is not None:
+        from ..search.texts import update_texts
+
+        index, report = update_texts(out, model, args.texts, index_type=args.index_type,
+                                     memory_budget=args.memory_budget, progress=bar, log=say)
+        print(f"indexed {len(index)} text(s) into {out} ({report.summary()})", flush=True)
+        return 0
+    from ..search.update import update_images
+
+    index, report = update_images(out, model, args.paths, decode=args.decode, index_type=args.index_type,
+                                  memory_budget=args.memory_budget, batch_size=args.batch_size, progress=bar, log=say)
+    print(f"indexed {len(index)} image(s) into {out} ({report.summary()})", flush=True)
+    report_errors(report.errors, len(index) + len(report.errors))
+    return 1 if report.errors else 0
 
 
 def run_search(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..index import ImageIndex
-    from ..model import load
+    from ..search import Index
 
     if args.text is None and args.image is None:
         raise InputError("give --text, --image, or both")
@@ -63,20 +127,17 @@ def run_search(args: argparse.Namespace) -> int:
         raise InputError("--text-weight mixes a --text query with an --image query; give both, or leave it out")
     text_weight = 0.5 if args.text_weight is None else args.text_weight
     setup_logging(args.verbose)
-    index = ImageIndex.load(args.index)
-    if args.package:
-        model = load(args.package, backend=index.info.get("backend") or "onnxruntime",
-                     precision=index.info.get("precision") or "fp32", threads=args.threads)
-    else:
-        model = index.open_model(threads=args.threads)
+    index = Index.open(args.index)
+    model = index.open_model(args.package, threads=args.threads)
     log_model(model)
-    logging.getLogger("clip_rt.cli").info("index: %s (%d images, dim %d)", args.index, len(index), index.dim)
+    logging.getLogger("clip_rt.cli").info("index: %s (%d items)", args.index, len(index))
     hits = index.search(model, text=args.text, image=args.image, text_weight=text_weight, top_k=args.top_k)
     if args.json:
         query = {"text": args.text, "image": args.image,
                  "text_weight": text_weight if args.text is not None and args.image is not None else None}
-        print(json.dumps({"query": query, "results": [{"file": h.file, "score": h.score} for h in hits]},
+        key = "file" if index.kind == "images" else "text"
+        print(json.dumps({"query": query, "results": [{"item": h.item, key: h.item, "score": h.score} for h in hits]},
                          ensure_ascii=False))
     else:
-        print_table([[f"{h.score:.4f}", h.file] for h in hits], ["cosine", "file"])
+        print_table([[f"{h.score:.4f}", h.item] for h in hits], ["cosine", "file" if index.kind == "images" else "text"])
     return 0

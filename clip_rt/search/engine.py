@@ -1,0 +1,277 @@
+"""The two vector engines behind an index, with one call: queries [nq, D] -> (scores, vector ids) [nq, k], best first.
+
+    ExactEngine   inner product with numpy over the memory-mapped vectors (no FAISS needed)
+    FaissEngine   a FAISS structure (IVF + fast-scan PQ codes, or HNSW) proposing k * k_factor candidates per query,
+                  reranked exactly here from the memory-mapped vectors. An IVF-PQ engine is split into shards (vector
+                  id modulo the shard count, one core each) searched in parallel threads: FAISS scans the lists of
+                  one query on one thread, and on a collection without cluster structure a query scans most lists.
+
+Both skip dead rows (items deleted since the vectors were written) through a boolean `live` mask [rows]. The FAISS
+structure is saved as engine.npz (serialized index, the ids it holds, its metadata as JSON) in one atomic write,
+tagged with the index generation and vectors epoch it matches; an engine that is behind its index is brought up to
+date with sync() (adds and removes by id) instead of being rebuilt.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from ..errors import missing_dependency
+from ..fsutil import atomic_write_bytes
+from .plan import EnginePlan
+from .store import IndexFileError
+
+if TYPE_CHECKING:
+    import faiss as faiss_module
+
+log = logging.getLogger("clip_rt.search")
+
+ENGINE_FILE = "engine.npz"
+ADD_CHUNK = 65536  # vectors copied from the memory map and added to FAISS at a time
+TRAIN_PER_LIST = 40  # k-means training points per inverted list (FAISS asks for at least 39; plan keeps 48 per list)
+KMEANS_ITERATIONS = 10  # IVF coarse quantizer: 10 rounds reach a usable partition at a fraction of 25's cost
+MAX_SHARDS = 4  # IVF-PQ shards: one per usable core, at most this many
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def faiss() -> "faiss_module":
+    """The faiss module, or BackendUnavailable naming the extra."""
+    try:
+        import faiss as module
+    except ImportError as e:
+        raise missing_dependency(e.name or "faiss", "search", "an approximate (FAISS) index") from e
+    return module
+
+
+def faiss_available() -> bool:
+    try:
+        faiss()
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return False
+    return True
+
+
+def top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of scores [nq, m] with their ids [nq, m] (-inf scores dropped to id -1), best first, ties by id."""
+    k_eff = min(k, scores.shape[1])
+    if k_eff < scores.shape[1]:
+        part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]  # [nq, k]
+    else:
+        part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+    s = np.take_along_axis(scores, part, axis=1)
+    i = np.take_along_axis(ids, part, axis=1)
+    order = np.lexsort((i, -s), axis=1)  # by score descending, then id
+    s, i = np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
+    i = np.where(np.isfinite(s), i, -1)
+    return s, i
+
+
+def exact_search(queries: np.ndarray, k: int, vectors: np.ndarray,
+                 live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k (scores, vector ids) [nq, k] over the live rows, a block of rows at a time (bounded memory for a
+    memory map of any size and any number of queries)."""
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.full((len(queries), 0), -1, np.int64)
+    step = max(1024, (1 << 24) // max(1, len(queries)))  # rows per block: ~64 MiB of scores
+    for start in range(0, vectors.shape[0], step):
+        stop = min(start + step, vectors.shape[0])
+        s = queries @ np.asarray(vectors[start:stop]).T  # [nq, block]
+        s[:, ~live[start:stop]] = -np.inf
+        ids = np.broadcast_to(np.arange(start, stop, dtype=np.int64), s.shape)
+        best_s, best_i = top_k(np.concatenate([best_s, s], 1), np.concatenate([best_i, ids], 1), k)
+    return best_s, best_i
+
+
+class ExactEngine:
+    """Exact inner product over every live row."""
+
+    kind = "flat"
+
+    def __init__(self, meta: dict[str, Any] | None = None):
+        self.meta = dict(meta or {"kind": "flat"})
+
+    def search(self, queries: np.ndarray, k: int, vectors: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return exact_search(queries, k, vectors, live)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    if n not in _pools:
+        _pools[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="clip-rt-search")
+    return _pools[n]
+
+
+class FaissEngine:
+    """FAISS shards over the live vectors (ids = vector ids), searched for k * k_factor candidates each that are
+    then reranked exactly."""
+
+    def __init__(self, shards: list[Any], ids: np.ndarray, meta: dict[str, Any]):
+        self.shards = shards  # FAISS indexes; vector id i lives in shards[i % len(shards)]
+        self.ids = np.asarray(ids, dtype=np.int64)  # the vector ids the structure holds, ascending
+        self.meta = meta  # kind, factory, shards, nprobe, k_factor, recall, generation, epoch, ...
+        self.kind = str(meta["kind"])
+        self.configure(int(meta.get("nprobe", 1)), int(meta.get("ef_search", 64)))
+
+    @property
+    def nlist(self) -> int:
+        return int(self.shards[0].nlist) if self.kind == "ivfpq" else 0
+
+    # -- building ------------------------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, plan: EnginePlan, vectors: np.ndarray, live_ids: np.ndarray, exclude: np.ndarray | None = None,
+              seed: int = 0, progress: Callable[[str], None] | None = None) -> "FaissEngine":
+        """Train (IVF-PQ: on a sample of live vectors that leaves out `exclude`, the tuning queries) and add every
+        live vector under its vector id."""
+        fa = faiss()
+        t0 = time.perf_counter()
+        dim = vectors.shape[1]
+        index = fa.index_factory(dim, plan.factory, fa.METRIC_INNER_PRODUCT)
+        trained_on = 0
+        if plan.kind == "ivfpq":
+            ivf = fa.extract_index_ivf(index)
+            ivf.cp.niter = KMEANS_ITERATIONS
+            ivf.cp.seed = seed
+            pool = np.setdiff1d(live_ids, exclude) if exclude is not None and len(exclude) else live_ids
+            rng = np.random.default_rng(seed)
+            sample = np.sort(rng.choice(pool, min(len(pool), TRAIN_PER_LIST * plan.nlist), replace=False))
+            trained_on = len(sample)
+            if progress:
+                progress(f"training {plan.factory} on {trained_on} vectors")
+            x = np.ascontiguousarray(vectors[sample], dtype=np.float32)
+            fa.Clustering(dim, plan.nlist, ivf.cp).train(x, ivf.quantizer)  # the coarse k-means, on every thread
+            threads = fa.omp_get_max_threads()
+            # The PQ step runs one tiny k-means per sub-quantizer (hundreds of them, 16 centroids each): with OpenMP
+            # every iteration ends in a barrier, which on a busy machine costs more than the arithmetic. One thread.
+            fa.omp_set_num_threads(1)
+            try:
+                index.train(x)  # the quantizer is trained already: this trains the PQ codebooks on the residuals
+            finally:
+                fa.omp_set_num_threads(threads)
+        t_train = time.perf_counter() - t0
+        n_shards = min(MAX_SHARDS, usable_cores()) if plan.kind == "ivfpq" else 1
+        shards = [index] + [fa.clone_index(index) for _ in range(n_shards - 1)]  # trained, empty
+        engine = cls(shards, np.zeros(0, np.int64), {"kind": plan.kind, "factory": plan.factory, "reason": plan.reason,
+                                                    "resident_bytes": plan.resident_bytes, "shards": n_shards,
+                                                    "budget_bytes": plan.budget_bytes, "trained_on": trained_on,
+                                                    "nprobe": max(1, plan.nlist // 16), "k_factor": 8})
+        engine.add(vectors, live_ids, progress)
+        engine.meta.update({"train_s": round(t_train, 2), "build_s": round(time.perf_counter() - t0, 2),
+                            "built_n": int(len(live_ids))})
+        return engine
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray, progress: Callable[[str], None] | None = None) -> None:
+        n = len(self.shards)
+        for start in range(0, len(ids), ADD_CHUNK):
+            part = np.asarray(ids[start:start + ADD_CHUNK], dtype=np.int64)
+            for s, shard in enumerate(self.shards):
+                mine = part[part % n == s]
+                shard.add_with_ids(np.ascontiguousarray(vectors[mine], dtype=np.float32), mine)
+            if progress:
+                progress(f"added {min(start + ADD_CHUNK, len(ids))}/{len(ids)} vectors")
+        self.ids = np.union1d(self.ids, ids)
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Drop ids from the structure (IVF); HNSW cannot remove, so its dead ids stay and the live mask skips them."""
+        if len(ids) == 0:
+            return
+        if self.kind == "ivfpq":
+            ids = np.asarray(ids, dtype=np.int64)
+            for s, shard in enumerate(self.shards):
+                shard.remove_ids(faiss().IDSelectorBatch(ids[ids % len(self.shards) == s]))
+            self.ids = np.setdiff1d(self.ids, ids)
+        else:
+            self.meta["tombstones"] = int(self.meta.get("tombstones", 0)) + len(ids)
+
+    def sync(self, vectors: np.ndarray, live_ids: np.ndarray) -> tuple[int, int]:
+        """Add the live ids the structure lacks and remove the ones no longer live. Returns (added, removed)."""
+        missing = np.setdiff1d(live_ids, self.ids, assume_unique=True)
+        gone = np.setdiff1d(self.ids, live_ids, assume_unique=True)
+        if self.kind == "hnsw":
+            gone = np.zeros(0, np.int64)  # already tombstoned: the live mask hides them
+        self.add(vectors, missing)
+        self.remove(gone)
+        return len(missing), len(gone)
+
+    # -- searching ------------------------------------------------------------------------------------------------
+    def configure(self, nprobe: int, ef_search: int = 64) -> None:
+        fa = faiss()
+        for shard in self.shards:
+            if self.kind == "ivfpq":
+                fa.extract_index_ivf(shard).nprobe = int(nprobe)
+            elif self.kind == "hnsw":
+                fa.ParameterSpace().set_index_parameter(shard, "efSearch", int(ef_search))
+
+    def candidates(self, queries: np.ndarray, depth: int) -> np.ndarray:
+        """Vector ids [nq, shards * depth] proposed by the shards (-1 where one has fewer); FAISS releases the GIL,
+        so the shards run in parallel threads."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if len(self.shards) == 1:
+            return self.shards[0].search(q, int(depth))[1]
+        found = _pool(len(self.shards)).map(lambda shard: shard.search(q, int(depth))[1], self.shards)
+        return np.concatenate(list(found), axis=1)
+
+    def search(self, queries: np.ndarray, k: int, vectors: np.ndarray, live: np.ndarray,
+               k_factor: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        depth = k * int(k_factor or self.meta.get("k_factor", 8))
+        return rerank(queries, self.candidates(queries, depth), k, vectors, live)
+
+    # -- files ------------------------------------------------------------------------------------------------------
+    def save(self, root: Path) -> None:
+        buf = io.BytesIO()
+        shards = {f"shard{i}": faiss().serialize_index(x) for i, x in enumerate(self.shards)}
+        np.savez(buf, ids=self.ids, meta=np.frombuffer(json.dumps(self.meta).encode("utf-8"), dtype=np.uint8), **shards)
+        atomic_write_bytes(root / ENGINE_FILE, buf.getvalue())
+
+    @classmethod
+    def load(cls, root: Path) -> "FaissEngine | None":
+        """The saved engine, or None when there is none or it cannot be read (it is then rebuilt from the vectors)."""
+        path = root / ENGINE_FILE
+        if not path.is_file():
+            return None
+        fa = faiss()
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(z["meta"].tobytes().decode("utf-8"))
+                shards = [fa.deserialize_index(z[f"shard{i}"]) for i in range(int(meta.get("shards", 1)))]
+                ids = z["ids"]
+        except Exception as e:  # noqa: BLE001 - a damaged derived file is rebuilt, never trusted
+            log.warning("search: ignoring unreadable %s (%s: %s); it will be rebuilt", path, type(e).__name__, e)
+            return None
+        return cls(shards, ids, meta)
+
+
+def rerank(queries: np.ndarray, candidates: np.ndarray, k: int, vectors: np.ndarray,
+           live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact scores of candidate ids [nq, m] (-1 = none) from the vectors, dead ones dropped -> the top k.
+
+    Written here rather than with FAISS's IndexRefine: that keeps its own copy of every vector in memory and needs
+    sequential ids, while the vectors already sit memory-mapped in the index's vectors file."""
+    nq, m = candidates.shape
+    ok = candidates >= 0
+    ok[ok] &= live[candidates[ok]]
+    safe = np.where(ok, candidates, 0)  # [nq, m]
+    scores = np.einsum("qmd,qd->qm", np.asarray(vectors[safe.ravel()]).reshape(nq, m, -1), queries)  # [nq, m]
+    scores = np.where(ok, scores, -np.inf).astype(np.float32)
+    return top_k(scores, safe, k)
+
+
+def remove_engine_file(root: Path) -> None:
+    try:
+        os.unlink(root / ENGINE_FILE)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,256 @@
+"""`Index`: an opened index folder (image files or a text pool) searched by text, image, both, or a raw vector.
+
+    index = Index.open("photos.index")                  # read-only; a clip-rt 0.1 index folder opens too
+    model = index.open_model()                           # the package, backend and precision it was built with
+    index.search(model, text="a dog on a beach", top_k=5)   # [Hit(item, score), ...], best first
+    index.search_vector(vector, top_k=5)                 # a query embedding [D] of your own
+
+Scores are cosine similarities (inner products of L2-normalized embeddings), whatever the model family's own
+scoring (softmax or sigmoid are monotonic in them, so the ranking is the same). Building and updating live in
+clip_rt.search.update (images) and clip_rt.search.texts (text pools).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from ..errors import InputError, PackageError
+from .engine import ExactEngine, FaissEngine, faiss_available
+from .store import DB, IndexFileError, Store
+
+if TYPE_CHECKING:
+    from ..model import ClipModel, ImageInput
+
+log = logging.getLogger("clip_rt.search")
+
+KINDS = ("images", "texts")
+ENCODER_OF = {"images": "image", "texts": "text"}  # which encoder made an index's vectors
+
+
+@dataclass(frozen=True)
+class Hit:
+    item: str  # the file's absolute path (image index) or the text (text pool)
+    score: float  # cosine similarity between the query and the item
+
+    @property
+    def file(self) -> str:
+        """The item of an image index (its path)."""
+        return self.item
+
+
+def not_an_index_message(root: Path) -> str:
+    """Why `root` cannot be opened as an index, with the command that makes one (never one writing into a photo
+    folder)."""
+    if root.is_dir():
+        from ..preprocess import IMAGE_EXTENSIONS
+
+        images = sum(1 for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if images:
+            return (f"{root} is a folder of images ({images} here), not a clip-rt index; index it with: "
+                    f"clip-rt index PKG {root} -o {root.name or 'photos'}.index")
+    return f"{root} is not a clip-rt index (no {DB}); build one with: clip-rt index PKG DIR -o {root}"
+
+
+class Index:
+    """Items (files or texts), their vectors [rows, D] float32 and an engine over the live rows."""
+
+    def __init__(self, store: Any, engine: ExactEngine | FaissEngine | None = None):
+        self.store = store  # Store (an index folder) or legacy.LegacyStore (a clip-rt 0.1 folder, read-only)
+        self.root: Path = store.root
+        self._vectors = store.vectors()  # [rows, D] float32 (memory-mapped for Store)
+        self.live = np.zeros(self._vectors.shape[0], dtype=bool)  # [rows] rows that are items (not deleted)
+        self.live[store.live_ids()] = True
+        self.engine = engine if engine is not None else self._open_engine()
+
+    # -- opening ------------------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, writable: bool = False) -> "Index":
+        """Open an index folder. A clip-rt 0.1 folder (header.json + embeddings.npy + files.json) opens read-only;
+        `clip-rt index --convert PATH` turns it into this format."""
+        root = Path(path)
+        if (root / DB).is_file():
+            return cls(Store.open(root, writable))
+        from .legacy import LegacyStore, is_legacy
+
+        if is_legacy(root):
+            if writable:
+                raise IndexFileError(f"{root} is a clip-rt 0.1 index folder, which is read-only; convert it first "
+                                     f"with: clip-rt index --convert {root}")
+            return cls(LegacyStore.load(root))
+        raise IndexFileError(not_an_index_message(root))
+
+    load = open  # clip-rt 0.1's name
+
+    def _open_engine(self) -> ExactEngine | FaissEngine:
+        """The engine the header asks for, brought up to date with the item table if it is behind."""
+        meta = self.store.meta.get("engine") or {"kind": "flat"}
+        if meta.get("kind", "flat") == "flat":
+            return ExactEngine(meta)
+        if not faiss_available():
+            log.warning("search: %s has an approximate index but FAISS is not installed; searching its %d vectors "
+                        "exactly with numpy (slower; pip install 'clip-rt[search]' for the fast path)",
+                        self.root, len(self))
+            return ExactEngine({"kind": "flat", "reason": "faiss is not installed"})
+        engine = FaissEngine.load(self.root)
+        if engine is None or engine.meta.get("epoch") != self.store.meta.get("epoch"):
+            log.warning("search: %s: the approximate index is missing or from before a compaction; searching "
+                        "exactly until it is rebuilt (clip-rt index PKG DIR... -o %s --update)", self.root, self.root)
+            return ExactEngine({"kind": "flat", "reason": "approximate index missing; rebuild with --update"})
+        if engine.meta.get("generation") != self.store.meta.get("generation"):
+            added, removed = engine.sync(self._vectors, self.store.live_ids())
+            log.info("search: %s: brought the approximate index up to date (+%d, -%d vectors)", self.root,
+                     added, removed)
+            engine.meta["generation"] = self.store.meta.get("generation")
+            if self.store.writable:
+                engine.save(self.root)
+        return engine
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- facts ------------------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.live.sum())
+
+    def __repr__(self) -> str:
+        return (f"Index({str(self.root)!r}, kind={self.kind!r}, items={len(self)}, dim={self.dim}, "
+                f"engine={self.engine.meta.get('factory') or self.engine.kind!r})")
+
+    @property
+    def kind(self) -> str:
+        return str(self.store.meta.get("kind", "images"))
+
+    @property
+    def dim(self) -> int:
+        return int(self.store.meta["dim"])
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The header: format, kind, package path, backend, precision, embedding keys, decode, counts, engine."""
+        return {**self.store.meta, "count": len(self), "engine": self.engine.meta}
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """float32 [rows, D] (memory-mapped); rows not in `live` are deleted items."""
+        return self._vectors
+
+    def items(self) -> list[str]:
+        """Every item (path or text), in vector-id order."""
+        return [row[1] for row in self.store.rows()]
+
+    def embeddings(self, items: Sequence[str] | None = None) -> np.ndarray:
+        """float32 [N, D]: the vectors of `items` (default: all, in vector-id order)."""
+        rows = {item: vid for vid, item, *_ in self.store.rows()}
+        wanted = list(rows) if items is None else list(items)
+        missing = [x for x in wanted if x not in rows]
+        if missing:
+            raise InputError(f"{missing[0]!r} is not in the index {self.root}")
+        return np.asarray(self._vectors[[rows[x] for x in wanted]], dtype=np.float32)
+
+    # -- the model ----------------------------------------------------------------------------------------------------
+    def check_model(self, model: "ClipModel", encoder: str) -> None:
+        """Refuse a model whose `encoder` ("image" or "text") embeddings are not comparable with this index's."""
+        if model.embed_dim != self.dim:
+            raise IndexFileError(f"the index {self.root} holds {self.dim}-d embeddings, the model makes "
+                                 f"{model.embed_dim}-d ones")
+        self.store.check_key(model, encoder)
+
+    def open_model(self, package: str | os.PathLike | None = None, **kwargs: Any) -> "ClipModel":
+        """Load the package this index was built with (its recorded path unless `package` is given), with the
+        backend and precision recorded in the header unless kwargs name others."""
+        from ..model import load
+        from ..package import Package
+
+        opts: dict[str, Any] = {"backend": self.store.meta.get("backend") or "onnxruntime",
+                                "precision": self.store.meta.get("precision") or "fp32"}
+        opts.update(kwargs)
+        where = package or self.store.meta.get("package")
+        if not where:
+            raise IndexFileError(f"the index {self.root} records no model package (it was imported from vectors); "
+                                 f"name the package that made them: clip-rt search INDEX --package PKG")
+        try:
+            pkg = Package.open(str(where))
+        except PackageError as e:
+            hint = "" if package else " (the index was built with that package; if it moved, name it: clip-rt search INDEX --package PKG)"
+            raise PackageError(f"{e}{hint}") from None
+        self._check_artifacts(pkg, opts["precision"], opts["backend"])
+        return load(pkg, **opts)
+
+    def _check_artifacts(self, pkg: Any, precision: str, backend: str) -> None:
+        """Name the artifacts a search needs that the package lacks, and the export command that adds them."""
+        if backend == "torch":
+            return
+        kind = "tensorrt" if backend == "tensorrt" else "onnxruntime"
+        missing = [e for e in ("text", "image") if not pkg.find(e, precision, kind)]
+        if missing:
+            have = sorted({f"{a.encoder} {a.precision}" for a in pkg.artifacts})
+            fix = (f"clip-rt build-engine {pkg.root} --precision {precision}" if kind == "tensorrt"
+                   else pkg.export_command(precision))
+            raise PackageError(f"the index {self.root} holds {precision} embeddings ({backend}); the package "
+                               f"{pkg.root} has no {precision} {' or '.join(missing)} artifact, needed to load the "
+                               f"model for a query (it has: {', '.join(have)}); add it with: {fix}")
+
+    def query_embedding(self, model: "ClipModel", text: str | None = None, image: "ImageInput | None" = None,
+                        text_weight: float = 0.5) -> np.ndarray:
+        """The normalized query vector [D]: the text's, the image's, or normalize(w * text + (1 - w) * image)."""
+        if text is None and image is None:
+            raise InputError("give a text, an image, or both")
+        if not 0.0 <= text_weight <= 1.0:
+            raise InputError(f"text_weight must be in [0, 1], got {text_weight}")
+        parts = []
+        if text is not None:
+            self.check_model(model, "text")
+            parts.append((text_weight if image is not None else 1.0, model.encode_texts([text])[0]))  # [D]
+        if image is not None:
+            self.check_model(model, "image")
+            parts.append((1.0 - text_weight if text is not None else 1.0, model.encode_images([image])[0]))  # [D]
+        q = sum(w * v for w, v in parts)
+        norm = float(np.linalg.norm(q))
+        if not np.isfinite(norm) or norm == 0.0:
+            raise InputError("the query embedding is zero or not finite (text and image cancel out?)")
+        return np.asarray(q / norm, dtype=np.float32)  # [D]
+
+    # -- searching ------------------------------------------------------------------------------------------------
+    def search_vectors(self, queries: np.ndarray, top_k: int = 10) -> list[list[Hit]]:
+        """Query embeddings [nq, D] (normalized here) -> per query, the top_k items by cosine, best first."""
+        if not isinstance(top_k, int) or top_k < 1:
+            raise InputError(f"top_k must be an int >= 1, got {top_k!r}")
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise InputError(f"queries must be [nq, {self.dim}], got {list(q.shape)}")
+        norms = np.linalg.norm(q, axis=1, keepdims=True)  # [nq, 1]
+        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+            raise InputError("a query embedding is zero or not finite")
+        q = np.ascontiguousarray(q / norms)
+        scores, ids = self.engine.search(q, top_k, self._vectors, self.live)  # [nq, k] each
+        names = self.store.items_by_id(np.unique(ids[ids >= 0]))
+        return [[Hit(names[int(i)], float(s)) for s, i in zip(srow, irow) if i >= 0 and int(i) in names]
+                for srow, irow in zip(scores, ids)]
+
+    def search_vector(self, query: np.ndarray, top_k: int = 10) -> list[Hit]:
+        """One query embedding [D] -> the top_k items by cosine, best first."""
+        return self.search_vectors(np.asarray(query, dtype=np.float32).reshape(1, -1), top_k)[0]
+
+    search_embedding = search_vector  # clip-rt 0.1's name
+
+    def search(self, model: "ClipModel", text: str | None = None, image: "ImageInput | None" = None,
+               text_weight: float = 0.5, top_k: int = 10) -> list[Hit]:
+        """Search by text, by image (path, PIL image or array), or by both mixed with text_weight in [0, 1]."""
+        return self.search_vector(self.query_embedding(model, text, image, text_weight), top_k)
+
+
+def open_index(path: str | os.PathLike) -> Index:
+    """Open an index folder read-only (see Index.open)."""
+    return Index.open(path)

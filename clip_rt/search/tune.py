@@ -1,0 +1,123 @@
+"""Build-time tuning of an approximate engine: recall@10 against exact search on held-back queries.
+
+The queries are indexed vectors held back from training (FaissEngine.build leaves them out of the k-means and
+PQ sample); each query's own row is excluded from both result lists, so recall is measured on its other neighbours.
+An image index built with a model is also tuned with text queries (queries.txt: everyday photo searches, embedded
+with the index's text encoder): text embeddings sit apart from image embeddings (CLIP's modality gap), so their
+neighbours can need deeper probing than an image's. A setting must reach the target on both sets.
+For every nprobe (1, 2, 4, ... nlist) one candidate search at the deepest rerank depth gives the recall of each
+shallower depth too (each shard's prefix). The cheapest (nprobe, k_factor) whose recall reaches the target wins, cost being
+the codes scanned plus the vectors gathered for reranking; if none does, the most accurate one, and the header says
+what it reached.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .engine import exact_search, rerank
+
+if TYPE_CHECKING:
+    from .engine import FaissEngine
+
+log = logging.getLogger("clip_rt.search")
+
+K = 10  # recall@K
+QUERIES = 256  # held-back queries (fewer for small collections: a twentieth of them)
+K_FACTORS = (2, 4, 8, 16, 32, 64)  # rerank depths tried: K * factor candidates
+GATHER_COST = 16  # a reranked vector costs this many times a scanned code byte per byte (random reads vs a stream)
+EF_SEARCH = (16, 32, 64, 128, 256, 512, 1024)  # HNSW
+
+
+def pick_queries(live_ids: np.ndarray, seed: int = 0) -> np.ndarray:
+    n = min(QUERIES, max(1, len(live_ids) // 20))
+    return np.sort(np.random.default_rng(seed + 1).choice(live_ids, n, replace=False))
+
+
+def exact_neighbours(vectors: np.ndarray, live: np.ndarray, query_ids: np.ndarray, k: int = K) -> np.ndarray:
+    """Exact top-k vector ids [nq, k] of each query row among the live rows other than itself."""
+    queries = np.ascontiguousarray(vectors[query_ids], dtype=np.float32)  # [nq, D]
+    top = exact_top(vectors, live, queries, k + 1)  # [nq, k + 1]: itself is among them (a score of 1)
+    return np.array([[i for i in row if i != q][:k] for row, q in zip(top, query_ids)], dtype=np.int64)
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over queries of |found_q & truth_q| / |truth_q| (ids -1 ignored)."""
+    hits = [len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist())) / max(1, int((t >= 0).sum()))
+            for f, t in zip(found, truth)]
+    return float(np.mean(hits)) if hits else 1.0
+
+
+def tuning_texts() -> list[str]:
+    """The text queries an image index is tuned with (queries.txt)."""
+    text = (resources.files("clip_rt.search") / "queries.txt").read_text(encoding="utf-8")
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids: np.ndarray,
+         target: float, text_queries: np.ndarray | None = None) -> dict[str, Any]:
+    """Set the engine's search parameters for `target` recall@10 on the held-back items (and on `text_queries`
+    [m, D], if given) and return what was measured (for the header)."""
+    t0 = time.perf_counter()
+    truth = exact_neighbours(vectors, live, query_ids)
+    queries = np.ascontiguousarray(vectors[query_ids], dtype=np.float32)
+    sets = [(queries, truth, query_ids)]
+    if text_queries is not None and len(text_queries):
+        tq = np.ascontiguousarray(text_queries, dtype=np.float32)
+        sets.append((tq, exact_top(vectors, live, tq), np.full(len(tq), -1, np.int64)))
+    dim = vectors.shape[1]
+    results = []  # (cost, min recall over the sets, setting, recall per set)
+    if engine.kind == "ivfpq":
+        nlist, code_bytes = engine.nlist, int(engine.meta["factory"].split("PQ")[1].split("x")[0]) // 2
+        n = len(engine.ids)
+        settings = [2 ** i for i in range(int(np.log2(nlist)) + 1)]
+        deepest = K * (K_FACTORS[-1] + 1)  # + 1: the query's own row takes a candidate slot
+        for nprobe in settings:
+            engine.configure(nprobe)
+            shards = len(engine.shards)
+            cands = [engine.candidates(q, deepest).reshape(len(q), shards, deepest)  # [nq, shards, deepest] per set
+                     for q, _, _ in sets]
+            for kf in K_FACTORS:  # each shard's best K * kf + 1: what a search at that depth gets
+                rs = [recall(_without_self(q, c[:, :, :K * kf + 1].reshape(len(q), -1), vectors, live, own), t)
+                      for (q, t, own), c in zip(sets, cands)]
+                cost = nprobe / nlist * n * code_bytes + GATHER_COST * len(engine.shards) * K * kf * 4 * dim
+                results.append((cost, min(rs), {"nprobe": nprobe, "k_factor": kf}, rs))
+            if min(r for _, r, s, _ in results if s["nprobe"] == nprobe) >= 0.999:
+                break  # deeper probing cannot do better
+    else:  # hnsw
+        for ef in EF_SEARCH:
+            engine.configure(1, ef)
+            depth = max(ef, K * 4 + 1)
+            rs = [recall(_without_self(q, engine.candidates(q, depth), vectors, live, own), t) for q, t, own in sets]
+            results.append((ef, min(rs), {"ef_search": ef, "k_factor": depth // K}, rs))
+    good = [x for x in results if x[1] >= target]
+    cost, reached, setting, per_set = (min(good, key=lambda x: x[0]) if good
+                                       else max(results, key=lambda x: (x[1], -x[0])))
+    if not good:
+        log.warning("search: tuning reached recall@10 %.3f, below the target %.2f: the memory budget leaves too "
+                    "coarse codes; raise --memory-budget", reached, target)
+    engine.meta.update(setting)
+    engine.configure(int(engine.meta.get("nprobe", 1)), int(engine.meta.get("ef_search", 64)))
+    tried = [{"recall": [round(r, 4) for r in rs], **s} for _, _, s, rs in results]
+    out = {"recall_at_10": round(per_set[0], 4), "target_recall": target, "tuning_queries": int(len(query_ids)),
+           "tuning_method": "indexed vectors held back from training; each query's own row excluded",
+           "tuning_s": round(time.perf_counter() - t0, 2), "tried": tried, **setting}
+    if len(sets) > 1:
+        out.update({"recall_at_10_text": round(per_set[1], 4), "tuning_text_queries": int(len(sets[1][0]))})
+    return out
+
+
+def exact_top(vectors: np.ndarray, live: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray:
+    """Exact top-k vector ids [nq, k] of free queries [nq, D] among the live rows."""
+    return exact_search(np.ascontiguousarray(queries, dtype=np.float32), k, vectors, live)[1]
+
+
+def _without_self(queries: np.ndarray, cand: np.ndarray, vectors: np.ndarray, live: np.ndarray,
+                  own: np.ndarray) -> np.ndarray:
+    cand = np.where(cand == own[:, None], -1, cand)
+    return rerank(queries, cand, K, vectors, live)[1]

@@ -1,0 +1,195 @@
+"""The engine behind an index: the selection rule (size and memory budget), the FAISS IVF-PQ path on 10k random unit
+vectors (the hard case: no cluster structure) with its build-time recall against exact search, HNSW on request,
+a missing or stale engine file, and exact search without FAISS installed."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from clip_rt.errors import BackendUnavailable, InputError
+from clip_rt.search import Index
+from clip_rt.search.engine import ENGINE_FILE, ExactEngine, FaissEngine, usable_cores
+from clip_rt.search.maintain import import_vectors, refresh_engine
+from clip_rt.search.plan import EXACT_MAX_BYTES, ivfpq_bytes, nlist_for, parse_memory, plan
+from clip_rt.search.store import Store
+from clip_rt.search.tune import exact_neighbours, recall
+from runtime_reference import run_lean
+
+N, DIM = 10_000, 64
+
+
+@pytest.fixture(autouse=True)
+def one_faiss_thread():
+    faiss = pytest.importorskip("faiss")
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # OpenMP spin-waits: one thread is faster on a shared 2-core machine
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def unit(n: int, dim: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def ann(tmp_path_factory):
+    """An IVF-PQ index of 10k random unit vectors (ivfpq asked for: auto would search 10k exactly)."""
+    root = tmp_path_factory.mktemp("ann") / "random.index"
+    vectors = unit(N, DIM, 0)
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    report = import_vectors(root, [f"v{i}" for i in range(N)], vectors, {}, index_type="ivfpq")
+    return root, vectors, report
+
+
+def test_selection_rule():
+    # Exact while the vectors fit the scan limit: 65,536 x 512 float32 is 128 MiB.
+    assert plan(65_536, 512).kind == "flat" and plan(65_537, 512).kind == "ivfpq"
+    assert EXACT_MAX_BYTES == 128 << 20
+    one_m = plan(1_000_000, 512)
+    assert (one_m.kind, one_m.nlist, one_m.pq_m, one_m.factory) == ("ivfpq", 4096, 256, "IVF4096,PQ256x4fs")
+    assert one_m.resident_bytes == ivfpq_bytes(1_000_000, 512, 4096, 256) < 160 << 20
+    # A tight budget takes coarser codes; one that nothing fits is refused with the size it would need.
+    assert plan(1_000_000, 512, memory_budget=100 << 20).pq_m == 128
+    assert plan(1_000_000, 512, memory_budget=40 << 20).pq_m == 32
+    with pytest.raises(InputError, match=r"too small .* needs ~\d+ MiB"):
+        plan(1_000_000, 512, memory_budget=10 << 20)
+    # A budget under the exact scan's size makes even a small collection approximate.
+    assert plan(50_000, 512, memory_budget=64 << 20).kind == "ivfpq"
+    assert plan(10, 512, "ivfpq").nlist == 1 and nlist_for(20_000) == 256
+    assert plan(10, 512, "hnsw").factory == "IDMap2,HNSW32"
+    with pytest.raises(InputError, match="over --memory-budget"):
+        plan(1_000_000, 512, "hnsw", memory_budget=1 << 30)
+    assert parse_memory("512M") == 512 << 20 and parse_memory("1.5GiB") == 3 << 29 and parse_memory(4096) == 4096
+    with pytest.raises(InputError, match="--memory-budget"):
+        parse_memory("lots")
+
+
+def test_ivfpq_reaches_its_recall_on_random_vectors(ann):
+    root, vectors, report = ann
+    index = Index.open(root)
+    meta = index.engine.meta
+    assert isinstance(index.engine, FaissEngine) and meta["factory"] == "IVF128,PQ32x4fs"
+    assert "recall@10" in report.engine and meta["recall_at_10"] >= meta["target_recall"] == 0.97
+    assert meta["tuning_queries"] == 256 and meta["generation"] == index.store.meta["generation"]
+    shards = index.engine.shards  # one per usable core, vector id i in shard i % shards
+    assert meta["shards"] == len(shards) == min(4, usable_cores()) and sum(x.ntotal for x in shards) == N
+    # Fresh queries (not in the collection) against exact search over the same vectors.
+    queries = unit(200, DIM, 1)
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    found = [[int(h.item[1:]) for h in hits] for hits in index.search_vectors(queries, top_k=10)]
+    got = recall(np.array(found), truth)
+    print(f"\n10k x {DIM} random: build-time recall@10 {meta['recall_at_10']:.3f}, fresh queries {got:.3f} "
+          f"(nprobe {meta['nprobe']}/128, rerank {meta['k_factor']} x 10)")
+    assert got >= 0.95
+    # Scores are exact (reranked from the vectors), best first.
+    hits = index.search_vector(queries[0], top_k=10)
+    np.testing.assert_allclose([h.score for h in hits], vectors[[int(h.item[1:]) for h in hits]] @ queries[0], atol=1e-6)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_concurrent_searches_match_serial_ones(ann):
+    """One opened index serves several threads at once (the serve deployment shares it)."""
+    import faults
+
+    root, _, _ = ann
+    index = Index.open(root)
+    queries = unit(24, DIM, 9)
+    serial = [index.search_vector(q, top_k=10) for q in queries]
+    parallel = faults.run_in_threads(6, lambda t: [index.search_vector(q, top_k=10) for q in queries[t::6]])
+    assert [parallel[i % 6][i // 6] for i in range(24)] == serial
+
+
+def test_tuning_ground_truth_excludes_the_query():
+    vectors = unit(500, 16, 2)
+    live = np.ones(500, bool)
+    live[7] = False
+    truth = exact_neighbours(vectors, live, np.array([3, 10]), k=5)
+    for q, row in zip((3, 10), truth):
+        scores = vectors @ vectors[q]
+        scores[[q, 7]] = -np.inf
+        assert list(row) == list(np.argsort(-scores, kind="stable")[:5])
+
+
+def test_stale_missing_and_damaged_engine(ann, tmp_path, caplog):
+    import shutil
+
+    root, vectors, _ = ann
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    # Items committed after the engine was saved (a crash before its save): synced on open, by id.
+    store = Store.open(copy, writable=True)
+    from clip_rt.search.store import Item
+
+    extra = unit(3, DIM, 5)
+    store.commit([Item(f"new{i}", "", "imported") for i in range(3)], extra, remove=["v0", "v1"])
+    store.close()
+    index = Index.open(copy)
+    assert isinstance(index.engine, FaissEngine) and len(index) == N + 1
+    assert index.search_vector(extra[1], top_k=1)[0].item == "new1"
+    assert all(h.item not in ("v0", "v1") for h in index.search_vector(vectors[0], top_k=10))
+    # No engine file: exact search, with a warning naming the command that rebuilds it.
+    (copy / ENGINE_FILE).unlink()
+    with caplog.at_level(logging.WARNING, logger="clip_rt.search"):
+        index = Index.open(copy)
+    assert isinstance(index.engine, ExactEngine) and "--update" in caplog.text
+    assert index.search_vector(extra[2], top_k=1)[0].item == "new2"
+    # A damaged engine file is never trusted: rebuilt by the next refresh.
+    (copy / ENGINE_FILE).write_bytes(b"PK\x03\x04 not a zip")
+    assert FaissEngine.load(copy) is None
+    store = Store.open(copy, writable=True)
+    what = refresh_engine(store)
+    store.close()
+    assert "built" in what and isinstance(Index.open(copy).engine, FaissEngine)
+
+
+def test_hnsw_on_request(tmp_path):
+    vectors = unit(2000, 32, 3)
+    import_vectors(tmp_path / "h", [f"v{i}" for i in range(2000)], vectors, {}, index_type="hnsw")
+    index = Index.open(tmp_path / "h")
+    assert index.engine.kind == "hnsw" and index.engine.meta["recall_at_10"] >= 0.97
+    queries = unit(50, 32, 4)
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    found = np.array([[int(h.item[1:]) for h in hits] for hits in index.search_vectors(queries, 10)])
+    assert recall(found, truth) >= 0.95
+    # HNSW cannot remove: deleted items stay in the graph and are skipped by the live mask.
+    store = Store.open(tmp_path / "h", writable=True)
+    store.commit(remove=[f"v{i}" for i in truth[0][:3]])
+    refresh_engine(store)
+    store.close()
+    hits = Index.open(tmp_path / "h").search_vector(queries[0], 10)
+    assert {h.item for h in hits}.isdisjoint({f"v{i}" for i in truth[0][:3]}) and len(hits) == 10
+
+
+def test_exact_search_without_faiss(ann):
+    """FAISS is optional: an IVF-PQ index opens and searches exactly (with a warning) where it cannot be imported,
+    and asking for an approximate build there names the extra."""
+    root, vectors, _ = ann
+    queries = unit(3, DIM, 6)
+    code = f"""
+import json, numpy as np
+from clip_rt.search import Index
+index = Index.open({str(root)!r})
+q = np.array({queries.tolist()!r}, dtype=np.float32)
+hits = index.search_vectors(q, top_k=10)
+try:
+    from clip_rt.search.maintain import import_vectors
+    import_vectors({str(root.parent / "other")!r}, ["a", "b"], q[:2], {{}}, index_type="ivfpq")
+    error = None
+except Exception as e:
+    error = f"{{type(e).__name__}}: {{e}}"
+print(json.dumps({{"kind": index.engine.kind, "hits": [[h.item for h in r] for r in hits], "error": error}}))
+"""
+    proc = run_lean(code)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["kind"] == "flat" and "FAISS is not installed" in proc.stderr and "clip-rt[search]" in proc.stderr
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    assert out["hits"] == [[f"v{i}" for i in row] for row in truth]
+    assert out["error"].startswith(BackendUnavailable.__name__) and "pip install 'clip-rt[search]'" in out["error"]
