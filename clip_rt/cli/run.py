@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..contract import PRECISIONS
+from .scale import add_ray_args, run_embed_ray
 
 if TYPE_CHECKING:
     from ..errors import ImageError
@@ -128,8 +129,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", nargs="+", metavar="PATH", help="image files and folders")
     what.add_argument("--texts", nargs="+", metavar="TEXT", help="texts")
-    p.add_argument("-o", "--output", required=True, help="output .npy file")
+    p.add_argument("-o", "--output", required=True, help="output .npy file (with --ray: an output folder)")
     add_model_args(p)
+    add_ray_args(p)
     p.set_defaults(handler=run_embed)
 
     p = sub.add_parser("score", formatter_class=HELP, help="CLIP score of an image and a text",
@@ -188,6 +190,8 @@ def run_embed(args: argparse.Namespace) -> int:
 
     from ..fsutil import atomic_write_bytes, atomic_write_json
 
+    if args.ray is not None:
+        return run_embed_ray(args)
     model = load_model(args)
     out = Path(args.output)
     errors: list = []

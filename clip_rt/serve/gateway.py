@@ -1,0 +1,381 @@
+"""The HTTP gateway: FastAPI routes that parse and check requests, decode images, call the encoder replicas and
+answer every error as JSON with its reason.
+
+    POST /embed/text    {"texts": [...]}                         -> {"embeddings": [[...]]}
+    POST /embed/image   multipart fields `files`, or {"images": [base64...], "names": [...]}
+                                                                 -> {"embeddings", "files", "errors": [{"file", "error"}]}
+    POST /classify      images as above + labels, templates, top_k -> {"results": [{"file", "labels"}], "errors", "cache"}
+    POST /search        text and/or one image, text_weight, top_k -> {"results": [{"file", "score"}]}
+    GET  /healthz, GET /info, GET /docs (OpenAPI)
+
+Status codes: 400 unreadable image, bad text or malformed body; 413 body over the limit; 415 a body that is
+neither JSON nor multipart; 503 when the encoders' bounded queue is full or a replica died under a request
+(with Retry-After); 500 only for a fault of the server itself.
+
+No `from __future__ import annotations` here: Serve rebuilds the routes' signatures to inject `self`, and FastAPI
+then needs the annotations as real classes (a string "Request" would be taken for a query parameter).
+"""
+
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from .. import __version__
+from ..errors import ClipRtError, ImageError
+from ..package import Package
+from ..preprocess import PreprocessConfig, prepare
+from ..zeroshot import builtin_template_sets
+from . import schemas
+from .config import ServeConfig
+from .limits import ApiError, BodyLimit
+
+log = logging.getLogger("clip_rt.serve")
+
+app = FastAPI(title="clip-rt", version=__version__,
+              description="CLIP embeddings, zero-shot classification and search over HTTP, batched across clients.")
+app.state.max_body_bytes = ServeConfig.max_body_bytes  # replaced by each gateway replica's config
+app.add_middleware(BodyLimit, limit=lambda: int(app.state.max_body_bytes))
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": schemas.ErrorResponse, "description": "unreadable image, bad text or malformed request"},
+    413: {"model": schemas.ErrorResponse, "description": "body over the server's limit"},
+    503: {"model": schemas.ErrorResponse, "description": "queue full or replica lost; retry after Retry-After"},
+}
+
+
+def _image_body(json_model: type) -> dict[str, Any]:
+    """OpenAPI request body of the image routes: multipart or JSON (the route reads the body itself)."""
+    form = {"type": "object", "properties": {"files": {"type": "array", "items": {"type": "string",
+                                                                                     "format": "binary"}}},
+            "required": ["files"]}
+    if json_model is schemas.ClassifyRequest:
+        form["properties"].update({"labels": {"type": "array", "items": {"type": "string"}},
+                                   "templates": {"type": "array", "items": {"type": "string"}},
+                                   "top_k": {"type": "integer"}})
+    if json_model is schemas.SearchRequest:
+        form = {"type": "object", "properties": {"files": {"type": "string", "format": "binary"},
+                                                 "text": {"type": "string"}, "text_weight": {"type": "number"},
+                                                 "top_k": {"type": "integer"}}}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form},
+                                                          "application/json": {"schema": json_model.model_json_schema()}}}}
+
+
+# -- errors as JSON --------------------------------------------------------------------------------------------
+@app.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+def _validation_reason(errors: list[Any]) -> str:
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return f"malformed request: the body is not valid JSON ({first.get('msg')} at position {first['loc'][-1]})"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"malformed request: {_where(tuple(first.get('loc', ())))}: {first.get('msg', 'invalid')}{more}"
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"error": _validation_reason(list(exc.errors()))}, status_code=400)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+@app.exception_handler(Exception)
+async def _fault(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("request %s %s failed", request.method, request.url.path)
+    return JSONResponse({"error": f"internal server error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+
+# -- request parsing -------------------------------------------------------------------------------------------
+async def _json_body(request: Request, model: type[schemas._Strict]) -> Any:
+    try:
+        doc = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"malformed request: the body is not valid JSON ({e})") from None
+    try:
+        return model.model_validate(doc)
+    except ValidationError as e:
+        raise ApiError(400, _validation_reason(list(e.errors()))) from None
+
+
+def _b64(data: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{where} is not valid base64") from None
+
+
+def _names(names: list[str] | None, n: int) -> list[str]:
+    if names is None:
+        return [f"images[{i}]" for i in range(n)]
+    if len(names) != n:
+        raise ApiError(400, f"names has {len(names)} entries for {n} images")
+    return names
+
+
+def check_texts(texts: list[str], limit: int) -> list[str]:
+    """400 unless texts is a non-empty list of at most `limit` non-blank strings."""
+    if not texts:
+        raise ApiError(400, "texts is empty: send at least one text")
+    if len(texts) > limit:
+        raise ApiError(400, f"{len(texts)} texts in one request; the server takes at most {limit} (--max-items)")
+    blank = [i for i, t in enumerate(texts) if not t.strip()]
+    if blank:
+        raise ApiError(400, f"texts[{blank[0]}] is empty" + (f" (and {len(blank) - 1} more)" if len(blank) > 1 else ""))
+    return texts
+
+
+def check_templates(templates: str | list[str]) -> str | list[str]:
+    """A built-in set name, one template with {}, or a list of them; never a server-side file path."""
+    sets = builtin_template_sets()
+    if isinstance(templates, str):
+        if templates in sets or "{}" in templates:
+            return templates
+        raise ApiError(400, f"templates {templates!r} is neither a built-in set ({', '.join(sets)}) nor a template "
+                            f"with {{}} where the label goes")
+    if not templates or any("{}" not in t for t in templates):
+        raise ApiError(400, "templates must be a non-empty list of templates, each with {} where the label goes")
+    return templates
+
+
+class Form:
+    """A parsed multipart body: the `files` parts and the other fields."""
+
+    def __init__(self, files: list[tuple[str, bytes]], fields: dict[str, list[str]]):
+        self.files = files
+        self.fields = fields
+
+    def one(self, name: str, default: Any = None) -> Any:
+        values = self.fields.get(name, [])
+        if len(values) > 1:
+            raise ApiError(400, f"form field {name!r} was given {len(values)} times; give it once")
+        return values[0] if values else default
+
+
+async def _form(request: Request, max_items: int, max_bytes: int) -> Form:
+    form = await request.form(max_files=max_items, max_fields=4 * max_items + 16, max_part_size=max_bytes)
+    files: list[tuple[str, bytes]] = []
+    fields: dict[str, list[str]] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if key != "files":
+                raise ApiError(400, f"file part {key!r}: image parts must be named 'files'")
+            files.append((value.filename or f"files[{len(files)}]", await value.read()))
+        else:
+            if key == "files":
+                raise ApiError(400, "field 'files' must be a file part (multipart filename=...), not a text value")
+            fields.setdefault(key, []).append(value)
+    return Form(files, fields)
+
+
+def _int_field(form: Form, name: str, default: int, low: int = 1) -> int:
+    raw = form.one(name)
+    try:
+        value = default if raw is None else int(raw)
+    except ValueError:
+        raise ApiError(400, f"form field {name!r} must be an integer, got {raw!r}") from None
+    if value < low:
+        raise ApiError(400, f"form field {name!r} must be >= {low}, got {value}")
+    return value
+
+
+def decode_images(items: list[tuple[str, bytes]], cfg: PreprocessConfig) -> tuple[np.ndarray, list[str], list[dict[str, str]]]:
+    """(name, file bytes) pairs -> (uint8 [N, S, S, 3] crops of the readable ones, their names, per-image errors)."""
+    crops, names, errors = [], [], []
+    for name, data in items:
+        try:
+            crops.append(prepare(data, cfg, name=name))  # [S, S, 3] uint8, exactly as clip_rt.load would make it
+            names.append(name)
+        except ImageError as e:
+            errors.append({"file": e.file, "error": e.reason})
+    S = cfg.image_size
+    pixels = np.stack(crops) if crops else np.zeros((0, S, S, 3), np.uint8)  # [N, S, S, 3]
+    return pixels, names, errors
+
+
+# -- the deployment ---------------------------------------------------------------------------------------------
+# serve.ingress binds the routes to the class here, at import: each replica imports this module and must see the
+# same binding (applied later, in the driver only, the replicas' copy of `app` would route without `self`).
+@serve.ingress(app)
+class Gateway:
+    """Routes of the HTTP API. Stateless apart from the encoder handle: any number of gateway replicas may run."""
+
+    def __init__(self, encoder: DeploymentHandle, config: ServeConfig):
+        self.encoder = encoder
+        self.config = config
+        self.package = Package.open(config.package)
+        self.preprocess = PreprocessConfig.from_manifest(self.package.preprocess)
+        app.state.max_body_bytes = config.max_body_bytes
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        """An encoder call. A replica that dies under it (or cannot be reached) is retried on another replica, or
+        on its replacement, with backoff; a full queue or a lost replica is a 503 the client may retry."""
+        delay = 0.2
+        for attempt in range(self.config.retry_attempts + 1):
+            try:
+                return await getattr(self.encoder, method).remote(*args)
+            except BackPressureError:
+                raise ApiError(503, f"server busy: the encoder queue is full ({self.config.max_queued} requests "
+                                    f"waiting); retry shortly", retry_after_s=1) from None
+            except DeploymentUnavailableError as e:
+                raise ApiError(503, f"encoder unavailable ({e}); retry shortly", retry_after_s=2) from None
+            except (RayActorError, ActorUnavailableError) as e:
+                log.warning("encoder replica lost during %s (attempt %d): %s", method, attempt + 1, e)
+                if attempt < self.config.retry_attempts:
+                    await asyncio.sleep(delay)
+                    delay *= 2
+        raise ApiError(503, "an encoder replica stopped during this request and no replacement answered yet; retry "
+                            "shortly", retry_after_s=2)
+
+    async def _user_call(self, method: str, *args: Any) -> Any:
+        """_call for requests whose input the encoder may still refuse (ClipRtError becomes a 400)."""
+        try:
+            return await self._call(method, *args)
+        except (ClipRtError, RayTaskError) as e:
+            cause = getattr(e, "cause", None) or e  # Serve re-raises the replica's exception inside a RayTaskError
+            if isinstance(cause, ClipRtError):
+                raise ApiError(400, str(cause)) from None
+            raise
+
+    async def _images(self, request: Request) -> tuple[list[tuple[str, bytes]], Any]:
+        """The request's images as (name, bytes) pairs, and the parsed body (a JSON model or a Form)."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "multipart/form-data":
+            form = await _form(request, self.config.max_items, self.config.max_body_bytes)
+            return form.files, form
+        if kind == "application/json":
+            path = request.url.path
+            model = {"/classify": schemas.ClassifyRequest, "/search": schemas.SearchRequest}.get(path, schemas.ImagesRequest)
+            body = await _json_body(request, model)
+            if isinstance(body, schemas.SearchRequest):
+                return ([("image", _b64(body.image, "image"))] if body.image is not None else []), body
+            names = _names(body.names, len(body.images))
+            return [(n, _b64(d, f"images[{i}]")) for i, (n, d) in enumerate(zip(names, body.images))], body
+        raise ApiError(415, f"unsupported content type {kind or '(none)'!r}: send multipart/form-data (fields named "
+                            f"'files') or application/json with base64 images")
+
+    async def _decoded(self, items: list[tuple[str, bytes]]) -> tuple[np.ndarray, list[str], list[dict[str, str]]]:
+        if not items:
+            raise ApiError(400, "no images: send multipart file fields named 'files', or JSON {\"images\": [base64, ...]}")
+        if len(items) > self.config.max_items:
+            raise ApiError(400, f"{len(items)} images in one request; the server takes at most {self.config.max_items} "
+                                f"(--max-items)")
+        pixels, names, errors = await asyncio.to_thread(decode_images, items, self.preprocess)
+        if not names:
+            what = errors[0]["error"] if len(errors) == 1 else f"none of the {len(errors)} images could be read"
+            raise ApiError(400, f"unreadable image: {what}", errors=errors)
+        return pixels, names, errors
+
+    # -- routes ---------------------------------------------------------------------------------------------------
+    @app.post("/embed/text", response_model=schemas.EmbeddingsResponse, responses=_ERRORS)
+    async def embed_text(self, body: schemas.TextsRequest) -> Response:
+        """Texts -> L2-normalized embeddings, in order."""
+        texts = check_texts(body.texts, self.config.max_items)
+        emb = await self._call("embed_texts", texts)  # [N, D]
+        return JSONResponse({"embeddings": emb.tolist()})
+
+    @app.post("/embed/image", response_model=schemas.ImageEmbeddingsResponse, responses=_ERRORS,
+              openapi_extra=_image_body(schemas.ImagesRequest))
+    async def embed_image(self, request: Request) -> Response:
+        """Image files -> L2-normalized embeddings of the readable ones, in order; the others listed in errors."""
+        items, _ = await self._images(request)
+        pixels, names, errors = await self._decoded(items)
+        emb = await self._call("embed_pixels", pixels)  # [N, D]
+        return JSONResponse({"embeddings": emb.tolist(), "files": names, "errors": errors})
+
+    @app.post("/classify", response_model=schemas.ClassifyResponse, responses=_ERRORS,
+              openapi_extra=_image_body(schemas.ClassifyRequest))
+    async def classify(self, request: Request) -> Response:
+        """Images + labels + templates -> the top_k labels per image, scored by the package's zero-shot rule."""
+        items, body = await self._images(request)
+        if isinstance(body, Form):
+            labels = body.fields.get("labels", [])
+            raw = body.fields.get("templates", ["simple"])
+            templates: str | list[str] = raw[0] if len(raw) == 1 else raw
+            top_k = _int_field(body, "top_k", 5)
+        else:
+            labels, templates, top_k = body.labels, body.templates, body.top_k
+        labels = [x.strip() for x in labels]
+        if not labels or any(not x for x in labels):
+            raise ApiError(400, "labels must be a non-empty list of non-empty class names")
+        if len(labels) > 100_000:
+            raise ApiError(400, f"{len(labels)} labels; the server takes at most 100,000 per request")
+        templates = check_templates(templates)
+        pixels, names, errors = await self._decoded(items)
+        out = await self._user_call("classify", pixels, labels, templates, top_k)
+        results = [{"file": f, "labels": p} for f, p in zip(names, out["predictions"])]
+        return JSONResponse({"results": results, "errors": errors, "cache": out["cache"]})
+
+    @app.post("/search", response_model=schemas.SearchResponse, responses={**_ERRORS, 404: _ERRORS[400]},
+              openapi_extra=_image_body(schemas.SearchRequest))
+    async def search(self, request: Request) -> Response:
+        """A text, an image, or both (mixed by text_weight) -> the top_k files of the served index."""
+        if self.config.index is None:
+            raise ApiError(404, "this server has no index: start clip-rt serve with --index INDEX to serve /search")
+        items, body = await self._images(request)
+        if isinstance(body, Form):
+            text, top_k = body.one("text"), _int_field(body, "top_k", 10)
+            raw = body.one("text_weight", "0.5")
+            try:
+                weight = float(raw)
+            except ValueError:
+                raise ApiError(400, f"form field 'text_weight' must be a number, got {raw!r}") from None
+            if not 0.0 <= weight <= 1.0:
+                raise ApiError(400, f"text_weight must be in [0, 1], got {weight}")
+        else:
+            text, weight, top_k = body.text, body.text_weight, body.top_k
+        if text is not None:
+            check_texts([text], 1)
+        if len(items) > 1:
+            raise ApiError(400, f"/search takes one query image, got {len(items)}")
+        if text is None and not items:
+            raise ApiError(400, "give a text, an image, or both")
+        pixels = (await self._decoded(items))[0] if items else None
+        hits = await self._user_call("search", text, pixels, weight, top_k)
+        return JSONResponse({"results": hits})
+
+    @app.get("/healthz")
+    async def healthz(self) -> Response:
+        """200 when an encoder replica answers, 503 otherwise."""
+        try:
+            await asyncio.wait_for(self._call("ping"), timeout=10.0)
+        except (ApiError, asyncio.TimeoutError) as e:
+            raise ApiError(503, f"no encoder replica answers ({e or 'timeout'})", retry_after_s=2) from None
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/info")
+    async def info(self) -> Response:
+        """The package, the serving settings, and one encoder replica's model and batching counters."""
+        replica = await self._call("info")
+        pkg = self.package
+        doc = {"version": __version__, "package": {"path": str(pkg.root), "fingerprint": pkg.fingerprint,
+                                                    "embed_dim": pkg.embed_dim, "image_size": pkg.image_size,
+                                                    "context_length": pkg.context_length},
+               "config": {k: v for k, v in self.config.to_json().items() if k != "options"},
+               "replica": replica}
+        return JSONResponse(doc)
