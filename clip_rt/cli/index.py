@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "save an index folder (embeddings.npy, files.json, header.json). Unreadable "
                                    "files are reported on stderr and left out; the exit code is then 1.")
     p.add_argument("package", help="model package folder")
-    p.add_argument("paths", nargs="+", metavar="DIR", help="image folders (or files)")
+    p.add_argument("paths", nargs="+", metavar="DIR",
+                   help="image folders (or files), or the output folder of clip-rt embed --ray (not embedded again)")
     p.add_argument("-o", "--output", required=True, help="index folder to write")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="progress on stderr (a tqdm bar if tqdm is installed, else counts)")
@@ -40,7 +41,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_index(args: argparse.Namespace) -> int:
     from ..index import ImageIndex
+    from ..scale.shards import is_run
 
+    if len(args.paths) == 1 and is_run(args.paths[0]):  # the output of clip-rt embed --ray: no embedding again
+        from ..scale.shards import index_from_run
+
+        index = index_from_run(args.paths[0], args.package, args.output)
+        print(f"indexed {len(index)} image(s) from {args.paths[0]} into {args.output}", flush=True)
+        return 0
     model = load_model(args)
     index, errors = ImageIndex.build(model, args.paths, batch_size=args.batch_size, progress=args.progress)
     index.save(args.output)

@@ -170,6 +170,23 @@ def read_failures(output: str | os.PathLike) -> list[dict[str, str]]:
     return found
 
 
+def is_run(path: str | os.PathLike) -> bool:
+    """True for a folder written by clip-rt embed --ray (it holds a plan.json)."""
+    return (Path(path) / PLAN).is_file()
+
+
+def index_from_run(output: str | os.PathLike, package: str | os.PathLike, index: str | os.PathLike) -> "ImageIndex":
+    """`clip-rt index PKG RUN -o INDEX`: the run's embeddings saved as an index, refused unless made by PKG."""
+    from ..package import Package
+
+    plan = Plan.read(Path(output))
+    fingerprint = Package.open(Path(package)).fingerprint
+    if plan.fingerprint != fingerprint:
+        raise ShardError(f"{output} was embedded with package {plan.package} (fingerprint {plan.fingerprint}), not "
+                         f"{package} ({fingerprint}); index it with that package")
+    return to_index(output, index)
+
+
 def to_index(output: str | os.PathLike, index: str | os.PathLike | None = None) -> "ImageIndex":
     """The run's embeddings as a clip_rt ImageIndex (files made absolute); saved to `index` when given."""
     from ..index import ImageIndex

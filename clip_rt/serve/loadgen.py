@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,3 +197,62 @@ async def run_load(url: str, workload: Workload, spec: LoadSpec, min_cosine: flo
         await asyncio.gather(*(client(c) for c in range(spec.clients)), malformed_pacer())
         result.seconds = time.perf_counter() - start
     return result
+
+
+class ServerProcess:
+    """`clip-rt serve PACKAGE ARGS...` as a child process in its own session, for tests and benchmarks.
+
+    Entering starts it and waits until /healthz answers 200 (or the process dies: ServeError with its last output);
+    leaving sends SIGINT (the command stops Serve and its Ray cluster), then SIGKILLs the session's process group
+    if anything is left after `stop_timeout_s`.
+    """
+
+    def __init__(self, package: str, args: Sequence[str] = (), port: int = 8000, log: str | os.PathLike | None = None,
+                 startup_timeout_s: float = 600.0, stop_timeout_s: float = 60.0):
+        self.cmd = [sys.executable, "-m", "clip_rt.cli", "serve", str(package), "--port", str(port), *args]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = Path(log) if log is not None else None
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log is not None and self.log.exists() else ""
+
+    def __enter__(self) -> "ServerProcess":
+        import httpx
+
+        from .client import ServeError
+
+        out = open(self.log, "wb") if self.log is not None else subprocess.DEVNULL
+        self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + self.startup_timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise ServeError(0, f"clip-rt serve exited with code {self.proc.returncode}: {self._tail()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=10).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.__exit__()
+                raise ServeError(0, f"clip-rt serve did not answer /healthz within {self.startup_timeout_s:.0f} s: "
+                                    f"{self._tail()}")
+            time.sleep(1.0)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of its session is left (Ray workers, raylet)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        self.proc = None
