@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -270,3 +269,124 @@ def test_client_and_ray_modules_stay_lean():
             "assert not heavy, heavy")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+# -- slow: a replica killed under load; the must-show load on ViT-B/32 INT8 ------------------------------------------
+def encoder_replicas(app: str) -> list[str]:
+    import ray
+
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith("SERVE_REPLICA") and f"{app}#Encoder#" in a["name"])
+
+
+@pytest.mark.slow
+def test_replica_killed_under_load_is_replaced_and_no_request_is_lost(server, tiny_package, model, photos):
+    """Two encoder replicas that hold every request for a 300 ms batch window, 8 clients for 20 s; one replica is
+    killed at 5 s, when it holds about half of the 8 requests in flight. Every request gets its right answer (the
+    gateway retries the calls the dead replica had accepted, Serve's router resends those it had not, and the client
+    retries any 503), none hangs, and Serve starts a replacement."""
+    import ray
+    from ray import serve
+
+    from clip_rt.serve import ServeConfig, build_app
+
+    cfg = ServeConfig(str(tiny_package), port=server[1].port, replicas=2, replica_cpus=0.5, max_batch_size=64,
+                      batch_wait_ms=300)
+    serve.run(build_app(cfg), name="kill", route_prefix="/kill", blocking=False)
+    url = server[0] + "/kill"
+    deadline = time.monotonic() + 180
+    while len(encoder_replicas("kill")) < 2 or httpx.get(url + "/healthz", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline, "the application never came up"
+        time.sleep(0.5)
+    try:
+        ref = model.encode_images(photos)
+        stop_at = time.monotonic() + 20
+        spans, worst, errors = [], [], []
+
+        def one_client(c: int) -> None:
+            with Client(url, timeout=60, retries=30, backoff_s=0.1, max_backoff_s=2) as cl:
+                n = 0
+                while time.monotonic() < stop_at:
+                    i = (c + n) % len(photos)
+                    t0 = time.monotonic()
+                    try:
+                        got = cl.embed_images([photos[i]]).embeddings
+                        worst.append(float(cosines(got, ref[i: i + 1])[0]))
+                    except ServeError as e:
+                        errors.append(str(e))
+                    spans.append((t0, time.monotonic()))
+                    n += 1
+
+        victims = encoder_replicas("kill")
+        with ThreadPoolExecutor(8) as pool:
+            running = [pool.submit(one_client, c) for c in range(8)]
+            time.sleep(5.0)
+            killed_at = time.monotonic()
+            ray.kill(ray.get_actor(victims[0], namespace="serve"), no_restart=True)
+            for r in running:
+                r.result()
+        held = [b - a for a, b in spans if a < killed_at < b]
+        info = Client(url).info()
+        print(f"\n{len(spans)} requests, {len(held)} in flight at the kill (answered in {max(held):.2f} s at most); "
+              f"slowest {max(b - a for a, b in spans):.2f} s; gateway counters {info['gateway']}")
+        assert not errors, errors[:3]
+        assert len(held) == 8, "every client had a request in flight when the replica was killed"
+        assert info["gateway"]["replica_losses"] >= 1, "the dead replica held no accepted call: nothing was retried"
+        assert len(worst) == len(spans) > 50 and min(worst) >= EXACT
+        deadline = time.monotonic() + 180
+        while not (len(encoder_replicas("kill")) == 2 and victims[0] not in encoder_replicas("kill")):
+            assert time.monotonic() < deadline, f"no replacement replica: {encoder_replicas('kill')}"
+            time.sleep(1)
+    finally:
+        serve.delete("kill")
+
+
+@pytest.fixture(scope="module")
+def vitb32_int8_package(vitb32_source, data_dir, tmp_path_factory) -> Path:
+    from conftest import export
+
+    return export(vitb32_source, tmp_path_factory.mktemp("vitb32-int8") / "pkg", "--precision", "fp32", "int8",
+                  "--calib", str(data_dir / "imagenet_sample" / "images"),
+                  "--eval-images", str(data_dir / "flickr8k" / "images"))
+
+
+@pytest.mark.slow
+def test_must_show_64_clients_batching_vs_none_on_vitb32_int8(vitb32_int8_package, data_dir, tmp_path):
+    """64 clients for 30 s with 200 malformed requests mixed in, against `clip-rt serve --precision int8` with dynamic
+    batching and with --max-batch-size 1: nothing failed or lost, every answer equal to in-process, every malformed
+    request a 4xx with a reason, and batching at least doubles the throughput."""
+    from clip_rt.serve.loadgen import LoadSpec, ServerProcess, Workload, run_load
+
+    model = clip_rt_load(vitb32_int8_package, "int8")
+    files = sorted(str(p) for p in (data_dir / "caltech101" / "images").iterdir())[::9][:64]
+    texts = caption_pool(data_dir, 128)
+    workload = Workload.from_model(model, texts, files)
+    del model
+    spec = LoadSpec(clients=64, duration_s=30.0, malformed=200)
+    results = {}
+    for label, batch in (("batching", "32"), ("no batching", "1")):
+        args = ["--precision", "int8", "--max-batch-size", batch, "--batch-wait-ms", "10", "--max-body-mb", "4"]
+        with ServerProcess(str(vitb32_int8_package), args, port=free_port(), log=tmp_path / f"{batch}.log") as srv:
+            results[label] = asyncio.run(run_load(srv.url, workload, spec)).summary()
+        print(f"\n{label}: {json.dumps(results[label])}")
+    for label, r in results.items():
+        assert r["failed"] == {} and r["lost"] == 0 and r["mismatched"] == 0, (label, r)
+        assert r["min_cosine"] >= EXACT and r["p99_ms"] is not None
+        m = r["malformed"]
+        assert m["sent"] == 200 and m["answered_4xx"] == 200 and m["without_reason"] == 0, (label, m)
+    ratio = results["batching"]["throughput_per_s"] / results["no batching"]["throughput_per_s"]
+    print(f"throughput ratio batching / no batching: {ratio:.2f}")
+    assert ratio >= 2.0
+
+
+def clip_rt_load(package: Path, precision: str):
+    import clip_rt
+
+    return clip_rt.load(package, precision=precision)
+
+
+def caption_pool(data_dir: Path, n: int) -> list[str]:
+    import csv
+
+    with open(data_dir / "flickr8k" / "captions.csv", newline="", encoding="utf-8") as f:
+        return [row["caption"] for row in csv.DictReader(f)][:n]

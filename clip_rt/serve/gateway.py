@@ -231,6 +231,7 @@ class Gateway:
         self.package = Package.open(config.package)
         self.preprocess = PreprocessConfig.from_manifest(self.package.preprocess)
         app.state.max_body_bytes = config.max_body_bytes
+        self.counters = {"replica_losses": 0, "queue_full": 0}  # encoder calls that met a dead replica / a full queue
 
     async def _call(self, method: str, *args: Any) -> Any:
         """An encoder call. A replica that dies under it (or cannot be reached) is retried on another replica, or
@@ -240,11 +241,13 @@ class Gateway:
             try:
                 return await getattr(self.encoder, method).remote(*args)
             except BackPressureError:
+                self.counters["queue_full"] += 1
                 raise ApiError(503, f"server busy: the encoder queue is full ({self.config.max_queued} requests "
                                     f"waiting); retry shortly", retry_after_s=1) from None
             except DeploymentUnavailableError as e:
                 raise ApiError(503, f"encoder unavailable ({e}); retry shortly", retry_after_s=2) from None
             except (RayActorError, ActorUnavailableError) as e:
+                self.counters["replica_losses"] += 1
                 log.warning("encoder replica lost during %s (attempt %d): %s", method, attempt + 1, e)
                 if attempt < self.config.retry_attempts:
                     await asyncio.sleep(delay)
@@ -370,12 +373,13 @@ class Gateway:
 
     @app.get("/info")
     async def info(self) -> Response:
-        """The package, the serving settings, and one encoder replica's model and batching counters."""
+        """The package, the serving settings, this gateway's counters (encoder calls that met a dead replica or a
+        full queue) and one encoder replica's model and batching counters."""
         replica = await self._call("info")
         pkg = self.package
         doc = {"version": __version__, "package": {"path": str(pkg.root), "fingerprint": pkg.fingerprint,
                                                     "embed_dim": pkg.embed_dim, "image_size": pkg.image_size,
                                                     "context_length": pkg.context_length},
                "config": {k: v for k, v in self.config.to_json().items() if k != "options"},
-               "replica": replica}
+               "gateway": dict(self.counters), "replica": replica}
         return JSONResponse(doc)
