@@ -193,8 +193,9 @@ def ray_cluster():
     ray = pytest.importorskip("ray", reason="Ray tests need clip-rt[serve,scale]")
     for attempt in (1, 2):  # Ray gives its raylet 30 s to register, which an overloaded shared host can miss once
         try:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 << 20,
-                     logging_level="warning", log_to_driver=False)
+            from clip_rt.ray import connect
+
+            connect(num_cpus=2, object_store_bytes=256 << 20)  # as clip-rt starts a local cluster, smaller
             break
         except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this timeout
             if attempt == 2 or "timed out during startup" not in str(e):

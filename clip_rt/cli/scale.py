@@ -38,7 +38,8 @@ def run_embed_ray(args: argparse.Namespace) -> int:
                        backend=args.backend, precision=args.precision, device=args.device, threads=args.threads,
                        actor_cpus=args.ray_actor_cpus, actor_gpus=gpus, progress=print_progress)
     print(f"wrote {run.output}: {run.embedded} embeddings in {run.shards} shard(s) ({run.shards_skipped} finished "
-          f"before, {run.shards_computed} computed now, {run.images_encoded} images encoded in {run.seconds:.1f} s)",
+          f"before, {run.shards_computed} computed now, {run.images_encoded} images encoded in {run.seconds:.1f} s, "
+          f"{run.images_per_s:.1f} images/s after Ray start-up)",
           file=sys.stderr)
     report_errors(run.failed, run.embedded + len(run.failed))
     return 1 if run.failed else 0

@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--provider", choices=("cuda", "tensorrt"), default=None,
                    help="onnxruntime execution provider on a GPU (default with --device cuda: cuda)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads per replica (default: the backend's)")
+    p.add_argument("--spinning", action=argparse.BooleanOptionalAction, default=False,
+                   help="onnxruntime: let idle intra-op threads spin (they then take CPU from the HTTP side)")
     p.add_argument("--replicas", type=int, default=1, help="encoder replicas (one model each)")
     p.add_argument("--max-batch-size", type=int, default=32, help="images or texts per model call (1: no batching)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0,
@@ -40,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--replica-cpus", type=float, default=1.0, help="logical CPUs Ray reserves per encoder replica")
     p.add_argument("--replica-gpus", type=float, default=None,
                    help="GPUs Ray reserves per encoder replica (default: 1 on a cuda device, else 0)")
-    add_verbose_arg(p)
+    add_verbose_arg(p)  # also turns on the replicas' per-request access log
     p.set_defaults(handler=run_serve)
 
 
@@ -56,7 +58,8 @@ def config_from_args(args: argparse.Namespace):  # -> ServeConfig
                        replica_gpus=gpus, gateways=args.gateways, max_batch_size=args.max_batch_size,
                        batch_wait_ms=args.batch_wait_ms, max_queued=args.max_queued,
                        max_body_bytes=int(args.max_body_mb * (1 << 20)), max_items=args.max_items, index=args.index,
-                       host=args.host, port=args.port, options=options)
+                       host=args.host, port=args.port, access_log=args.verbose, spinning=args.spinning,
+                       options=options)
 
 
 def run_serve(args: argparse.Namespace) -> int:

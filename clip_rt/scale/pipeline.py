@@ -42,11 +42,13 @@ class EmbedRun:
     shards_skipped: int  # shards already finished before this call (not recomputed)
     shards_computed: int  # shards this call computed
     images_encoded: int  # images this call sent through the encoder actors
-    seconds: float  # wall time of this call
+    seconds: float  # wall time of this call (listing, Ray start-up and shutdown included)
+    pipeline_seconds: float  # from the Ray Data run's start to its last shard written (0 when nothing was left)
 
     @property
     def images_per_s(self) -> float:
-        return self.images_encoded / self.seconds if self.seconds > 0 else 0.0
+        """Images encoded per second of pipeline time (Ray start-up excluded)."""
+        return self.images_encoded / self.pipeline_seconds if self.pipeline_seconds > 0 else 0.0
 
 
 # -- the two stages (run in Ray workers) --------------------------------------------------------------------------
@@ -131,9 +133,9 @@ def embed_images(package: str | os.PathLike, paths: Sequence[str | os.PathLike],
     done = finished(out, plan)
     pending = [k for k in range(plan.shards) if k not in done]
     log.info("embedding run %s: %d files in %d shards, %d finished before", out, len(plan.files), plan.shards, len(done))
-    encoded = 0
+    encoded, pipeline_s = 0, 0.0
     if pending:
-        encoded = _run_ray(plan, pending, out, cfg, address=address, actors=actors, batch_size=batch_size,
+        encoded, pipeline_s = _run_ray(plan, pending, out, cfg, address=address, actors=actors, batch_size=batch_size,
                            device=device, threads=threads, actor_cpus=actor_cpus, actor_gpus=actor_gpus,
                            decode_cpus=decode_cpus, progress=progress, done=len(done))
     failures = read_failures(out)
@@ -143,18 +145,21 @@ def embed_images(package: str | os.PathLike, paths: Sequence[str | os.PathLike],
     run = EmbedRun(output=out, files=len(plan.files), embedded=len(plan.files) - (len(failures) - len(plan.listing_errors)),
                    failed=[ImageError(f["file"], f["error"]) for f in failures], shards=plan.shards,
                    shards_skipped=len(done), shards_computed=len(pending), images_encoded=encoded,
-                   seconds=time.perf_counter() - t0)
+                   seconds=time.perf_counter() - t0, pipeline_seconds=pipeline_s)
     atomic_write_json(out / SUMMARY, {"files": run.files, "embedded": run.embedded, "failed": len(run.failed),
                                       "shards": run.shards, "shards_skipped": run.shards_skipped,
                                       "shards_computed": run.shards_computed, "images_encoded": run.images_encoded,
-                                      "seconds": round(run.seconds, 3), "actors": actors, "batch_size": batch_size})
+                                      "seconds": round(run.seconds, 3), "pipeline_seconds": round(pipeline_s, 3),
+                                      "images_per_s": round(run.images_per_s, 2), "actors": actors,
+                                      "batch_size": batch_size})
     return run
 
 
 def _run_ray(plan: Plan, pending: list[int], out: Path, cfg: PreprocessConfig, *, address: str | None, actors: int,
              batch_size: int, device: str | None, threads: int | None, actor_cpus: float, actor_gpus: float,
-             decode_cpus: float, progress: Callable[[int, int], None] | None, done: int) -> int:
-    """Stream the pending shards through Ray Data and write each as it completes; returns the images encoded."""
+             decode_cpus: float, progress: Callable[[int, int], None] | None, done: int) -> tuple[int, float]:
+    """Stream the pending shards through Ray Data and write each as it completes; returns (images encoded, seconds
+    from the pipeline's start to its last shard)."""
     from ..ray import connect
 
     started = connect(address, extra="scale")
@@ -168,6 +173,7 @@ def _run_ray(plan: Plan, pending: list[int], out: Path, cfg: PreprocessConfig, *
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the CLI reports shards itself
         ctx.print_on_execution_start = False
+        t0 = time.perf_counter()
         rows = [{"shard": k, "row": i, "file": f} for k in pending for i, f in enumerate(plan.shard(k))]
         ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
         ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": cfg}, batch_size=batch_size, batch_format="numpy",
@@ -195,7 +201,7 @@ def _run_ray(plan: Plan, pending: list[int], out: Path, cfg: PreprocessConfig, *
                         progress(done, plan.shards)
         if gathered:  # cannot happen unless Ray Data dropped rows; never report such a run as complete
             raise InputError(f"Ray Data returned incomplete shards {sorted(gathered)[:5]}; rerun to finish them")
-        return encoded
+        return encoded, time.perf_counter() - t0
     finally:
         if started:
             ray.shutdown()

@@ -38,18 +38,23 @@ def build_app(config: ServeConfig) -> Any:
         from ray import serve
     except ImportError:
         raise missing_dependency("ray", "serve", "clip-rt serve") from None
+    from ray.serve.schema import LoggingConfig
+
     from .encoder import Encoder
     from .gateway import Gateway
+
+    # A log line per request costs CPU on every replica; with config.access_log False only warnings are logged.
+    logs = LoggingConfig(enable_access_log=config.access_log, log_level="INFO" if config.access_log else "WARNING")
 
     encoder = serve.deployment(
         Encoder, name="Encoder", num_replicas=config.replicas,
         max_ongoing_requests=config.ongoing_per_replica, max_queued_requests=config.max_queued,
         ray_actor_options={"num_cpus": config.replica_cpus, "num_gpus": config.replica_gpus},
-        health_check_period_s=2.0, health_check_timeout_s=30.0, graceful_shutdown_timeout_s=5.0)
+        health_check_period_s=2.0, health_check_timeout_s=30.0, graceful_shutdown_timeout_s=5.0, logging_config=logs)
     gateway = serve.deployment(
         Gateway, name="Gateway", num_replicas=config.gateways,
         max_ongoing_requests=GATEWAY_ONGOING, max_queued_requests=GATEWAY_QUEUED,
-        ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=5.0)
+        ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=5.0, logging_config=logs)
     return gateway.bind(encoder.bind(config), config)
 
 
@@ -67,8 +72,12 @@ def start(config: ServeConfig, address: str | None = None, name: str = APP_NAME,
     from ..ray import connect
 
     _started_ray = connect(address, extra="serve") or _started_ray
+    from ray.serve.schema import LoggingConfig
+
     serve.start(http_options=HTTPOptions(host=config.host, port=config.port,
-                                         request_timeout_s=config.request_timeout_s))
+                                         request_timeout_s=config.request_timeout_s),
+                logging_config=LoggingConfig(enable_access_log=config.access_log,
+                                             log_level="INFO" if config.access_log else "WARNING"))
     serve.run(build_app(config), name=name, route_prefix=route_prefix, blocking=False)
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     return f"http://{host}:{config.port}{route_prefix.rstrip('/')}"

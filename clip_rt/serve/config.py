@@ -43,6 +43,9 @@ class ServeConfig:
     port: int = 8000  # HTTP port
     request_timeout_s: float = 120.0  # end-to-end limit of one HTTP request at the proxy (408 beyond it)
     retry_attempts: int = 3  # times a gateway retries a call whose encoder replica died before answering 503
+    access_log: bool = False  # a log line per request in every replica's log (Ray's session logs folder)
+    spinning: bool = False  # onnxruntime: intra-op threads spin between runs (off: the gateway, proxy and Ray share
+    #                         these cores, and spinning threads burn the CPU they need)
     options: dict[str, Any] = field(default_factory=dict)  # extra clip_rt.load backend options (provider=...)
 
     def __post_init__(self) -> None:
@@ -78,6 +81,11 @@ class ServeConfig:
             object.__setattr__(self, "index", os.path.abspath(self.index))
         if self.cache_dir is not None:
             object.__setattr__(self, "cache_dir", os.path.abspath(self.cache_dir))
+
+    def load_options(self) -> dict[str, Any]:
+        """Keyword options for clip_rt.load besides backend, precision, device and threads."""
+        extra = {"spinning": self.spinning} if self.backend == "onnxruntime" else {}
+        return {**extra, **self.options}
 
     @property
     def ongoing_per_replica(self) -> int:

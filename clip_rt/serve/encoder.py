@@ -1,4 +1,4 @@
-"""The encoder replica: one model, requests from every client batched together (Ray Serve's @serve.batch),
+"""The encoder replica: one model, batched calls (Ray Serve's @serve.batch) merged once more across gateways,
 label embeddings cached for /classify, and the served index for /search.
 
 The gateway (clip_rt.serve.gateway) sends already decoded and preprocessed pixels and validated texts; everything
@@ -58,7 +58,7 @@ class Encoder:
 
         self.config = config
         self.model = load(config.package, backend=config.backend, precision=config.precision, device=config.device,
-                          threads=config.threads, **config.options)
+                          threads=config.threads, **config.load_options())
         self.index = None
         if config.index is not None:
             from ..index import ImageIndex
@@ -68,7 +68,8 @@ class Encoder:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-rt-encoder")
         for handler in (self._image_batch, self._text_batch):
             handler.set_max_batch_size(config.max_batch_size)  # type: ignore[attr-defined]
-            handler.set_batch_wait_timeout_s(config.batch_wait_ms / 1000.0)  # type: ignore[attr-defined]
+            # The gateways already waited batch_wait_ms to fill their batches: here, merge only what is queued.
+            handler.set_batch_wait_timeout_s(0.0)  # type: ignore[attr-defined]
         self.stats = {"images": BatchStats(), "texts": BatchStats()}
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:

@@ -1,8 +1,9 @@
 """Request-size limit and the error type of the HTTP API.
 
 Starlette limits multipart parts but not a whole body, and Ray Serve's proxy forwards any size, so the limit is
-this small ASGI middleware: a declared Content-Length over the limit is answered 413 before any byte is read,
-and a body without one (chunked) is counted as it streams in and cut off at the limit.
+this small ASGI middleware: a declared Content-Length over the limit is answered 413 without parsing the body
+(which is read and dropped first, up to a bound, so that the client is not cut off mid-upload), and a body without
+one (chunked) is counted as it streams in and cut off at the limit.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DRAIN_FACTOR = 4  # an oversized body up to 4x the limit is read (and dropped) so that the client gets the 413
 
 
 class ApiError(HTTPException):
@@ -62,6 +65,10 @@ class BodyLimit:
         limit = self.limit()
         declared = next((v for k, v in scope.get("headers", []) if k == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            # Read the body before answering (up to DRAIN_FACTOR x the limit): a client still sending when the
+            # server answers and closes would see a broken connection instead of the 413 and its reason.
+            if int(declared) <= DRAIN_FACTOR * limit:
+                await self._drain(receive)
             await self._answer(send, too_large(limit))
             return
         seen = 0
@@ -78,9 +85,15 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
     @staticmethod
+    async def _drain(receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+
+    @staticmethod
     async def _answer(send: Send, error: ApiError) -> None:
         body = json.dumps(error.body()).encode("utf-8")
         await send({"type": "http.response.start", "status": error.status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -65,6 +65,8 @@ class Workload:
 class LoadResult:
     spec: LoadSpec
     seconds: float = 0.0
+    client_cpu_s: float = 0.0  # CPU time of this load generator during the run
+    server_cpu_s: float | None = None  # CPU time of the server's processes during the run, when measured
     latencies: dict[str, list[float]] = field(default_factory=lambda: {"image": [], "text": []})
     ok: int = 0  # well-formed requests answered 200 with the right embedding
     failed: dict[str, int] = field(default_factory=dict)  # well-formed requests answered otherwise: status -> count
@@ -91,7 +93,9 @@ class LoadResult:
                 "failed": dict(self.failed), "lost": self.lost, "mismatched": self.mismatched,
                 "min_cosine": round(self.min_cosine, 8), "throughput_per_s": round(self.ok / self.seconds, 2)
                 if self.seconds else 0.0, "p50_ms": pct(every, 50), "p90_ms": pct(every, 90),
-                "p99_ms": pct(every, 99), "by_kind": kinds, "malformed": {
+                "p99_ms": pct(every, 99), "by_kind": kinds, "client_cpu_s": round(self.client_cpu_s, 2),
+                "server_cpu_ms_per_ok": round(1000 * self.server_cpu_s / self.ok, 3)
+                if self.server_cpu_s is not None and self.ok else None, "malformed": {
                     "sent": self.malformed_sent, "answered_4xx": malformed_4xx, "by_status": dict(self.malformed_status),
                     "without_reason": self.malformed_unexplained, "examples": dict(self.examples)}}
 
@@ -117,8 +121,11 @@ def malformed_request(kind: str, i: int, oversized: int) -> tuple[str, dict[str,
     raise ValueError(f"unknown malformed kind {kind!r}")
 
 
-async def run_load(url: str, workload: Workload, spec: LoadSpec, min_cosine: float = 0.99999) -> LoadResult:
-    """Drive the server at `url` as described in the module docstring; never raises for what the server answers."""
+async def run_load(url: str, workload: Workload, spec: LoadSpec, min_cosine: float = 0.99999,
+                   server: "ServerProcess | None" = None) -> LoadResult:
+    """Drive the server at `url` as described in the module docstring; never raises for what the server answers.
+    With `server`, the CPU time its processes spend during the run is recorded too (server_cpu_ms_per_ok: CPU per
+    request, which a busy shared machine does not inflate the way it inflates wall time)."""
     try:
         import httpx
     except ImportError:
@@ -131,6 +138,7 @@ async def run_load(url: str, workload: Workload, spec: LoadSpec, min_cosine: flo
             info = (await http.get("/info")).json()
             oversized = int(info["config"]["max_body_bytes"]) + 1
         start = time.perf_counter()
+        cpu0, server0 = time.process_time(), server.cpu_seconds() if server is not None else 0.0
         deadline = start + spec.duration_s
 
         def check(kind: str, index: int, response: Any, latency: float) -> None:
@@ -196,7 +204,32 @@ async def run_load(url: str, workload: Workload, spec: LoadSpec, min_cosine: flo
 
         await asyncio.gather(*(client(c) for c in range(spec.clients)), malformed_pacer())
         result.seconds = time.perf_counter() - start
+        result.client_cpu_s = time.process_time() - cpu0
+        if server is not None:
+            result.server_cpu_s = server.cpu_seconds() - server0
     return result
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and every live process below it, from /proc (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stats[int(entry)] = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+    children: dict[int, list[int]] = {}
+    for p, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(p)
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        if p in stats:
+            total += int(stats[p][11]) + int(stats[p][12])  # utime, stime
+        todo.extend(children.get(p, []))
+    return total / ticks
 
 
 class ServerProcess:
@@ -215,6 +248,10 @@ class ServerProcess:
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server and every process it started (Ray's included)."""
+        return tree_cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
 
     def _tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log is not None and self.log.exists() else ""
