@@ -365,7 +365,7 @@ def test_must_show_64_clients_batching_vs_none_on_vitb32_int8(vitb32_int8_packag
     spec = LoadSpec(clients=64, duration_s=30.0, malformed=200)
     results = {}
     for label, batch in (("batching", "32"), ("no batching", "1")):
-        args = ["--precision", "int8", "--max-batch-size", batch, "--batch-wait-ms", "10", "--max-body-mb", "4"]
+        args = ["--precision", "int8", "--max-batch-size", batch, "--batch-wait-ms", "10", "--max-body-mb", "1"]
         with ServerProcess(str(vitb32_int8_package), args, port=free_port(), log=tmp_path / f"{batch}.log") as srv:
             results[label] = asyncio.run(run_load(srv.url, workload, spec)).summary()
         print(f"\n{label}: {json.dumps(results[label])}")
