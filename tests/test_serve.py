@@ -204,7 +204,8 @@ def test_search_equals_the_in_process_index(client, model, index_dir, photos):
     import clip_rt
 
     index = clip_rt.ImageIndex.load(index_dir)
-    for query in ({"text": "a leopard"}, {"image": photos[3]}, {"text": "a face", "image": photos[7], "text_weight": 0.3}):
+    queries = ({"text": "a leopard"}, {"image": photos[3]}, {"text": "a face", "image": photos[7], "text_weight": 0.3})
+    for query in queries:
         ref = index.search(model, top_k=5, **query)
         got = client.search(top_k=5, **query)
         assert [h["file"] for h in got] == [h.file for h in ref]
@@ -346,7 +347,7 @@ def vitb32_int8_package(vitb32_source, data_dir, tmp_path_factory) -> Path:
     from conftest import export
 
     return export(vitb32_source, tmp_path_factory.mktemp("vitb32-int8") / "pkg", "--precision", "fp32", "int8",
-                  "--calib", str(data_dir / "imagenet_sample" / "images"),
+                  "--calib", str(data_dir / "imagenet_sample"),
                   "--eval-images", str(data_dir / "flickr8k" / "images"))
 
 
@@ -355,11 +356,15 @@ def test_must_show_64_clients_batching_vs_none_on_vitb32_int8(vitb32_int8_packag
     """64 clients for 30 s with 200 malformed requests mixed in, against `clip-rt serve --precision int8` with dynamic
     batching and with --max-batch-size 1: nothing failed or lost, every answer equal to in-process, every malformed
     request a 4xx with a reason, and batching at least doubles the throughput."""
+    import csv
+
+    import clip_rt
     from clip_rt.serve.loadgen import LoadSpec, ServerProcess, Workload, run_load
 
-    model = clip_rt_load(vitb32_int8_package, "int8")
+    model = clip_rt.load(vitb32_int8_package, precision="int8")
     files = sorted(str(p) for p in (data_dir / "caltech101" / "images").iterdir())[::9][:64]
-    texts = caption_pool(data_dir, 128)
+    with open(data_dir / "flickr8k" / "captions.csv", newline="", encoding="utf-8") as f:
+        texts = [row["caption"] for row in csv.DictReader(f)][:128]
     workload = Workload.from_model(model, texts, files)
     del model
     spec = LoadSpec(clients=64, duration_s=30.0, malformed=200)
@@ -377,16 +382,3 @@ def test_must_show_64_clients_batching_vs_none_on_vitb32_int8(vitb32_int8_packag
     ratio = results["batching"]["throughput_per_s"] / results["no batching"]["throughput_per_s"]
     print(f"throughput ratio batching / no batching: {ratio:.2f}")
     assert ratio >= 2.0
-
-
-def clip_rt_load(package: Path, precision: str):
-    import clip_rt
-
-    return clip_rt.load(package, precision=precision)
-
-
-def caption_pool(data_dir: Path, n: int) -> list[str]:
-    import csv
-
-    with open(data_dir / "flickr8k" / "captions.csv", newline="", encoding="utf-8") as f:
-        return [row["caption"] for row in csv.DictReader(f)][:n]

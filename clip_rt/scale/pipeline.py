@@ -120,7 +120,8 @@ def embed_images(package: str | os.PathLike, paths: Sequence[str | os.PathLike],
     from ..package import Package
 
     if actors < 1 or batch_size < 1 or shard_size < 1:
-        raise InputError("actors, batch size and shard size must be >= 1 (--ray-actors, --batch-size, --ray-shard-size)")
+        raise InputError("actors, batch size and shard size must be >= 1 (--ray-actors, --batch-size, "
+                         "--ray-shard-size)")
     t0 = time.perf_counter()
     pkg = Package.open(Path(package))
     cfg = PreprocessConfig.from_manifest(pkg.preprocess)
@@ -132,7 +133,8 @@ def embed_images(package: str | os.PathLike, paths: Sequence[str | os.PathLike],
                                listing_errors=[{"file": e.file, "error": e.reason} for e in listing]))
     done = finished(out, plan)
     pending = [k for k in range(plan.shards) if k not in done]
-    log.info("embedding run %s: %d files in %d shards, %d finished before", out, len(plan.files), plan.shards, len(done))
+    log.info("embedding run %s: %d files in %d shards, %d finished before", out, len(plan.files), plan.shards,
+             len(done))
     encoded, pipeline_s = 0, 0.0
     if pending:
         encoded, pipeline_s = _run_ray(plan, pending, out, cfg, address=address, actors=actors, batch_size=batch_size,
@@ -142,7 +144,8 @@ def embed_images(package: str | os.PathLike, paths: Sequence[str | os.PathLike],
     from ..fsutil import atomic_write_json
 
     atomic_write_json(out / FAILED, failures)
-    run = EmbedRun(output=out, files=len(plan.files), embedded=len(plan.files) - (len(failures) - len(plan.listing_errors)),
+    unreadable = len(failures) - len(plan.listing_errors)  # files of the plan that could not be decoded
+    run = EmbedRun(output=out, files=len(plan.files), embedded=len(plan.files) - unreadable,
                    failed=[ImageError(f["file"], f["error"]) for f in failures], shards=plan.shards,
                    shards_skipped=len(done), shards_computed=len(pending), images_encoded=encoded,
                    seconds=time.perf_counter() - t0, pipeline_seconds=pipeline_s)
@@ -175,7 +178,7 @@ def _run_ray(plan: Plan, pending: list[int], out: Path, cfg: PreprocessConfig, *
         ctx.print_on_execution_start = False
         t0 = time.perf_counter()
         rows = [{"shard": k, "row": i, "file": f} for k in pending for i, f in enumerate(plan.shard(k))]
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
+        ds: Any = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
         ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": cfg}, batch_size=batch_size, batch_format="numpy",
                             num_cpus=decode_cpus)
         ds = ds.map_batches(EncodeActor, fn_constructor_kwargs={

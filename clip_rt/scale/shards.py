@@ -82,7 +82,8 @@ class Plan:
         try:
             doc = json.loads((out / PLAN).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ShardError(f"{out} is not a clip-rt embedding run (no {PLAN}); make one with clip-rt embed --ray") from None
+            raise ShardError(f"{out} is not a clip-rt embedding run (no {PLAN}); make one with "
+                             f"clip-rt embed --ray") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ShardError(f"{out / PLAN} is unreadable ({e})") from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("format_version", 99) > FORMAT_VERSION:

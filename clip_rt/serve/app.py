@@ -47,14 +47,15 @@ def build_app(config: ServeConfig) -> Any:
     logs = LoggingConfig(enable_access_log=config.access_log, log_level="INFO" if config.access_log else "WARNING")
 
     encoder = serve.deployment(
-        Encoder, name="Encoder", num_replicas=config.replicas,
+        name="Encoder", num_replicas=config.replicas,
         max_ongoing_requests=config.ongoing_per_replica, max_queued_requests=config.max_queued,
         ray_actor_options={"num_cpus": config.replica_cpus, "num_gpus": config.replica_gpus},
-        health_check_period_s=2.0, health_check_timeout_s=30.0, graceful_shutdown_timeout_s=5.0, logging_config=logs)
+        health_check_period_s=2.0, health_check_timeout_s=30.0, graceful_shutdown_timeout_s=5.0,
+        logging_config=logs)(Encoder)
     gateway = serve.deployment(
-        Gateway, name="Gateway", num_replicas=config.gateways,
+        name="Gateway", num_replicas=config.gateways,
         max_ongoing_requests=GATEWAY_ONGOING, max_queued_requests=GATEWAY_QUEUED,
-        ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=5.0, logging_config=logs)
+        ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=5.0, logging_config=logs)(Gateway)
     return gateway.bind(encoder.bind(config), config)
 
 

@@ -23,7 +23,7 @@ from .config import ServeConfig
 T = TypeVar("T")
 
 
-def _rows(items: Sequence[Sequence[Any]]) -> int:
+def rows(items: Sequence[Sequence[Any]]) -> int:
     """@serve.batch size of a batch: the images (or texts) it holds, not the requests."""
     return sum(len(x) for x in items)
 
@@ -66,21 +66,23 @@ class Encoder:
             self.index = ImageIndex.load(config.index)
             self.index.check_model(self.model)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-rt-encoder")
-        for handler in (self._image_batch, self._text_batch):
-            handler.set_max_batch_size(config.max_batch_size)  # type: ignore[attr-defined]
+        handlers: tuple[Any, ...] = (self._image_batch, self._text_batch)  # @serve.batch wrappers with setters
+        for handler in handlers:
+            handler.set_max_batch_size(config.max_batch_size)
             # The gateways already waited batch_wait_ms to fill their batches: here, merge only what is queued.
-            handler.set_batch_wait_timeout_s(0.0)  # type: ignore[attr-defined]
+            handler.set_batch_wait_timeout_s(0.0)
         self.stats = {"images": BatchStats(), "texts": BatchStats()}
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
 
-    def _chunks(self, items: Sequence[Any]) -> list[Any]:
+    def _chunks(self, items: Any) -> list[Any]:
+        """A list or an array cut into pieces of at most max_batch_size."""
         m = self.config.max_batch_size
         return [items[i: i + m] for i in range(0, len(items), m)]
 
     # -- batched model calls (one call per batch of chunks from any number of requests) ------------------------
-    @serve.batch(batch_size_fn=_rows)
+    @serve.batch(batch_size_fn=rows)
     async def _image_batch(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
         sizes = [len(c) for c in chunks]
         pixels = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]  # [B, S, S, 3] uint8
@@ -88,7 +90,7 @@ class Encoder:
         self.stats["images"].add(len(pixels))
         return np.split(emb, np.cumsum(sizes)[:-1])
 
-    @serve.batch(batch_size_fn=_rows)
+    @serve.batch(batch_size_fn=rows)
     async def _text_batch(self, chunks: list[list[str]]) -> list[np.ndarray]:
         texts = [t for c in chunks for t in c]
         emb, _ = await self._run(self.model.encode_texts_counted, texts, len(texts))  # [B, D] float32, normalized

@@ -1,10 +1,11 @@
 """The HTTP gateway: FastAPI routes that parse and check requests, decode images, call the encoder replicas and
 answer every error as JSON with its reason.
 
-    POST /embed/text    {"texts": [...]}                         -> {"embeddings": [[...]]}
+    POST /embed/text    {"texts": [...]} -> {"embeddings": [[...]]}
     POST /embed/image   multipart fields `files`, or {"images": [base64...], "names": [...]}
-                                                                 -> {"embeddings", "files", "errors": [{"file", "error"}]}
-    POST /classify      images as above + labels, templates, top_k -> {"results": [{"file", "labels"}], "errors", "cache"}
+                        -> {"embeddings", "files", "errors": [{"file", "error"}]}
+    POST /classify      images as above + labels, templates, top_k
+                        -> {"results": [{"file", "labels": [{"label", "score"}]}], "errors", "cache"}
     POST /search        text and/or one image, text_weight, top_k -> {"results": [{"file", "score"}]}
     GET  /healthz, GET /info, GET /docs (OpenAPI)
 
@@ -18,9 +19,6 @@ then needs the annotations as real classes (a string "Request" would be taken fo
 
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 from typing import Any
 
@@ -28,23 +26,22 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..errors import ClipRtError, ImageError
+from ..errors import ClipRtError
 from ..package import Package
-from ..preprocess import PreprocessConfig, prepare
-from ..zeroshot import builtin_template_sets
+from ..preprocess import PreprocessConfig
 from . import schemas
 from .config import ServeConfig
-from .encoder import _rows
+from .encoder import rows
 from .limits import ApiError, BodyLimit
+from .parsing import (Form, b64, check_templates, check_texts, decode_images, image_body_openapi, int_field,
+                      json_body, names_for, read_form, validation_reason)
 
 log = logging.getLogger("clip_rt.serve")
 
@@ -64,45 +61,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _image_body(json_model: type) -> dict[str, Any]:
-    """OpenAPI request body of the image routes: multipart or JSON (the route reads the body itself)."""
-    form = {"type": "object", "properties": {"files": {"type": "array", "items": {"type": "string",
-                                                                                     "format": "binary"}}},
-            "required": ["files"]}
-    if json_model is schemas.ClassifyRequest:
-        form["properties"].update({"labels": {"type": "array", "items": {"type": "string"}},
-                                   "templates": {"type": "array", "items": {"type": "string"}},
-                                   "top_k": {"type": "integer"}})
-    if json_model is schemas.SearchRequest:
-        form = {"type": "object", "properties": {"files": {"type": "string", "format": "binary"},
-                                                 "text": {"type": "string"}, "text_weight": {"type": "number"},
-                                                 "top_k": {"type": "integer"}}}
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form},
-                                                          "application/json": {"schema": json_model.model_json_schema()}}}}
-
-
 # -- errors as JSON --------------------------------------------------------------------------------------------
 @app.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
-def _where(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p != "body"]
-    return ".".join(parts) or "body"
-
-
-def _validation_reason(errors: list[Any]) -> str:
-    first = errors[0]
-    if first.get("type") == "json_invalid":
-        return f"malformed request: the body is not valid JSON ({first.get('msg')} at position {first['loc'][-1]})"
-    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return f"malformed request: {_where(tuple(first.get('loc', ())))}: {first.get('msg', 'invalid')}{more}"
-
-
 @app.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return JSONResponse({"error": _validation_reason(list(exc.errors()))}, status_code=400)
+    return JSONResponse({"error": validation_reason(list(exc.errors()))}, status_code=400)
 
 
 @app.exception_handler(HTTPException)
@@ -114,113 +81,6 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 async def _fault(request: Request, exc: Exception) -> JSONResponse:
     log.exception("request %s %s failed", request.method, request.url.path)
     return JSONResponse({"error": f"internal server error: {type(exc).__name__}: {exc}"}, status_code=500)
-
-
-# -- request parsing -------------------------------------------------------------------------------------------
-async def _json_body(request: Request, model: type[schemas._Strict]) -> Any:
-    try:
-        doc = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"malformed request: the body is not valid JSON ({e})") from None
-    try:
-        return model.model_validate(doc)
-    except ValidationError as e:
-        raise ApiError(400, _validation_reason(list(e.errors()))) from None
-
-
-def _b64(data: str, where: str) -> bytes:
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, f"{where} is not valid base64") from None
-
-
-def _names(names: list[str] | None, n: int) -> list[str]:
-    if names is None:
-        return [f"images[{i}]" for i in range(n)]
-    if len(names) != n:
-        raise ApiError(400, f"names has {len(names)} entries for {n} images")
-    return names
-
-
-def check_texts(texts: list[str], limit: int) -> list[str]:
-    """400 unless texts is a non-empty list of at most `limit` non-blank strings."""
-    if not texts:
-        raise ApiError(400, "texts is empty: send at least one text")
-    if len(texts) > limit:
-        raise ApiError(400, f"{len(texts)} texts in one request; the server takes at most {limit} (--max-items)")
-    blank = [i for i, t in enumerate(texts) if not t.strip()]
-    if blank:
-        raise ApiError(400, f"texts[{blank[0]}] is empty" + (f" (and {len(blank) - 1} more)" if len(blank) > 1 else ""))
-    return texts
-
-
-def check_templates(templates: str | list[str]) -> str | list[str]:
-    """A built-in set name, one template with {}, or a list of them; never a server-side file path."""
-    sets = builtin_template_sets()
-    if isinstance(templates, str):
-        if templates in sets or "{}" in templates:
-            return templates
-        raise ApiError(400, f"templates {templates!r} is neither a built-in set ({', '.join(sets)}) nor a template "
-                            f"with {{}} where the label goes")
-    if not templates or any("{}" not in t for t in templates):
-        raise ApiError(400, "templates must be a non-empty list of templates, each with {} where the label goes")
-    return templates
-
-
-class Form:
-    """A parsed multipart body: the `files` parts and the other fields."""
-
-    def __init__(self, files: list[tuple[str, bytes]], fields: dict[str, list[str]]):
-        self.files = files
-        self.fields = fields
-
-    def one(self, name: str, default: Any = None) -> Any:
-        values = self.fields.get(name, [])
-        if len(values) > 1:
-            raise ApiError(400, f"form field {name!r} was given {len(values)} times; give it once")
-        return values[0] if values else default
-
-
-async def _form(request: Request, max_items: int, max_bytes: int) -> Form:
-    form = await request.form(max_files=max_items, max_fields=4 * max_items + 16, max_part_size=max_bytes)
-    files: list[tuple[str, bytes]] = []
-    fields: dict[str, list[str]] = {}
-    for key, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            if key != "files":
-                raise ApiError(400, f"file part {key!r}: image parts must be named 'files'")
-            files.append((value.filename or f"files[{len(files)}]", await value.read()))
-        else:
-            if key == "files":
-                raise ApiError(400, "field 'files' must be a file part (multipart filename=...), not a text value")
-            fields.setdefault(key, []).append(value)
-    return Form(files, fields)
-
-
-def _int_field(form: Form, name: str, default: int, low: int = 1) -> int:
-    raw = form.one(name)
-    try:
-        value = default if raw is None else int(raw)
-    except ValueError:
-        raise ApiError(400, f"form field {name!r} must be an integer, got {raw!r}") from None
-    if value < low:
-        raise ApiError(400, f"form field {name!r} must be >= {low}, got {value}")
-    return value
-
-
-def decode_images(items: list[tuple[str, bytes]], cfg: PreprocessConfig) -> tuple[np.ndarray, list[str], list[dict[str, str]]]:
-    """(name, file bytes) pairs -> (uint8 [N, S, S, 3] crops of the readable ones, their names, per-image errors)."""
-    crops, names, errors = [], [], []
-    for name, data in items:
-        try:
-            crops.append(prepare(data, cfg, name=name))  # [S, S, 3] uint8, exactly as clip_rt.load would make it
-            names.append(name)
-        except ImageError as e:
-            errors.append({"file": e.file, "error": e.reason})
-    S = cfg.image_size
-    pixels = np.stack(crops) if crops else np.zeros((0, S, S, 3), np.uint8)  # [N, S, S, 3]
-    return pixels, names, errors
 
 
 # -- the deployment ---------------------------------------------------------------------------------------------
@@ -237,21 +97,22 @@ class Gateway:
         self.preprocess = PreprocessConfig.from_manifest(self.package.preprocess)
         app.state.max_body_bytes = config.max_body_bytes
         self.counters = {"replica_losses": 0, "queue_full": 0}  # encoder calls that met a dead replica / a full queue
-        for handler in (self._image_batch, self._text_batch):
-            handler.set_max_batch_size(config.max_batch_size)  # type: ignore[attr-defined]
-            handler.set_batch_wait_timeout_s(config.batch_wait_ms / 1000.0)  # type: ignore[attr-defined]
+        handlers: tuple[Any, ...] = (self._image_batch, self._text_batch)  # @serve.batch wrappers with setters
+        for handler in handlers:
+            handler.set_max_batch_size(config.max_batch_size)
+            handler.set_batch_wait_timeout_s(config.batch_wait_ms / 1000.0)
 
     # -- dynamic batching: requests from all clients of this gateway, one encoder call per batch -------------------
     # Batching here, before the hop to the encoder, spreads the cost of that call (a Ray actor call: about 7 ms of
     # CPU per call on the 2-core dev machine) over the batch; the encoder then merges what several gateways send.
     # Two batches per encoder replica may be in flight, so that the next one is on its way while one runs.
-    @serve.batch(batch_size_fn=_rows, max_concurrent_batches=BATCHES_IN_FLIGHT)
+    @serve.batch(batch_size_fn=rows, max_concurrent_batches=BATCHES_IN_FLIGHT)
     async def _image_batch(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
         pixels = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]  # [B, S, S, 3] uint8
         emb = await self._call("embed_pixels", pixels)  # [B, D]
         return np.split(emb, np.cumsum([len(c) for c in chunks])[:-1])
 
-    @serve.batch(batch_size_fn=_rows, max_concurrent_batches=BATCHES_IN_FLIGHT)
+    @serve.batch(batch_size_fn=rows, max_concurrent_batches=BATCHES_IN_FLIGHT)
     async def _text_batch(self, chunks: list[list[str]]) -> list[np.ndarray]:
         emb = await self._call("embed_texts", [t for c in chunks for t in c])  # [B, D]
         return np.split(emb, np.cumsum([len(c) for c in chunks])[:-1])
@@ -298,22 +159,25 @@ class Gateway:
         """The request's images as (name, bytes) pairs, and the parsed body (a JSON model or a Form)."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
-            form = await _form(request, self.config.max_items, self.config.max_body_bytes)
+            form = await read_form(request, self.config.max_items, self.config.max_body_bytes)
             return form.files, form
         if kind == "application/json":
             path = request.url.path
-            model = {"/classify": schemas.ClassifyRequest, "/search": schemas.SearchRequest}.get(path, schemas.ImagesRequest)
-            body = await _json_body(request, model)
+            routes: dict[str, type[schemas._Strict]] = {"/classify": schemas.ClassifyRequest,
+                                                         "/search": schemas.SearchRequest}
+            model = routes.get(path, schemas.ImagesRequest)
+            body = await json_body(request, model)
             if isinstance(body, schemas.SearchRequest):
-                return ([("image", _b64(body.image, "image"))] if body.image is not None else []), body
-            names = _names(body.names, len(body.images))
-            return [(n, _b64(d, f"images[{i}]")) for i, (n, d) in enumerate(zip(names, body.images))], body
+                return ([("image", b64(body.image, "image"))] if body.image is not None else []), body
+            names = names_for(body.names, len(body.images))
+            return [(n, b64(d, f"images[{i}]")) for i, (n, d) in enumerate(zip(names, body.images))], body
         raise ApiError(415, f"unsupported content type {kind or '(none)'!r}: send multipart/form-data (fields named "
                             f"'files') or application/json with base64 images")
 
     async def _decoded(self, items: list[tuple[str, bytes]]) -> tuple[np.ndarray, list[str], list[dict[str, str]]]:
         if not items:
-            raise ApiError(400, "no images: send multipart file fields named 'files', or JSON {\"images\": [base64, ...]}")
+            raise ApiError(400, "no images: send multipart file fields named 'files', or JSON "
+                                '{"images": [base64, ...]}')
         if len(items) > self.config.max_items:
             raise ApiError(400, f"{len(items)} images in one request; the server takes at most {self.config.max_items} "
                                 f"(--max-items)")
@@ -332,7 +196,7 @@ class Gateway:
         return JSONResponse({"embeddings": emb.tolist()})
 
     @app.post("/embed/image", response_model=schemas.ImageEmbeddingsResponse, responses=_ERRORS,
-              openapi_extra=_image_body(schemas.ImagesRequest))
+              openapi_extra=image_body_openapi(schemas.ImagesRequest))
     async def embed_image(self, request: Request) -> Response:
         """Image files -> L2-normalized embeddings of the readable ones, in order; the others listed in errors."""
         items, _ = await self._images(request)
@@ -341,7 +205,7 @@ class Gateway:
         return JSONResponse({"embeddings": emb.tolist(), "files": names, "errors": errors})
 
     @app.post("/classify", response_model=schemas.ClassifyResponse, responses=_ERRORS,
-              openapi_extra=_image_body(schemas.ClassifyRequest))
+              openapi_extra=image_body_openapi(schemas.ClassifyRequest))
     async def classify(self, request: Request) -> Response:
         """Images + labels + templates -> the top_k labels per image, scored by the package's zero-shot rule."""
         items, body = await self._images(request)
@@ -349,7 +213,7 @@ class Gateway:
             labels = body.fields.get("labels", [])
             raw = body.fields.get("templates", ["simple"])
             templates: str | list[str] = raw[0] if len(raw) == 1 else raw
-            top_k = _int_field(body, "top_k", 5)
+            top_k = int_field(body, "top_k", 5)
         else:
             labels, templates, top_k = body.labels, body.templates, body.top_k
         labels = [x.strip() for x in labels]
@@ -364,14 +228,14 @@ class Gateway:
         return JSONResponse({"results": results, "errors": errors, "cache": out["cache"]})
 
     @app.post("/search", response_model=schemas.SearchResponse, responses={**_ERRORS, 404: _ERRORS[400]},
-              openapi_extra=_image_body(schemas.SearchRequest))
+              openapi_extra=image_body_openapi(schemas.SearchRequest))
     async def search(self, request: Request) -> Response:
         """A text, an image, or both (mixed by text_weight) -> the top_k files of the served index."""
         if self.config.index is None:
             raise ApiError(404, "this server has no index: start clip-rt serve with --index INDEX to serve /search")
         items, body = await self._images(request)
         if isinstance(body, Form):
-            text, top_k = body.one("text"), _int_field(body, "top_k", 10)
+            text, top_k = body.one("text"), int_field(body, "top_k", 10)
             raw = body.one("text_weight", "0.5")
             try:
                 weight = float(raw)

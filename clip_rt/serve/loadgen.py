@@ -96,7 +96,8 @@ class LoadResult:
                 "p99_ms": pct(every, 99), "by_kind": kinds, "client_cpu_s": round(self.client_cpu_s, 2),
                 "server_cpu_ms_per_ok": round(1000 * self.server_cpu_s / self.ok, 3)
                 if self.server_cpu_s is not None and self.ok else None, "malformed": {
-                    "sent": self.malformed_sent, "answered_4xx": malformed_4xx, "by_status": dict(self.malformed_status),
+                    "sent": self.malformed_sent, "answered_4xx": malformed_4xx,
+                    "by_status": dict(self.malformed_status),
                     "without_reason": self.malformed_unexplained, "examples": dict(self.examples)}}
 
 
@@ -198,7 +199,8 @@ async def run_load(url: str, workload: Workload, spec: LoadSpec, min_cosine: flo
         async def malformed_pacer() -> None:
             pending = []
             for i in range(spec.malformed):
-                await asyncio.sleep(max(0.0, start + (i + 0.5) * spec.duration_s / spec.malformed - time.perf_counter()))
+                due = start + (i + 0.5) * spec.duration_s / spec.malformed
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 pending.append(asyncio.create_task(bad(i)))
             await asyncio.gather(*pending)
 
