@@ -2,8 +2,10 @@
 single-process command, on this machine.
 
     python benchmarks/serving.py PKG --precision int8 [--data ../shared/data] [--out benchmarks/results/serving]
-           [--parts must-show,sweep,scale] [--duration 30] [--sweep-duration 15] [--clients 1,4,16,64]
+           [--parts model,must-show,sweep,scale] [--duration 30] [--sweep-duration 15] [--clients 1,4,16,64]
 
+- model: the encoders in-process at batch 1 and batch 32 (wall and CPU per item): the most that dynamic batching
+  can gain on this machine.
 - must-show: 64 clients for --duration seconds with 200 malformed requests mixed in, against `clip-rt serve` with
   dynamic batching (--max-batch-size 32, --batch-wait-ms 10) and then with --max-batch-size 1: throughput, p50/p99,
   failed / lost / mismatched requests (every answer is compared with in-process clip_rt), malformed answers.
@@ -55,6 +57,13 @@ def workload(package: str, precision: str, data: Path) -> Any:
     return Workload.from_model(clip_rt.load(package, precision=precision), texts, files)
 
 
+def batch_counters(url: str) -> dict[str, Any]:
+    """The encoder replica's model-call counters (GET /info): calls and items per kind."""
+    import httpx
+
+    return httpx.get(url + "/info", timeout=60).json()["replica"]["batches"]
+
+
 def load_run(package: str, server_args: list[str], work: Any, clients: list[int], duration: float,
              malformed: int = 0, log: Path | None = None) -> list[dict[str, Any]]:
     """One `clip-rt serve` process, then a load run per client count; the load summaries."""
@@ -64,11 +73,16 @@ def load_run(package: str, server_args: list[str], work: Any, clients: list[int]
     with ServerProcess(package, server_args, port=free_port(), log=log) as srv:
         for n in clients:
             spec = LoadSpec(clients=n, duration_s=duration, malformed=malformed)
+            before = batch_counters(srv.url)
             summary = asyncio.run(run_load(srv.url, work, spec, server=srv)).summary()
+            after = batch_counters(srv.url)
+            summary["model_batch_mean"] = {k: round((after[k]["items"] - before[k]["items"]) /
+                                                    max(1, after[k]["calls"] - before[k]["calls"]), 2) for k in after}
             print(f"  {' '.join(server_args)} clients={n}: {summary['throughput_per_s']} req/s, p50 "
                   f"{summary['p50_ms']} ms, p99 {summary['p99_ms']} ms, failed {summary['failed']}, lost "
                   f"{summary['lost']}, min cosine {summary['min_cosine']}, server CPU "
-                  f"{summary['server_cpu_ms_per_ok']} ms/request", file=sys.stderr, flush=True)
+                  f"{summary['server_cpu_ms_per_ok']} ms/request, images/texts per model call "
+                  f"{summary['model_batch_mean']}", file=sys.stderr, flush=True)
             out.append(summary)
     return out
 
@@ -98,6 +112,34 @@ def in_process(package: str, precision: str, work: Any, duration: float) -> dict
         model.encode_texts(work.texts[:32], batch_size=32)
         items += 64
     return {"one_at_a_time": single, "batch_32_items_per_s": round(items / (time.perf_counter() - t0), 2)}
+
+
+def model_part(package: str, precision: str, work: Any, seconds: float) -> dict[str, Any]:
+    """The model's own batching gain, in-process on prepared inputs: wall and CPU time per item at batch 1 and 32,
+    per encoder. Dynamic batching cannot make the service gain more than this."""
+    import clip_rt
+    from clip_rt.preprocess import prepare
+
+    model = clip_rt.load(package, precision=precision, spinning=False)  # as clip-rt serve runs it
+    crops = np.stack([prepare(d, model.preprocess_config) for _, d in work.images[:32]])  # [32, S, S, 3] uint8
+    calls = {"image": lambda b: model.encode_images(crops[:b], batch_size=b),
+             "text": lambda b: model.encode_texts(work.texts[:b], batch_size=b)}
+    out: dict[str, Any] = {}
+    for kind, call in calls.items():
+        call(1)
+        for b in (1, 32):
+            wall0, cpu0, n = time.perf_counter(), time.process_time(), 0
+            while time.perf_counter() - wall0 < seconds:
+                call(b)
+                n += b
+            out.setdefault(kind, {})[f"batch_{b}"] = {
+                "wall_ms_per_item": round(1000 * (time.perf_counter() - wall0) / n, 2),
+                "cpu_ms_per_item": round(1000 * (time.process_time() - cpu0) / n, 2)}
+        one, many = out[kind]["batch_1"], out[kind]["batch_32"]
+        out[kind]["gain_wall"] = round(one["wall_ms_per_item"] / many["wall_ms_per_item"], 2)
+        out[kind]["gain_cpu"] = round(one["cpu_ms_per_item"] / many["cpu_ms_per_item"], 2)
+        print(f"  model {kind}: {out[kind]}", file=sys.stderr, flush=True)
+    return out
 
 
 def scale_part(package: str, precision: str, data: Path, actors: list[int]) -> list[dict[str, Any]]:
@@ -173,7 +215,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
 def markdown(doc: dict[str, Any]) -> str:
     lines = [f"# Serving and scale bench: {doc['package_name']} {doc['precision']}", "",
-             f"Machine: {doc['machine']}. Command: `{doc['command']}`.", ""]
+             f"Machine: {doc['machine']}. Commands: " + "; ".join(f"`{c}`" for c in doc.get("commands", [])) + ".",
+             ""]
     if "must_show" in doc:
         ms = doc["must_show"]
         lines += ["## 64 clients, 30 s, 200 malformed requests mixed in", "",
@@ -193,17 +236,28 @@ def markdown(doc: dict[str, Any]) -> str:
     if "sweep" in doc:
         sw = doc["sweep"]
         lines += ["## Throughput and latency against concurrent clients", "",
-                  "| clients | batching req/s | p50 ms | p99 ms | CPU ms/req | no batching req/s | p50 ms | p99 ms "
-                  "| CPU ms/req |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| clients | batching req/s | p50 ms | p99 ms | CPU ms/req | images, texts per model call "
+                  "| no batching req/s | p50 ms | p99 ms | CPU ms/req |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for on, off in zip(sw["batching"], sw["no batching"]):
+            per_call = on.get("model_batch_mean", {})
             lines.append(f"| {on['clients']} | {on['throughput_per_s']} | {on['p50_ms']} | {on['p99_ms']} | "
-                         f"{on['server_cpu_ms_per_ok']} | {off['throughput_per_s']} | {off['p50_ms']} | "
-                         f"{off['p99_ms']} | {off['server_cpu_ms_per_ok']} |")
+                         f"{on['server_cpu_ms_per_ok']} | {per_call.get('images', '')}, {per_call.get('texts', '')} | "
+                         f"{off['throughput_per_s']} | {off['p50_ms']} | {off['p99_ms']} | "
+                         f"{off['server_cpu_ms_per_ok']} |")
         ip = sw["in_process"]
         lines += ["", f"In-process, the same requests one at a time on one thread: {ip['one_at_a_time']['per_s']} "
                       f"req/s (p50 {ip['one_at_a_time']['p50_ms']} ms, p99 {ip['one_at_a_time']['p99_ms']} ms); "
                       f"32 at a time: {ip['batch_32_items_per_s']} items/s.", ""]
+    if "model" in doc:
+        lines += ["## The model's own batching gain (in-process, prepared inputs)", "",
+                  "| encoder | batch 1 ms/item (wall, CPU) | batch 32 ms/item (wall, CPU) | gain (wall, CPU) |",
+                  "| --- | --- | --- | --- |"]
+        for kind, r in doc["model"].items():
+            one, many = r["batch_1"], r["batch_32"]
+            lines.append(f"| {kind} | {one['wall_ms_per_item']}, {one['cpu_ms_per_item']} | "
+                         f"{many['wall_ms_per_item']}, {many['cpu_ms_per_item']} | {r['gain_wall']}x, {r['gain_cpu']}x |")
+        lines.append("")
     if "scale" in doc:
         lines += ["## clip-rt embed over caltech101: one process against Ray Data", "",
                   "| run | images | wall s | images/s (whole command) | images/s (Ray pipeline only) |",
@@ -222,7 +276,8 @@ def main() -> int:
     ap.add_argument("--precision", choices=("fp32", "int8"), default="int8", help="artifact precision served")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="../shared/data")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serving"), help="OUT.json/.md/.png")
-    ap.add_argument("--parts", default="must-show,sweep,scale", help="comma-separated: must-show, sweep, scale")
+    ap.add_argument("--parts", default="model,must-show,sweep,scale",
+                    help="comma-separated: model, must-show, sweep, scale (OUT.json keeps the parts not rerun)")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of the must-show load runs")
     ap.add_argument("--sweep-duration", type=float, default=15.0, help="seconds per sweep point")
     ap.add_argument("--clients", default="1,4,16,64", help="sweep client counts")
@@ -230,11 +285,19 @@ def main() -> int:
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     data, out = Path(args.data), Path(args.out)
+    command = " ".join(["python", "benchmarks/serving.py", *sys.argv[1:]])
     doc: dict[str, Any] = {"package_name": Path(args.package).name, "precision": args.precision,
-                           "command": " ".join(["python", "benchmarks/serving.py", *sys.argv[1:]]),
                            "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} "
                                       f"CPUs, Python {platform.python_version()}"}
-    work = workload(args.package, args.precision, data) if parts & {"must-show", "sweep"} else None
+    previous = Path(f"{out}.json")
+    if previous.is_file():  # a partial rerun keeps the other parts of the last run
+        doc = {**json.loads(previous.read_text()), **doc}
+    earlier = doc.get("commands") or ([doc.pop("command")] if "command" in doc else [])
+    doc["commands"] = [*earlier, command]
+    work = workload(args.package, args.precision, data) if parts & {"model", "must-show", "sweep"} else None
+    if "model" in parts:
+        print("model: batch 1 against batch 32, in-process", file=sys.stderr)
+        doc["model"] = model_part(args.package, args.precision, work, 8.0)
     serve_args = ["--precision", args.precision, "--max-body-mb", "1"]
     if "must-show" in parts:
         print("must-show: 64 clients, batching on / off", file=sys.stderr)

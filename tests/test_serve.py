@@ -343,10 +343,17 @@ def test_replica_killed_under_load_is_replaced_and_no_request_is_lost(server, ti
 
 
 @pytest.fixture(scope="module")
-def vitb32_int8_package(vitb32_source, data_dir, tmp_path_factory) -> Path:
+def vitb32_int8_package(request, data_dir, tmp_path_factory) -> Path:
+    """ViT-B/32 exported with fp32 + INT8 (about 10-25 minutes on 2 cores), or the package named by
+    $CLIP_RT_SERVE_PACKAGE (one exported the same way) to skip the export."""
     from conftest import export
 
-    return export(vitb32_source, tmp_path_factory.mktemp("vitb32-int8") / "pkg", "--precision", "fp32", "int8",
+    given = os.environ.get("CLIP_RT_SERVE_PACKAGE")
+    if given:
+        manifest = json.loads((Path(given) / "manifest.json").read_text())
+        assert any(a["precision"] == "int8" for a in manifest["artifacts"]), f"{given} has no INT8 artifacts"
+        return Path(given)
+    return export(request.getfixturevalue("vitb32_source"), tmp_path_factory.mktemp("vitb32-int8") / "pkg", "--precision", "fp32", "int8",
                   "--calib", str(data_dir / "imagenet_sample"),
                   "--eval-images", str(data_dir / "flickr8k" / "images"))
 

@@ -39,8 +39,8 @@ class ShardError(ClipRtError):
 
 def _pyarrow() -> Any:
     try:
-        import pyarrow
-        import pyarrow.parquet  # noqa: F401 - registers pyarrow.parquet
+        import pyarrow  # type: ignore[import-untyped]  # pyarrow ships no type information
+        import pyarrow.parquet  # type: ignore[import-untyped]  # noqa: F401 - registers pyarrow.parquet
     except ImportError:
         raise missing_dependency("pyarrow", "scale", "Parquet embedding shards") from None
     return pyarrow
