@@ -138,3 +138,70 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     zeroshot.clear_memory_cache()
     yield folder
     zeroshot.clear_memory_cache()
+
+
+# -- Ray (tests/test_serve.py, tests/test_scale.py) ----------------------------------------------------------------
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat fields after the command name: [state, ppid, ..., starttime at index 19]; None once gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every live process below `pid`, as {pid: start time} (the start time tells a reused pid apart)."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in os.listdir("/proc"):
+        fields = _stat(int(entry)) if entry.isdigit() else None
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append((int(entry), fields[19]))
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        for child, started in children.get(todo.pop(), []):
+            found[child] = started
+            todo.append(child)
+    return found
+
+
+def end_processes(procs: dict[int, str], grace_s: float = 30.0) -> None:
+    """Wait up to grace_s for these processes (started by this test run) to exit, then SIGKILL the ones left."""
+    import signal
+    import time
+
+    def running(pid: int, started: str) -> bool:  # False once exited, a zombie, or the pid is someone else's
+        fields = _stat(pid)
+        return fields is not None and fields[0] != "Z" and fields[19] == started
+
+    deadline = time.monotonic() + grace_s
+    alive = {p: t for p, t in procs.items() if running(p, t)}
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.5)
+        alive = {p: t for p, t in alive.items() if running(p, t)}
+    for p in alive:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One small local Ray cluster for the whole session (2 CPUs, no dashboard, a 256 MiB object store), shut down at
+    the end with every process it started gone. Ray starts slowly (10-60 s here): tests share this one."""
+    ray = pytest.importorskip("ray", reason="Ray tests need clip-rt[serve,scale]")
+    for attempt in (1, 2):  # Ray gives its raylet 30 s to register, which an overloaded shared host can miss once
+        try:
+            from clip_rt.ray import connect
+
+            connect(num_cpus=2, object_store_bytes=256 << 20)  # as clip-rt starts a local cluster, smaller
+            break
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this timeout
+            if attempt == 2 or "timed out during startup" not in str(e):
+                raise
+            end_processes(descendants(os.getpid()))
+    yield ray
+    started = descendants(os.getpid())
+    ray.shutdown()
+    end_processes(started)

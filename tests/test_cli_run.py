@@ -210,11 +210,12 @@ def test_repeated_labels_warn_and_one_label_is_refused(tiny_package, data_dir, c
 
 @pytest.fixture
 def small_index(model, data_dir, tmp_path) -> tuple[Path, str]:
-    from clip_rt.index import ImageIndex
+    from clip_rt.search import update_images
 
     images = labelled_images(data_dir, "cifar10")[0][:4]
-    index, _ = ImageIndex.build(model, images)
-    return index.save(tmp_path / "idx"), images[0]
+    index, _ = update_images(tmp_path / "idx", model, images)
+    index.close()
+    return tmp_path / "idx", images[0]
 
 
 def test_search_flags(small_index, capsys):
@@ -303,16 +304,17 @@ def test_embed_help_names_the_file_it_writes(tiny_package, data_dir, tmp_path, c
 def test_outputs_honour_the_umask(tiny_package, model, data_dir, tmp_path, cache, capsys):
     """embed's .npy and .files.json, the text-embedding cache and an index get 0666 less the umask (they were
     0600 whatever the umask), so a shared index or cache can be read by the group."""
-    from clip_rt.index import ImageIndex
+    from clip_rt.search import update_images
 
     images = labelled_images(data_dir, "cifar10")[0][:2]
     old = os.umask(0o027)
     try:
         assert main(["embed", str(tiny_package), "--images", *images, "-o", str(tmp_path / "i.npy")]) == 0
         assert main(["classify", str(tiny_package), *images, "--labels", "a,b"]) == 0
-        index, _ = ImageIndex.build(model, images)
+        index, _ = update_images(tmp_path / "idx", model, images)
+        index.close()
         written = [tmp_path / "i.npy", tmp_path / "i.files.json", *(cache / "text-embeddings").iterdir(),
-                   *index.save(tmp_path / "idx").iterdir()]
+                   *(tmp_path / "idx").iterdir()]
         assert len(written) >= 6
         assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o640)}
         os.umask(0o002)

@@ -14,7 +14,7 @@ from ..errors import ClipRtError
 
 # Modules that each add their subcommands. Imported lazily inside main() so that `clip-rt info`
 # never pays for what `clip-rt export` needs.
-COMMAND_MODULES = ("export", "run", "index", "validate", "engine", "bench", "bench_search")
+COMMAND_MODULES = ("export", "run", "index", "validate", "engine", "bench", "bench_search", "serve")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "--update to embed only new and changed files and drop vanished ones. Unreadable "
                                    "files are reported on stderr and left out; the exit code is then 1.")
     p.add_argument("package", nargs="?", help="model package folder (not needed with --remove or --convert)")
-    p.add_argument("paths", nargs="*", metavar="DIR", help="image folders (or files)")
+    p.add_argument("paths", nargs="*", metavar="DIR", help="image folders (or files), or the output folder of clip-rt embed --ray (not embedded again)")
     p.add_argument("-o", "--output", help="index folder to write (new or empty, or an index with --update)")
     p.add_argument("--texts", metavar="FILE", default=None,
                    help="build a text pool from FILE (one text per line, or a CSV/TSV caption/text/label column)")
@@ -99,6 +99,13 @@ def run_index(args: argparse.Namespace) -> int:
 
         check_output_folder(out)  # a folder of other files: refused with its own message
         raise InputError(f"{out} already holds an index; refresh it with --update, or choose a new folder for -o")
+    if len(args.paths) == 1 and not args.update:
+        from ..scale.shards import index_from_run, is_run
+
+        if is_run(args.paths[0]):  # the output of clip-rt embed --ray: its embeddings, not embedded again
+            index = index_from_run(args.paths[0], args.package, out)
+            print(f"indexed {len(index)} image(s) from {args.paths[0]} into {out}", flush=True)
+            return 0
     model = load_model(args)
     bar = progress_callback("embedded", "text" if args.texts else "img") if args.progress else None
     if args.texts is not None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from ..contract import PRECISIONS
 from ..preprocess import DEFAULT_MAX_PIXELS
 from . import HelpFormatter
+from .scale import add_ray_args, run_embed_ray
 
 if TYPE_CHECKING:
     from ..errors import ImageError
@@ -203,13 +204,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", nargs="+", metavar="PATH", help="image files and folders")
     what.add_argument("--texts", nargs="+", metavar="TEXT", help="texts")
-    p.add_argument("-o", "--output", required=True, help="output .npy file")
+    p.add_argument("-o", "--output", required=True, help="output .npy file (with --ray: an output folder)")
     p.add_argument("--decode", choices=DECODES, default="exact",
                    help="JPEG decoding for --images: exact (full size: the embeddings transformers gives) or fast "
                         "(DCT-scaled to the smallest size >= the model's resize edge, several times faster on phone "
                         "photos, embedding cosine ~0.99 to exact); see the README's search section")
     add_model_args(p)
     add_image_args(p)
+    add_ray_args(p)
     p.set_defaults(handler=run_embed)
 
     p = sub.add_parser("score", formatter_class=HELP, help="CLIP score of an image and a text",
@@ -279,6 +281,8 @@ def run_embed(args: argparse.Namespace) -> int:
     from ..fsutil import atomic_write_bytes, atomic_write_json
     from ..progress import progress_callback
 
+    if args.ray is not None:
+        return run_embed_ray(args)
     out = Path(args.output)
     errors: list = []
     progress = show_progress(args)

@@ -1,0 +1,96 @@
+"""What `clip-rt serve` runs: the package, the backend, the replicas, the batching and the limits. No Ray here."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..backends import BACKENDS
+from ..contract import PRECISIONS
+from ..errors import InputError
+
+
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """One served package. Every limit is finite: the service never builds an unbounded backlog.
+
+    The encoder replicas hold the model and batch requests across clients (Ray Serve's @serve.batch); the
+    gateway replicas parse HTTP, decode images and answer errors (see clip_rt.serve.app).
+    """
+
+    package: str  # model package folder, readable at the same path on every node that runs a replica
+    backend: str = "onnxruntime"  # clip_rt.load backend
+    precision: str = "fp32"  # artifact precision
+    device: str | None = None  # clip_rt.load device; None: the backend's own ("cuda" for tensorrt, else "cpu")
+    threads: int | None = None  # intra-op threads per encoder replica; None: the backend's default (all cores)
+    replicas: int = 1  # encoder replicas (one model each)
+    replica_cpus: float = 1.0  # logical CPUs Ray reserves per encoder replica
+    replica_gpus: float = 0.0  # GPUs Ray reserves per encoder replica; 0 on CPU (set 1 with device="cuda")
+    gateways: int = 1  # HTTP gateway replicas (parse, decode, validate); they reserve no CPU
+    max_batch_size: int = 32  # images (or texts) per encoder call; 1 turns dynamic batching off
+    batch_wait_ms: float = 10.0  # how long a batch waits for more requests after its first one arrives
+    max_queued: int = 256  # requests waiting for an encoder replica, per gateway; beyond it: 503
+    max_ongoing: int | None = None  # requests one encoder replica holds at once; None: 2 x max_batch_size (>= 8)
+    max_body_bytes: int = 32 << 20  # largest request body; beyond it: 413
+    max_items: int = 256  # images or texts in one request; beyond it: 400
+    index: str | None = None  # an index folder (clip-rt index) to serve POST /search from; None: no /search
+    cache_dir: str | None = None  # label-embedding cache folder; None: $CLIP_RT_CACHE or ~/.cache/clip-rt
+    host: str = "127.0.0.1"  # where the HTTP proxy listens ("0.0.0.0" for every interface)
+    port: int = 8000  # HTTP port
+    request_timeout_s: float = 120.0  # end-to-end limit of one HTTP request at the proxy (408 beyond it)
+    retry_attempts: int = 3  # times a gateway retries a call whose encoder replica died before answering 503
+    access_log: bool = False  # a log line per request in every replica's log (Ray's session logs folder)
+    spinning: bool = False  # onnxruntime: intra-op threads spin between runs (off: the gateway, proxy and Ray share
+    #                         these cores, and spinning threads burn the CPU they need)
+    options: dict[str, Any] = field(default_factory=dict)  # extra clip_rt.load backend options (provider=...)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        positive = {"--replicas": self.replicas, "--gateways": self.gateways, "--max-batch-size": self.max_batch_size,
+                    "--max-queued": self.max_queued, "--max-body-mb": self.max_body_bytes,
+                    "--max-items": self.max_items}
+        for flag, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"{flag} must be a positive integer, got {value!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise InputError(f"--threads must be a positive integer, got {self.threads!r}")
+        if self.max_ongoing is not None and self.max_ongoing < 1:
+            raise InputError(f"--max-ongoing must be a positive integer, got {self.max_ongoing!r}")
+        if not 0 <= self.batch_wait_ms <= 10_000:
+            raise InputError(f"--batch-wait-ms must be in [0, 10000], got {self.batch_wait_ms}")
+        if self.replica_cpus < 0 or self.replica_gpus < 0:
+            raise InputError("--replica-cpus and --replica-gpus must be >= 0")
+        if not 0 < self.port < 65536:
+            raise InputError(f"--port must be in 1..65535, got {self.port}")
+        if self.retry_attempts < 0:
+            raise InputError(f"retry_attempts must be >= 0, got {self.retry_attempts}")
+        if not (Path(self.package) / "manifest.json").is_file():
+            raise InputError(f"{self.package} is not a model package (no manifest.json); make one with clip-rt export")
+        if self.index is not None and not Path(self.index).is_dir():
+            raise InputError(f"--index {self.index} is not an index folder; build one with clip-rt index")
+        # Replicas may start on other nodes: every path they read is made absolute here, on the driver.
+        object.__setattr__(self, "package", os.path.abspath(self.package))
+        if self.index is not None:
+            object.__setattr__(self, "index", os.path.abspath(self.index))
+        if self.cache_dir is not None:
+            object.__setattr__(self, "cache_dir", os.path.abspath(self.cache_dir))
+
+    def load_options(self) -> dict[str, Any]:
+        """Keyword options for clip_rt.load besides backend, precision, device and threads."""
+        extra = {"spinning": self.spinning} if self.backend == "onnxruntime" else {}
+        return {**extra, **self.options}
+
+    @property
+    def ongoing_per_replica(self) -> int:
+        """Requests one encoder replica holds: enough to fill two batches, so one forms while one runs."""
+        return self.max_ongoing if self.max_ongoing is not None else max(8, 2 * self.max_batch_size)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

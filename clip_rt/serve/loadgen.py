@@ -1,0 +1,297 @@
+"""Concurrent load against a running clip-rt server, with every answer checked.
+
+    workload = Workload.from_model(clip_rt.load("pkg/"), texts, files)   # in-process reference embeddings
+    result = asyncio.run(run_load("http://127.0.0.1:8000", workload, LoadSpec(clients=64, duration_s=30,
+                                                                               malformed=200)))
+    result.summary()  # throughput, p50/p99, failed, lost, min cosine against in-process, malformed answers
+
+Each of `clients` closed-loop clients sends one request at a time (one image or one text, in turn) until the
+duration is over; a request that gets no answer within the timeout counts as lost. `malformed` bad requests
+(corrupt image bytes, an empty text, an oversized body, broken or wrong JSON) are sent at an even pace beside
+them; each must get a 4xx with a JSON reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from ..errors import missing_dependency
+
+if TYPE_CHECKING:
+    from ..model import ClipModel
+
+MALFORMED_KINDS = ("corrupt-image", "empty-text", "oversized-body", "broken-json", "wrong-json", "wrong-field")
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    clients: int = 64  # closed-loop clients, each with one request in flight
+    duration_s: float = 30.0  # clients start requests until this much time has passed
+    kinds: tuple[str, ...] = ("image", "text")  # what each client sends, in turn ("image", "text")
+    malformed: int = 0  # bad requests sent at an even pace during the run
+    timeout_s: float = 120.0  # a request without an answer after this long is lost
+    oversized_bytes: int = 0  # body size of the oversized requests; 0: the server's limit + 1 (read from /info)
+
+
+@dataclass
+class Workload:
+    """The inputs clients send and what in-process clip_rt computes for them (float32 [N, D] rows)."""
+
+    texts: list[str]
+    text_ref: np.ndarray  # [T, D] float32
+    images: list[tuple[str, bytes]]  # (name, file bytes)
+    image_ref: np.ndarray  # [I, D] float32
+
+    @classmethod
+    def from_model(cls, model: "ClipModel", texts: Sequence[str], files: Sequence[str]) -> "Workload":
+        images = [(str(f), Path(f).read_bytes()) for f in files]
+        text_ref = np.stack([model.encode_texts([t])[0] for t in texts]) if texts else np.zeros((0, model.embed_dim))
+        image_ref = model.encode_images(list(files), batch_size=1) if files else np.zeros((0, model.embed_dim))
+        return cls(list(texts), text_ref, images, image_ref)
+
+
+@dataclass
+class LoadResult:
+    spec: LoadSpec
+    seconds: float = 0.0
+    client_cpu_s: float = 0.0  # CPU time of this load generator during the run
+    server_cpu_s: float | None = None  # CPU time of the server's processes during the run, when measured
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {"image": [], "text": []})
+    ok: int = 0  # well-formed requests answered 200 with the right embedding
+    failed: dict[str, int] = field(default_factory=dict)  # well-formed requests answered otherwise: status -> count
+    lost: int = 0  # well-formed requests without an answer (timeout, broken connection)
+    mismatched: int = 0  # 200s whose embedding is below the cosine threshold
+    min_cosine: float = 1.0
+    malformed_sent: int = 0
+    malformed_status: dict[str, int] = field(default_factory=dict)  # "kind status" -> count
+    malformed_unexplained: int = 0  # malformed requests answered without a JSON "error" reason
+    examples: dict[str, str] = field(default_factory=dict)  # one reason per malformed kind, as the server gave it
+
+    @property
+    def sent(self) -> int:
+        return self.ok + self.mismatched + sum(self.failed.values()) + self.lost
+
+    def summary(self) -> dict[str, Any]:
+        every = np.asarray(self.latencies["image"] + self.latencies["text"]) * 1000.0  # ms
+        pct = (lambda a, q: round(float(np.percentile(a, q)), 2) if len(a) else None)
+        kinds = {k: {"requests": len(v), "per_s": round(len(v) / self.seconds, 2) if self.seconds else 0.0,
+                     "p50_ms": pct(np.asarray(v) * 1000, 50), "p99_ms": pct(np.asarray(v) * 1000, 99)}
+                 for k, v in self.latencies.items() if v}
+        malformed_4xx = sum(n for k, n in self.malformed_status.items() if k.split()[-1].startswith("4"))
+        return {"clients": self.spec.clients, "seconds": round(self.seconds, 2), "requests": self.sent, "ok": self.ok,
+                "failed": dict(self.failed), "lost": self.lost, "mismatched": self.mismatched,
+                "min_cosine": round(self.min_cosine, 8), "throughput_per_s": round(self.ok / self.seconds, 2)
+                if self.seconds else 0.0, "p50_ms": pct(every, 50), "p90_ms": pct(every, 90),
+                "p99_ms": pct(every, 99), "by_kind": kinds, "client_cpu_s": round(self.client_cpu_s, 2),
+                "server_cpu_ms_per_ok": round(1000 * self.server_cpu_s / self.ok, 3)
+                if self.server_cpu_s is not None and self.ok else None, "malformed": {
+                    "sent": self.malformed_sent, "answered_4xx": malformed_4xx,
+                    "by_status": dict(self.malformed_status),
+                    "without_reason": self.malformed_unexplained, "examples": dict(self.examples)}}
+
+
+def _multipart(name: str, data: bytes) -> dict[str, Any]:
+    return {"files": [("files", (name, data, "application/octet-stream"))]}
+
+
+def malformed_request(kind: str, i: int, oversized: int) -> tuple[str, dict[str, Any]]:
+    """(path, httpx request kwargs) of a bad request of `kind` (one of MALFORMED_KINDS)."""
+    if kind == "corrupt-image":
+        return "/embed/image", _multipart(f"corrupt-{i}.jpg", b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
+    if kind == "empty-text":
+        return "/embed/text", {"json": {"texts": ["a photo", " "]}}
+    if kind == "oversized-body":
+        return "/embed/image", _multipart(f"huge-{i}.jpg", b"\0" * oversized)
+    if kind == "broken-json":
+        return "/embed/text", {"content": b'{"texts": ["a dog", ', "headers": {"content-type": "application/json"}}
+    if kind == "wrong-json":
+        return "/embed/text", {"json": {"texts": "a dog, not a list"}}
+    if kind == "wrong-field":
+        return "/embed/image", {"json": {"images": [12345]}}
+    raise ValueError(f"unknown malformed kind {kind!r}")
+
+
+async def run_load(url: str, workload: Workload, spec: LoadSpec, min_cosine: float = 0.99999,
+                   server: "ServerProcess | None" = None) -> LoadResult:
+    """Drive the server at `url` as described in the module docstring; never raises for what the server answers.
+    With `server`, the CPU time its processes spend during the run is recorded too (server_cpu_ms_per_ok: CPU per
+    request, which a busy shared machine does not inflate the way it inflates wall time)."""
+    try:
+        import httpx
+    except ImportError:
+        raise missing_dependency("httpx", "serve", "clip_rt.serve.loadgen") from None
+    result = LoadResult(spec)
+    limits = httpx.Limits(max_connections=spec.clients + 32, max_keepalive_connections=spec.clients + 32)
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=spec.timeout_s, limits=limits) as http:
+        oversized = spec.oversized_bytes
+        if spec.malformed and not oversized:
+            info = (await http.get("/info")).json()
+            oversized = int(info["config"]["max_body_bytes"]) + 1
+        start = time.perf_counter()
+        cpu0, server0 = time.process_time(), server.cpu_seconds() if server is not None else 0.0
+        deadline = start + spec.duration_s
+
+        def check(kind: str, index: int, response: Any, latency: float) -> None:
+            if response.status_code != 200:
+                result.failed[str(response.status_code)] = result.failed.get(str(response.status_code), 0) + 1
+                return
+            got = np.asarray(response.json()["embeddings"][0], dtype=np.float32)  # [D]
+            ref = (workload.image_ref if kind == "image" else workload.text_ref)[index]  # [D]
+            cos = float(got @ ref / (np.linalg.norm(got) * np.linalg.norm(ref)))
+            result.min_cosine = min(result.min_cosine, cos)
+            if cos < min_cosine:
+                result.mismatched += 1
+            else:
+                result.ok += 1
+            result.latencies[kind].append(latency)
+
+        async def client(c: int) -> None:
+            n = 0
+            while time.perf_counter() < deadline:
+                kind = spec.kinds[(c + n) % len(spec.kinds)]
+                pool = workload.images if kind == "image" else workload.texts
+                index = (c * 7919 + n) % len(pool)
+                n += 1
+                if kind == "image":
+                    name, data = workload.images[index]
+                    path, kwargs = "/embed/image", _multipart(name, data)
+                else:
+                    path, kwargs = "/embed/text", {"json": {"texts": [workload.texts[index]]}}
+                t0 = time.perf_counter()
+                try:
+                    response = await http.post(path, **kwargs)
+                except httpx.TransportError:
+                    result.lost += 1
+                    continue
+                check(kind, index, response, time.perf_counter() - t0)
+
+        async def bad(i: int) -> None:
+            kind = MALFORMED_KINDS[i % len(MALFORMED_KINDS)]
+            path, kwargs = malformed_request(kind, i, oversized)
+            result.malformed_sent += 1
+            try:
+                response = await http.post(path, **kwargs)
+            except httpx.TransportError as e:
+                key = f"{kind} {type(e).__name__}"
+            else:
+                key = f"{kind} {response.status_code}"
+                try:
+                    reason = response.json().get("error")
+                except (json.JSONDecodeError, ValueError, AttributeError):
+                    reason = None
+                if not reason:
+                    result.malformed_unexplained += 1
+                else:
+                    result.examples.setdefault(kind, f"{response.status_code}: {reason}")
+            result.malformed_status[key] = result.malformed_status.get(key, 0) + 1
+
+        async def malformed_pacer() -> None:
+            pending = []
+            for i in range(spec.malformed):
+                due = start + (i + 0.5) * spec.duration_s / spec.malformed
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                pending.append(asyncio.create_task(bad(i)))
+            await asyncio.gather(*pending)
+
+        await asyncio.gather(*(client(c) for c in range(spec.clients)), malformed_pacer())
+        result.seconds = time.perf_counter() - start
+        result.client_cpu_s = time.process_time() - cpu0
+        if server is not None:
+            result.server_cpu_s = server.cpu_seconds() - server0
+    return result
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and every live process below it, from /proc (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stats[int(entry)] = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+    children: dict[int, list[int]] = {}
+    for p, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(p)
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        if p in stats:
+            total += int(stats[p][11]) + int(stats[p][12])  # utime, stime
+        todo.extend(children.get(p, []))
+    return total / ticks
+
+
+class ServerProcess:
+    """`clip-rt serve PACKAGE ARGS...` as a child process in its own session, for tests and benchmarks.
+
+    Entering starts it and waits until /healthz answers 200 (or the process dies: ServeError with its last output);
+    leaving sends SIGINT (the command stops Serve and its Ray cluster), then SIGKILLs the session's process group
+    if anything is left after `stop_timeout_s`.
+    """
+
+    def __init__(self, package: str, args: Sequence[str] = (), port: int = 8000, log: str | os.PathLike | None = None,
+                 startup_timeout_s: float = 600.0, stop_timeout_s: float = 60.0):
+        self.cmd = [sys.executable, "-m", "clip_rt.cli", "serve", str(package), "--port", str(port), *args]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = Path(log) if log is not None else None
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server and every process it started (Ray's included)."""
+        return tree_cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
+
+    def _tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log is not None and self.log.exists() else ""
+
+    def __enter__(self) -> "ServerProcess":
+        import httpx
+
+        from .client import ServeError
+
+        out = open(self.log, "wb") if self.log is not None else subprocess.DEVNULL
+        self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + self.startup_timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise ServeError(0, f"clip-rt serve exited with code {self.proc.returncode}: {self._tail()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=10).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.__exit__()
+                raise ServeError(0, f"clip-rt serve did not answer /healthz within {self.startup_timeout_s:.0f} s: "
+                                    f"{self._tail()}")
+            time.sleep(1.0)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of its session is left (Ray workers, raylet)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        self.proc = None
