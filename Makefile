@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 LOCK   ?= requirements/dev.lock
 STUBS  := requirements/stubs.lock
 # The extras that make up `dev`, named one by one: pip-compile cannot lock a self-referencing extra (clip-rt[...]).
-LOCK_EXTRAS := export bench openvino test
+LOCK_EXTRAS := export open_clip siglip bench openvino search serve scale test
 MODEL  ?= openai/clip-vit-base-patch32
 SHARED ?= ../shared
 RANDOM_INIT ?=

@@ -154,12 +154,15 @@ def test_score(tiny_package, model, data_dir, capsys):
 
 
 def test_command_errors_are_one_line(tmp_path, tiny_package, capsys):
-    assert main(["classify", str(tmp_path / "nope"), "x.jpg", "--labels", "a"]) == 2
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "x.jpg")
+    assert main(["classify", str(tmp_path / "nope"), str(tmp_path / "x.jpg"), "--labels", "a,b"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
     assert main(["classify", str(tiny_package), "x.jpg", "--labels", " , "]) == 2
     assert "no labels" in capsys.readouterr().err
-    assert main(["classify", str(tiny_package), "x.jpg", "--labels", "a", "--templates", "no-such-set"]) == 2
+    assert main(["classify", str(tiny_package), str(tmp_path / "x.jpg"), "--labels", "a,b", "--templates", "no-such-set"]) == 2
     assert "not a built-in set" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["classify", str(tiny_package), "x.jpg"])  # --labels or --labels-file is required

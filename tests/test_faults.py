@@ -236,7 +236,7 @@ def test_label_file_faults_through_the_cli(tiny_package, showcase, tmp_path, cac
     blank.write_text("\n  \n\t\n")
     rc, out, err = run_main(["classify", str(tiny_package), image, "--labels-file", str(blank)])
     assert (rc, out) == (2, "")
-    assert err == f"clip-rt classify: error: labels file {blank} has no labels (it needs one label per line)\n"
+    assert err == f"clip-rt classify: error: labels file {blank} has no labels (it needs one label per line; blank lines and lines starting with # are skipped)\n"
     rc, out, err = run_main(["classify", str(tiny_package), image, "--labels", " , ,"])
     assert rc == 2 and err == "clip-rt classify: error: no labels given (--labels a,b,c or --labels-file FILE)\n"
     # Duplicates are kept (ImageNet's own class list repeats names): same embedding, same score, own index.
@@ -299,7 +299,8 @@ PACKAGE_FAULTS = {
     "tampered_artifact": r"{pkg}/image(\.opt)?\.onnx does not match its sha256 in the manifest \(file [0-9a-f]{{12}}\.\.\., "
                          r"manifest [0-9a-f]{{12}}\.\.\.\): the file was modified or corrupted; re-export the package",
     "missing_tokenizer": r"{pkg}: tokenizer file tokenizer\.json listed in the manifest is missing; re-export the package",
-    "newer_format": r"{pkg} has manifest format version 2, newer than this clip-rt reads \(1\); upgrade clip-rt "
+    "newer_format": rf"{{pkg}} has manifest format version {FORMAT_VERSION + 1}, newer than this clip-rt reads "
+                    rf"\({FORMAT_VERSION}\); upgrade clip-rt "
                     r"\(pip install -U clip-rt\) or re-export the package",
     "manifest_not_json": r"{pkg}/manifest\.json is unreadable or not valid JSON \(.*\); re-export the package",
     "no_manifest": r"{pkg} has no manifest\.json: not a clip-rt package \(create one with: clip-rt export MODEL -o {pkg}\)",

@@ -471,7 +471,7 @@ def test_engine_sources_follow_the_typing(tiny_package: Path, tmp_path: Path) ->
     manifest = json.loads((no_fp16 / "manifest.json").read_text())
     manifest["artifacts"] = [a for a in manifest["artifacts"] if a["precision"] != "fp16"]
     (no_fp16 / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(EngineBuildError, match="fp16 ONNX.*--precision fp16"):
+    with pytest.raises(EngineBuildError, match="fp16 ONNX.*no fp16 image artifact.*--precision .*fp16"):
         source_for(Package.open(no_fp16), "image", "fp16", strong=True)
 
 

@@ -145,7 +145,7 @@ def test_progress_without_tqdm(tiny_package, folder, tmp_path):
 
     proc = run_lean_cli(["index", str(tiny_package), str(folder), "-o", str(tmp_path / "i"), "--batch-size", "8"])
     assert proc.returncode == 1, proc.stderr
-    assert "embedded 21/21 images" in proc.stderr  # the broken file counts as done: 21 files in total
+    assert "embedded: 21/21 images" in proc.stderr  # the broken file counts as done: 21 files in total
     assert "broken.jpg" in proc.stderr
 
 

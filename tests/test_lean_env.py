@@ -58,9 +58,9 @@ m = clip_rt.load({str(tiny_package)!r})
 clf = clip_rt.ZeroShotClassifier(m, ["airplane", "cat", "ship"], templates="imagenet")
 files = [{str(data_dir / 'cifar10' / 'images' / 'airplane_0000.jpg')!r}, {str(data_dir / 'cifar10' / 'images' / 'cat_0000.jpg')!r}]
 preds = clf.predict(files, top_k=3)
-from clip_rt.cli.index import progress_printer
+from clip_rt.progress import progress_callback
 index, report = clip_rt.search.update_images({str(tmp_path / 'idx')!r}, m, [{str(data_dir / 'cifar10' / 'images')!r}],
-                                             progress=progress_printer())
+                                             progress=progress_callback("embedded", "image", delay=0))
 errors = report.errors
 hits = clip_rt.Index.open({str(tmp_path / 'idx')!r}).search(m, text="a cat", top_k=2)
 try:
@@ -82,7 +82,7 @@ print(json.dumps({{"preds": [[p.label for p in row] for row in preds], "n": len(
     out = json.loads(proc.stdout.splitlines()[-1])
     assert [sorted(r) for r in out["preds"]] == [["airplane", "cat", "ship"]] * 2
     assert out["n"] == 3000 and out["errors"] == 0 and out["hits"] == 2 and out["sim"] == [2, 1]
-    assert "embedded 3000/3000 images" in proc.stderr  # tqdm is blocked: counts instead of a bar
+    assert "embedded: 3000/3000 images" in proc.stderr  # tqdm is blocked: counts instead of a bar
     assert "pip install 'clip-rt[export]'" in out["torch_error"]
     assert "pip install 'clip-rt[openvino]'" in out["openvino_error"]
 
@@ -167,7 +167,7 @@ def readme_use_section() -> tuple[list[list[str]], str]:
 @pytest.fixture
 def fresh_clone(tmp_path, tiny_package, data_dir) -> Path:
     """A folder laid out as the README's Use section assumes: pkg (the tiny package: fp32 only), photos/,
-    more-photos/, classes.txt, photo.jpg, a.jpg, b.png, and ../shared."""
+    more-photos/, classes.txt, captions.txt, photo.jpg, a.jpg, b.png, and ../shared."""
     root = tmp_path / "clone"
     root.mkdir()
     (tmp_path / "shared").symlink_to(data_dir.parent)
@@ -181,6 +181,7 @@ def fresh_clone(tmp_path, tiny_package, data_dir) -> Path:
     shutil.copyfile(caltech[0], root / "photo.jpg")
     shutil.copyfile(caltech[1], root / "a.jpg")
     Image.open(caltech[2]).save(root / "b.png")
+    (root / "captions.txt").write_text("a dog on a beach\na red bicycle\na bowl of fruit\n")
     return root
 
 
@@ -207,7 +208,7 @@ def test_readme_use_section_runtime_only(fresh_clone):
         if command in RUNTIME_ONLY_STOPS:
             one_line(proc, command, *RUNTIME_ONLY_STOPS[command])
         elif "--precision" in argv and argv[argv.index("--precision") + 1] == "int8":
-            one_line(proc, command, "no int8", "--precision int8")
+            one_line(proc, command, "no int8", "clip-rt export", "--precision fp32 fp16 int8")
         else:
             assert proc.returncode == 0 and "Traceback" not in proc.stderr, (argv, proc.stderr)
             assert "error" not in proc.stderr, (argv, proc.stderr)

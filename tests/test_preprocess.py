@@ -106,7 +106,9 @@ def test_config_from_hf_manifest_roundtrip(shared_dir: Path):
     assert cfg == CFG
     assert (cfg.image_size, cfg.resize, cfg.interpolation) == (224, 224, "bicubic")
     m = cfg.to_manifest()
-    assert set(m) == {"image_size", "resize", "crop", "interpolation", "mean", "std", "rescale"}
+    assert set(m) == {"image_size", "resize", "crop", "interpolation", "mean", "std", "rescale", "resize_mode",
+                      "crop_rounding"}
+    assert (m["resize_mode"], m["crop_rounding"]) == ("shortest", "floor")
     assert m["crop"] == "center" and m["rescale"] == pytest.approx(1 / 255)
     assert PreprocessConfig.from_manifest(json.loads(json.dumps(m))) == cfg
     # Old-style configs: bare ints for size and crop_size, and a non-CLIP resize/crop pair.
@@ -121,7 +123,7 @@ def test_config_rejects_what_it_cannot_reproduce():
         PreprocessConfig(image_size=224, resize=224, interpolation="area")
     with pytest.raises(InputError, match="std"):
         PreprocessConfig(image_size=224, resize=224, std=(0.2, 0.0, 0.2))
-    with pytest.raises(ModelSourceError, match="do_center_crop"):
+    with pytest.raises(ModelSourceError, match="without a center crop"):
         PreprocessConfig.from_hf({**CLIP_PREPROCESSOR, "do_center_crop": False})
     with pytest.raises(ModelSourceError, match="square"):
         PreprocessConfig.from_hf({**CLIP_PREPROCESSOR, "crop_size": {"height": 224, "width": 192}})

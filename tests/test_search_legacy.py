@@ -111,7 +111,8 @@ def grown(tiny_source, tiny_package, photos, tmp_path_factory):
     clf = zeroshot.ZeroShotClassifier(model, ["dog", "cat", "beach"], cache_dir=cache)
     before = {"fingerprint": model.package.fingerprint, "hits": model.package and index.search(model, text="a dog"),
               "labels": clf.text_embeddings.copy(), "shas": {a.file: a.sha256 for a in model.package.artifacts}}
-    rc = main(["export", str(tiny_source), "-o", str(pkg), "--precision", "fp32", "int8", "--int8-mode", "dynamic",
+    kept = [p for p in ("fp32", "fp16") if p in {a.precision for a in model.package.artifacts}]
+    rc = main(["export", str(tiny_source), "-o", str(pkg), "--precision", *kept, "int8", "--int8-mode", "dynamic",
                "--force"])  # dynamic INT8 of a random tiny model misses the gate; the artifacts are what matters here
     assert rc == 0
     return work, pkg, v1, cache, before
@@ -120,9 +121,9 @@ def grown(tiny_source, tiny_package, photos, tmp_path_factory):
 def test_index_and_cache_survive_int8_added_to_the_package(grown, tmp_path):
     work, pkg, v1, cache, before = grown
     package = Package.open(pkg)
-    assert {a.precision for a in package.artifacts} == {"fp32", "int8"}
+    assert {a.precision for a in package.artifacts} == {"fp32", "fp16", "int8"}
     assert {f: s for f, s in before["shas"].items()} == {a.file: a.sha256 for a in package.artifacts
-                                                         if a.precision == "fp32"}  # fp32 files byte-identical
+                                                         if a.precision != "int8"}  # fp32/fp16 files byte-identical
     assert package.fingerprint != before["fingerprint"]  # what the index and the cache were keyed to before
     model = clip_rt.load(pkg)
     hits = Index.open(work / "photos.index").search(model, text="a dog")
@@ -148,6 +149,6 @@ def test_int8_index_with_an_fp32_package_names_what_to_add(grown, tiny_source, t
     assert main(["search", str(idx), "--text", "a dog", "--package", str(tiny_package)]) == 2
     err = capsys.readouterr().err
     assert "holds int8 embeddings" in err and "has no int8 text or image artifact" in err
-    assert f"clip-rt export {tiny_source} -o {tiny_package} --precision fp32 int8" in err and "SOURCE" not in err
+    assert f"clip-rt export {tiny_source} -o {tiny_package} --precision fp32 fp16 int8" in err and "SOURCE" not in err
     with pytest.raises(PackageError, match=f"clip-rt export {tiny_source} -o"):
         Package.open(tiny_package).artifact("image", "int8")

@@ -107,7 +107,7 @@ def run_index(args: argparse.Namespace) -> int:
             print(f"indexed {len(index)} image(s) from {args.paths[0]} into {out}", flush=True)
             return 0
     model = load_model(args)
-    bar = progress_callback("embedded", "text" if args.texts else "img") if args.progress else None
+    bar = progress_callback("embedded", "text" if args.texts else "image", delay=0) if args.progress else None
     if args.texts is not None:
         from ..search.texts import update_texts
 
@@ -137,7 +137,8 @@ def run_search(args: argparse.Namespace) -> int:
     index = Index.open(args.index)
     model = index.open_model(args.package, threads=args.threads)
     log_model(model)
-    logging.getLogger("clip_rt.cli").info("index: %s (%d items)", args.index, len(index))
+    logging.getLogger("clip_rt.cli").info("index: %s (%d %s, dim %d)", args.index, len(index),
+                                          "images" if index.kind == "images" else "texts", index.dim)
     hits = index.search(model, text=args.text, image=args.image, text_weight=text_weight, top_k=args.top_k)
     if args.json:
         query = {"text": args.text, "image": args.image,

@@ -44,7 +44,7 @@ def _open_clip() -> Any:
     try:
         import open_clip
     except ImportError as e:
-        raise missing_dependency(e.name or "open_clip", "open_clip", "exporting an open_clip model") from None
+        raise missing_dependency(e.name or "open_clip", "export,open_clip", "exporting an open_clip model") from None
     return open_clip
 
 
