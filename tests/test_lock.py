@@ -5,6 +5,7 @@ installed. scripts/check_lock.py's comparison is checked on a known difference t
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -70,5 +71,8 @@ def test_make_venv_holds_exactly_the_lock() -> None:
     """Only meaningful in the venv `make test` builds from the lock (elsewhere other versions are expected)."""
     if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
         pytest.skip(f"not the Makefile's venv ({sys.prefix}); `make test` runs this check")
-    locked = {**check_lock.read_lock(LOCK), **check_lock.read_lock(STUBS)}
-    assert check_lock.differences(locked, check_lock.installed()) == []
+    # In a child process: this one's sys.path has grown during the session (ray puts its vendored thirdparty_files,
+    # colorama among them, on it when imported), and the question is what the venv holds.
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_lock.py"), str(LOCK), str(STUBS)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "exactly as" in proc.stdout, proc.stdout + proc.stderr
