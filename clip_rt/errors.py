@@ -73,8 +73,8 @@ def check_int(value: object, name: str, minimum: int = 1) -> None:
 
 def check_real(value: object, name: str, low: float, high: float) -> None:
     """InputError unless `value` is a finite real number (not a bool) in [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or not low <= value <= high:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) \
+            or not low <= float(value) <= high:
         raise InputError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
 
 

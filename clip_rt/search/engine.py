@@ -21,7 +21,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -29,9 +29,6 @@ from ..errors import missing_dependency
 from ..fsutil import atomic_write_bytes
 from .plan import EnginePlan
 from .store import IndexFileError
-
-if TYPE_CHECKING:
-    import faiss as faiss_module
 
 log = logging.getLogger("clip_rt.search")
 
@@ -43,7 +40,7 @@ MAX_SHARDS = 4  # IVF-PQ shards: one per usable core, at most this many
 _pools: dict[int, ThreadPoolExecutor] = {}
 
 
-def faiss() -> "faiss_module":
+def faiss() -> Any:  # the faiss module (untyped: FAISS ships no stubs)
     """The faiss module, or BackendUnavailable naming the extra."""
     try:
         import faiss as module

@@ -134,7 +134,7 @@ def _update(store: Store, model: "ClipModel", roots: list[str], files: list[str]
                 progress(base + d, total)
         emb, ok, bad = model.encode_image_files(chunk, batch_size=batch_size, decode=decode, progress=step)
         report.errors.extend(bad)
-        items = []
+        items: list[Item | None] = []
         for f in ok:
             st = _stat(f)
             if isinstance(st, ImageError) or st != stats[f]:  # rewritten while it was being read
@@ -143,11 +143,11 @@ def _update(store: Store, model: "ClipModel", roots: list[str], files: list[str]
                 continue
             items.append(Item(f, hashes[f], image_key, st[0], st[1]))  # type: ignore[arg-type]
         keep = [i for i, it in enumerate(items) if it is not None]
-        adds = [items[i] for i in keep]
-        store.commit(adds, emb[keep], remove=[it.item for it in adds if it.item in known])  # type: ignore[union-attr]
+        adds = [it for it in items if it is not None]
+        store.commit(adds, emb[keep], remove=[it.item for it in adds if it.item in known])
         report.embedded += len(ok)
-        report.changed += sum(1 for it in adds if it.item in known)  # type: ignore[union-attr]
-        report.added += sum(1 for it in adds if it.item not in known)  # type: ignore[union-attr]
+        report.changed += sum(1 for it in adds if it.item in known)
+        report.added += sum(1 for it in adds if it.item not in known)
         done += len(chunk)
     if moved or vanished:  # one transaction: the moved files' vectors under their new paths, every vanished path out
         vectors = store.vectors()
