@@ -15,7 +15,7 @@ Images are opened as transformers' load_image opens a path (EXIF orientation app
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -23,6 +23,21 @@ import numpy as np
 def _l2(x: Any) -> np.ndarray:
     x = x.float()
     return (x / x.norm(dim=-1, keepdim=True)).numpy()
+
+
+def _batched(torch: Any, items: Sequence[Any], batch: int, embed: Callable[[list[Any]], Any]) -> np.ndarray:
+    """embed(chunk) -> features [b, D] over `items` in chunks of `batch`, without autograd -> normalized [N, D]."""
+    with torch.inference_mode():
+        return np.concatenate([_l2(embed(list(items[i:i + batch]))) for i in range(0, len(items), batch)])
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)  # over the labels
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))  # per label
 
 
 def open_images(files: Sequence[str]) -> list[Any]:
@@ -45,77 +60,64 @@ class FamilyReference:
         raise NotImplementedError
 
 
-class SiglipReference(FamilyReference):
-    family = "siglip"
+class _TransformersReference(FamilyReference):
+    """A transformers model class + its Pillow image processor + its tokenizer, loaded from a folder."""
+
+    model_class = ""
 
     def __init__(self, folder: str | Path):
         import torch
-        from transformers import AutoImageProcessor, AutoTokenizer, SiglipModel
+        import transformers
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        from runtime_reference import pil_backend
 
         self.torch = torch
-        self.model = SiglipModel.from_pretrained(str(folder)).float().eval()
-        self.processor = AutoImageProcessor.from_pretrained(str(folder), backend="pil")
+        self.model = getattr(transformers, self.model_class).from_pretrained(str(folder)).float().eval()
+        self.processor = AutoImageProcessor.from_pretrained(str(folder), **pil_backend())
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self.lowercase = type(self.tokenizer).__name__.startswith("Gemma")  # SigLIP 2: trained on lower-cased text
 
     def image_embeds(self, files: Sequence[str], batch: int = 16) -> np.ndarray:
-        out = []
-        with self.torch.inference_mode():
-            for i in range(0, len(files), batch):
-                pixels = self.processor(images=open_images(files[i:i + batch]), return_tensors="pt")["pixel_values"]
-                out.append(_l2(self.model.get_image_features(pixel_values=pixels).pooler_output))
-        return np.concatenate(out)
+        def embed(chunk: list[str]) -> Any:
+            pixels = self.processor(images=open_images(chunk), return_tensors="pt")["pixel_values"]
+            return self.model.get_image_features(pixel_values=pixels).pooler_output
+        return _batched(self.torch, files, batch, embed)
+
+
+class SiglipReference(_TransformersReference):
+    family = "siglip"
+    model_class = "SiglipModel"
+
+    def __init__(self, folder: str | Path):
+        super().__init__(folder)
+        self.lowercase = type(self.tokenizer).__name__.startswith("Gemma")  # SigLIP 2: trained on lower-cased text
 
     def text_embeds(self, texts: Sequence[str], batch: int = 64) -> np.ndarray:
-        out = []
-        with self.torch.inference_mode():
-            for i in range(0, len(texts), batch):
-                chunk = [t.lower() for t in texts[i:i + batch]] if self.lowercase else list(texts[i:i + batch])
-                ids = self.tokenizer(chunk, padding="max_length", max_length=64, truncation=True,
-                                     return_tensors="pt")["input_ids"]
-                out.append(_l2(self.model.get_text_features(input_ids=ids).pooler_output))
-        return np.concatenate(out)
+        def embed(chunk: list[str]) -> Any:
+            chunk = [t.lower() for t in chunk] if self.lowercase else chunk
+            ids = self.tokenizer(chunk, padding="max_length", max_length=64, truncation=True,
+                                 return_tensors="pt")["input_ids"]
+            return self.model.get_text_features(input_ids=ids).pooler_output
+        return _batched(self.torch, texts, batch, embed)
 
     def scores(self, image: np.ndarray, text: np.ndarray) -> np.ndarray:
         scale, bias = float(self.model.logit_scale.detach().exp()), float(self.model.logit_bias.detach())
-        return 1.0 / (1.0 + np.exp(-(image.astype(np.float64) @ text.T * scale + bias)))  # sigmoid per label
+        return _sigmoid(image.astype(np.float64) @ text.T * scale + bias)
 
 
-class ChineseClipReference(FamilyReference):
+class ChineseClipReference(_TransformersReference):
     family = "chinese_clip"
-
-    def __init__(self, folder: str | Path):
-        import torch
-        from transformers import AutoImageProcessor, AutoTokenizer, ChineseCLIPModel
-
-        self.torch = torch
-        self.model = ChineseCLIPModel.from_pretrained(str(folder)).float().eval()
-        self.processor = AutoImageProcessor.from_pretrained(str(folder), backend="pil")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-
-    def image_embeds(self, files: Sequence[str], batch: int = 16) -> np.ndarray:
-        out = []
-        with self.torch.inference_mode():
-            for i in range(0, len(files), batch):
-                pixels = self.processor(images=open_images(files[i:i + batch]), return_tensors="pt")["pixel_values"]
-                out.append(_l2(self.model.get_image_features(pixel_values=pixels).pooler_output))
-        return np.concatenate(out)
+    model_class = "ChineseCLIPModel"
 
     def text_embeds(self, texts: Sequence[str], batch: int = 64) -> np.ndarray:
-        out = []
-        with self.torch.inference_mode():
-            for i in range(0, len(texts), batch):
-                enc = self.tokenizer(list(texts[i:i + batch]), padding=True, truncation=True, max_length=52,
-                                     return_tensors="pt")
-                feats = self.model.get_text_features(input_ids=enc["input_ids"],
-                                                     attention_mask=enc["attention_mask"]).pooler_output
-                out.append(_l2(feats))
-        return np.concatenate(out)
+        def embed(chunk: list[str]) -> Any:
+            enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=52, return_tensors="pt")
+            return self.model.get_text_features(input_ids=enc["input_ids"],
+                                                attention_mask=enc["attention_mask"]).pooler_output
+        return _batched(self.torch, texts, batch, embed)
 
     def scores(self, image: np.ndarray, text: np.ndarray) -> np.ndarray:
-        z = image.astype(np.float64) @ text.T * float(self.model.logit_scale.detach().exp())
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        return z / z.sum(axis=1, keepdims=True)  # softmax over the labels
+        return _softmax(image.astype(np.float64) @ text.T * float(self.model.logit_scale.detach().exp()))
 
 
 class OpenClipReference(FamilyReference):
@@ -132,27 +134,16 @@ class OpenClipReference(FamilyReference):
         self.tokenizer = open_clip.get_tokenizer(arch)
 
     def image_embeds(self, files: Sequence[str], batch: int = 16) -> np.ndarray:
-        out = []
-        with self.torch.inference_mode():
-            for i in range(0, len(files), batch):
-                pixels = self.torch.stack([self.preprocess(im) for im in open_images(files[i:i + batch])])
-                out.append(_l2(self.model.encode_image(pixels)))
-        return np.concatenate(out)
+        return _batched(self.torch, files, batch, lambda chunk: self.model.encode_image(
+            self.torch.stack([self.preprocess(im) for im in open_images(chunk)])))
 
     def text_embeds(self, texts: Sequence[str], batch: int = 64) -> np.ndarray:
-        out = []
-        with self.torch.inference_mode():
-            for i in range(0, len(texts), batch):
-                out.append(_l2(self.model.encode_text(self.tokenizer(list(texts[i:i + batch])))))
-        return np.concatenate(out)
+        return _batched(self.torch, texts, batch, lambda chunk: self.model.encode_text(self.tokenizer(chunk)))
 
     def scores(self, image: np.ndarray, text: np.ndarray) -> np.ndarray:
         z = image.astype(np.float64) @ text.T * float(self.model.logit_scale.detach().exp())
         bias = getattr(self.model, "logit_bias", None)
-        if bias is not None:
-            return 1.0 / (1.0 + np.exp(-(z + float(bias.detach()))))
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        return z / z.sum(axis=1, keepdims=True)
+        return _sigmoid(z + float(bias.detach())) if bias is not None else _softmax(z)
 
 
 def reference_for(source: dict[str, Any], folder: str | Path | None = None) -> FamilyReference:
