@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from ._lazy import lazy_getattr
 from .errors import missing_dependency
 
 if TYPE_CHECKING:
@@ -60,11 +61,4 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, object_s
     return True
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'clip_rt.ray' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
