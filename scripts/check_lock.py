@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Check that this interpreter's environment holds exactly the versions a lock file pins (`make test` runs it after
-installing, so a venv that drifted from requirements.lock never runs the suite).
+installing, so a venv that drifted from the lock never runs the suite).
 
     python scripts/check_lock.py requirements/dev.lock requirements/stubs.lock
     # exit 0: identical; 1: the differences, one per line
