@@ -9,8 +9,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 LOCK   ?= requirements/dev.lock
 STUBS  := requirements/stubs.lock
-# The extras that make up `dev`, named one by one: pip-compile cannot lock a self-referencing extra (clip-rt[...]).
-LOCK_EXTRAS := export open_clip siglip bench openvino search serve scale test
+# The extras that make up `dev` (pyproject: dev = ["clip-rt[a,b,...]"]), named one by one for pip-compile, which cannot
+# lock a self-referencing extra. Read from pyproject when `make lock` runs (recursive `=`: not on every make call).
+LOCK_EXTRAS = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['dev'][0]; print(d[d.index('[') + 1:d.index(']')].replace(',', ' '))")
 MODEL  ?= openai/clip-vit-base-patch32
 SHARED ?= ../shared
 RANDOM_INIT ?=
