@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,24 @@ TINY_PREPROCESSOR = {"crop_size": {"height": 64, "width": 64}, "do_center_crop":
                      "image_processor_type": "CLIPImageProcessor", "resample": 3,
                      "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": 64}}
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+# The default tier holds about 2 GB of exported models at once (tmp_path_retention_policy deletes each passing test's
+# folder); short of this, tests fail on writes with errors that do not say why, so the header says it first.
+DISK_NEEDED_GIB = 4.0
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from clip_rt import cputier
+
+    tier = cputier.detect()
+    tmp = Path(tempfile.gettempdir())
+    free = shutil.disk_usage(tmp).free / 2**30
+    lines = [f"clip-rt: CPU tier {tier.describe()}; {free:.1f} GiB free in {tmp}"]
+    if free < DISK_NEEDED_GIB:
+        lines.append(f"clip-rt: WARNING: under {DISK_NEEDED_GIB:.0f} GiB free in {tmp}; the suite writes up to about "
+                     "that much there, expect write errors (set TMPDIR to a larger disk)")
+    return lines
 
 
 def need_shared() -> Path:
