@@ -14,7 +14,7 @@ from clip_rt.errors import BackendUnavailable, InputError
 from clip_rt.search import Index
 from clip_rt.search.engine import ENGINE_FILE, ExactEngine, FaissEngine, usable_cores
 from clip_rt.search.maintain import import_vectors, refresh_engine
-from clip_rt.search.plan import EXACT_MAX_BYTES, ivfpq_bytes, nlist_for, parse_memory, plan
+from clip_rt.search.plan import EXACT_MAX_BYTES, ivfpq_bytes, ivfsq_bytes, nlist_for, parse_memory, plan, pqfs_bytes
 from clip_rt.search.store import Store
 from clip_rt.search.tune import exact_neighbours, recall
 from runtime_reference import run_lean
@@ -50,18 +50,28 @@ def ann(tmp_path_factory):
 
 def test_selection_rule():
     # Exact while the vectors fit the scan limit: 65,536 x 512 float32 is 128 MiB.
-    assert plan(65_536, 512).kind == "flat" and plan(65_537, 512).kind == "ivfpq"
+    assert plan(65_536, 512).kind == "flat" and plan(65_537, 512).kind == "ivfsq"
     assert EXACT_MAX_BYTES == 128 << 20
+    # Above it, IVF over SQ8 codes (one byte a dimension) while they fit the budget: ~sqrt(N) lists.
     one_m = plan(1_000_000, 512)
-    assert (one_m.kind, one_m.nlist, one_m.pq_m, one_m.factory) == ("ivfpq", 4096, 256, "IVF4096,PQ256x4fs")
-    assert one_m.resident_bytes == ivfpq_bytes(1_000_000, 512, 4096, 256) < 160 << 20
-    # A tight budget takes coarser codes; one that nothing fits is refused with the size it would need.
+    assert (one_m.kind, one_m.nlist, one_m.code_bytes, one_m.factory) == ("ivfsq", 1024, 512, "IVF1024,SQ8")
+    assert one_m.resident_bytes == ivfsq_bytes(1_000_000, 512, 1024) < 530 << 20
+    # A budget too small for SQ8 codes takes IVF-PQ, coarser as it shrinks; one nothing fits is refused with the size.
+    tight = plan(1_000_000, 512, memory_budget=400 << 20)
+    assert (tight.kind, tight.nlist, tight.pq_m, tight.factory) == ("ivfpq", 4096, 256, "IVF4096,PQ256x4fs")
+    assert tight.resident_bytes == ivfpq_bytes(1_000_000, 512, 4096, 256) < 160 << 20
     assert plan(1_000_000, 512, memory_budget=100 << 20).pq_m == 128
     assert plan(1_000_000, 512, memory_budget=40 << 20).pq_m == 32
     with pytest.raises(InputError, match=r"too small .* needs ~\d+ MiB"):
         plan(1_000_000, 512, memory_budget=10 << 20)
+    with pytest.raises(InputError, match="IVF-SQ8 .* over --memory-budget"):
+        plan(1_000_000, 512, "ivfsq", memory_budget=400 << 20)
+    # The fast-scan PQ of every vector (auto switches to it when the IVF finds no cluster structure, see below).
+    pqfs = plan(1_000_000, 512, "pqfs")
+    assert (pqfs.factory, pqfs.code_bytes, pqfs.nlist) == ("IDMap,PQ128x4fs", 64, 0)
+    assert pqfs.resident_bytes == pqfs_bytes(1_000_000, 512, 128) < 80 << 20
     # A budget under the exact scan's size makes even a small collection approximate.
-    assert plan(50_000, 512, memory_budget=64 << 20).kind == "ivfpq"
+    assert plan(50_000, 512, memory_budget=64 << 20).kind == "ivfsq"
     assert plan(10, 512, "ivfpq").nlist == 1 and nlist_for(20_000) == 256
     assert plan(10, 512, "hnsw").factory == "IDMap2,HNSW32"
     with pytest.raises(InputError, match="over --memory-budget"):
@@ -193,3 +203,41 @@ print(json.dumps({{"kind": index.engine.kind, "hits": [[h.item for h in r] for r
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     assert out["hits"] == [[f"v{i}" for i in row] for row in truth]
     assert out["error"].startswith(BackendUnavailable.__name__) and "pip install 'clip-rt[search]'" in out["error"]
+
+
+def clustered(n: int, dim: int, centres: int, seed: int) -> np.ndarray:
+    """Unit vectors around `centres` directions: the structure real embeddings have and random vectors lack."""
+    rng = np.random.default_rng(seed)
+    c = unit(centres, dim, seed + 100)
+    x = c[rng.integers(0, centres, n)] + 0.35 * rng.standard_normal((n, dim)).astype(np.float32) / np.sqrt(dim)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("data", ["clustered", "random"])
+def test_auto_engine_follows_the_data(tmp_path, data):
+    """auto above the exact limit (forced here by a budget under the vectors' size): IVF-SQ8 where the vectors
+    cluster; on random vectors the IVF would need most of its lists, so the build tries the fast-scan PQ of every
+    vector and keeps it. Either way recall@10 on fresh queries against exact search holds."""
+    n, dim = 50_000, 128
+    vectors = clustered(n, dim, 300, 11) if data == "clustered" else unit(n, dim, 12)
+    report = import_vectors(tmp_path / "i", [f"v{i}" for i in range(n)], vectors, {}, memory_budget=8 << 20)
+    index = Index.open(tmp_path / "i")
+    meta = index.engine.meta
+    if data == "clustered":
+        assert meta["factory"] == "IVF256,SQ8" and meta["nprobe"] <= 64 and "no cluster structure" not in meta["reason"]
+    else:
+        assert meta["factory"] == "IDMap,PQ32x4fs" and "no cluster structure" in meta["reason"]
+        assert "nprobe" in meta["reason"] and meta["k_factor"] >= 16
+    assert meta["reached_target"] and meta["recall_at_10"] >= 0.97 and "recall@10" in report.engine
+    queries = clustered(200, dim, 300, 11)[::-1] if data == "clustered" else unit(200, dim, 13)
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    found = np.array([[int(h.item[1:]) for h in hits] for hits in index.search_vectors(queries, 10)])
+    assert recall(found, truth) >= 0.95
+    # Removed items never come back (IVF: removed from the lists; pqfs: tombstoned, skipped by the live mask).
+    gone = {f"v{i}" for i in truth[0][:5]}
+    store = Store.open(tmp_path / "i", writable=True)
+    store.commit(remove=sorted(gone))
+    assert "updated" in refresh_engine(store)  # the same engine, brought up to date, not rebuilt
+    store.close()
+    hits = Index.open(tmp_path / "i").search_vector(queries[0], 10)
+    assert {h.item for h in hits}.isdisjoint(gone) and len(hits) == 10

@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--package", default=None, help="model package for the photos collection")
     s.add_argument("--data", default=None, help="the shared data folder (cifar10/, caltech101/, flickr8k/, ...)")
     s.add_argument("--queries", type=int, default=1000, help="timed single queries per row")
-    s.add_argument("--index-type", choices=("auto", "flat", "ivfpq", "hnsw"), default="auto", help="vector engine")
+    s.add_argument("--index-type", choices=("auto", "flat", "ivfsq", "pqfs", "ivfpq", "hnsw"), default="auto",
+                   help="vector engine (clip_rt.search.plan)")
     s.add_argument("--memory-budget", default=None, metavar="SIZE", help="engine memory budget (default: 1G)")
     s.add_argument("--threads", type=int, default=None, help="FAISS threads (default: FAISS's, the usable cores)")
     s.add_argument("--keep", action=argparse.BooleanOptionalAction, default=False, help="keep the indexes built")

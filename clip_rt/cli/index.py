@@ -35,8 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "faster on phone photos) or exact (full size, the parity reference). Default: fast for a new "
                         "index, the recorded choice for --update")
     p.add_argument("--index-type", choices=INDEX_TYPES, default=None,
-                   help="vector engine: auto (exact below ~65k x 512 vectors, else IVF-PQ sized to the memory "
-                        "budget), flat (always exact), ivfpq, hnsw. Default: auto, or the recorded choice")
+                   help="vector engine: auto (exact below ~65k x 512 vectors, else IVF-SQ8 if it fits the memory "
+                        "budget, switching to pqfs where the vectors have no cluster structure, else IVF-PQ), flat "
+                        "(always exact), ivfsq, pqfs, ivfpq, hnsw (see README, Search). Default: auto, or the "
+                        "recorded choice")
     p.add_argument("--memory-budget", default=None, metavar="SIZE",
                    help="memory the approximate engine may keep resident, e.g. 512M, 2G. Default: 1G, or the "
                         "recorded choice")

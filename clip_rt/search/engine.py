@@ -1,10 +1,10 @@
 """The two vector engines behind an index, with one call: queries [nq, D] -> (scores, vector ids) [nq, k], best first.
 
     ExactEngine   inner product with numpy over the memory-mapped vectors (no FAISS needed)
-    FaissEngine   a FAISS structure (IVF + fast-scan PQ codes, or HNSW) proposing k * k_factor candidates per query,
-                  reranked exactly here from the memory-mapped vectors. An IVF-PQ engine is split into shards (vector
-                  id modulo the shard count, one core each) searched in parallel threads: FAISS scans the lists of
-                  one query on one thread, and on a collection without cluster structure a query scans most lists.
+    FaissEngine   a FAISS structure (IVF + SQ8 or fast-scan PQ codes, fast-scan PQ alone, or HNSW; see plan.py)
+                  proposing k * k_factor candidates per query, reranked exactly from the memory-mapped vectors.
+                  Every kind but HNSW is split into shards (vector id modulo the shard count, one core each),
+                  searched and reranked in parallel threads: FAISS scans the codes of one query on one thread.
 
 Both skip dead rows (items deleted since the vectors were written) through a boolean `live` mask [rows]. The FAISS
 structure is saved as engine.npz (serialized index, the ids it holds, its metadata as JSON) in one atomic write,
@@ -35,8 +35,9 @@ log = logging.getLogger("clip_rt.search")
 ENGINE_FILE = "engine.npz"
 ADD_CHUNK = 65536  # vectors copied from the memory map and added to FAISS at a time
 TRAIN_PER_LIST = 40  # k-means training points per inverted list (FAISS asks for at least 39; plan keeps 48 per list)
+PQ_TRAIN = 65536  # training vectors for SQ ranges and PQ codebooks (at least; an IVF samples TRAIN_PER_LIST per list)
 KMEANS_ITERATIONS = 10  # IVF coarse quantizer: 10 rounds reach a usable partition at a fraction of 25's cost
-MAX_SHARDS = 4  # IVF-PQ shards: one per usable core, at most this many
+MAX_SHARDS = 4  # shards (all kinds but HNSW): one per usable core, at most this many
 _pools: dict[int, ThreadPoolExecutor] = {}
 
 
@@ -125,47 +126,57 @@ class FaissEngine:
         self.configure(int(meta.get("nprobe", 1)), int(meta.get("ef_search", 64)))
 
     @property
+    def ivf(self) -> bool:
+        return self.kind in ("ivfsq", "ivfpq")
+
+    @property
     def nlist(self) -> int:
-        return int(self.shards[0].nlist) if self.kind == "ivfpq" else 0
+        return int(faiss().extract_index_ivf(self.shards[0]).nlist) if self.ivf else 0
 
     # -- building ------------------------------------------------------------------------------------------------
     @classmethod
     def build(cls, plan: EnginePlan, vectors: np.ndarray, live_ids: np.ndarray, exclude: np.ndarray | None = None,
               seed: int = 0, progress: Callable[[str], None] | None = None) -> "FaissEngine":
-        """Train (IVF-PQ: on a sample of live vectors that leaves out `exclude`, the tuning queries) and add every
-        live vector under its vector id."""
+        """Train (IVF: the coarse k-means, then the codes; pqfs: the codes) on a sample of live vectors that leaves
+        out `exclude`, the tuning queries, and add every live vector under its vector id."""
         fa = faiss()
         t0 = time.perf_counter()
         dim = vectors.shape[1]
         index = fa.index_factory(dim, plan.factory, fa.METRIC_INNER_PRODUCT)
         trained_on = 0
-        if plan.kind == "ivfpq":
-            ivf = fa.extract_index_ivf(index)
-            ivf.cp.niter = KMEANS_ITERATIONS
-            ivf.cp.seed = seed
+        if plan.kind != "hnsw":
             pool = np.setdiff1d(live_ids, exclude) if exclude is not None and len(exclude) else live_ids
             rng = np.random.default_rng(seed)
-            sample = np.sort(rng.choice(pool, min(len(pool), TRAIN_PER_LIST * plan.nlist), replace=False))
+            size = TRAIN_PER_LIST * plan.nlist if plan.ivf else PQ_TRAIN
+            sample = np.sort(rng.choice(pool, min(len(pool), max(size, PQ_TRAIN)), replace=False))
             trained_on = len(sample)
             if progress:
                 progress(f"training {plan.factory} on {trained_on} vectors")
             x = np.ascontiguousarray(vectors[sample], dtype=np.float32)
-            fa.Clustering(dim, plan.nlist, ivf.cp).train(x, ivf.quantizer)  # the coarse k-means, on every thread
+            if plan.ivf:
+                ivf = fa.extract_index_ivf(index)
+                ivf.cp.niter = KMEANS_ITERATIONS
+                ivf.cp.seed = seed
+                km = x if len(x) <= TRAIN_PER_LIST * plan.nlist else \
+                    x[np.sort(rng.choice(len(x), TRAIN_PER_LIST * plan.nlist, replace=False))]
+                fa.Clustering(dim, plan.nlist, ivf.cp).train(km, ivf.quantizer)  # the coarse k-means, every thread
             threads = fa.omp_get_max_threads()
             # The PQ step runs one tiny k-means per sub-quantizer (hundreds of them, 16 centroids each): with OpenMP
             # every iteration ends in a barrier, which on a busy machine costs more than the arithmetic. One thread.
             fa.omp_set_num_threads(1)
             try:
-                index.train(x)  # the quantizer is trained already: this trains the PQ codebooks on the residuals
+                index.train(x)  # IVF: the quantizer is trained already, this trains the codes on the residuals
             finally:
                 fa.omp_set_num_threads(threads)
         t_train = time.perf_counter() - t0
-        n_shards = min(MAX_SHARDS, usable_cores()) if plan.kind == "ivfpq" else 1
+        n_shards = 1 if plan.kind == "hnsw" else min(MAX_SHARDS, usable_cores())
         shards = [index] + [fa.clone_index(index) for _ in range(n_shards - 1)]  # trained, empty
+        depth = {"ivfsq": 4, "pqfs": 64}.get(plan.kind, 8)
         engine = cls(shards, np.zeros(0, np.int64), {"kind": plan.kind, "factory": plan.factory, "reason": plan.reason,
                                                     "resident_bytes": plan.resident_bytes, "shards": n_shards,
                                                     "budget_bytes": plan.budget_bytes, "trained_on": trained_on,
-                                                    "nprobe": max(1, plan.nlist // 16), "k_factor": 8})
+                                                    "code_bytes": plan.code_bytes,
+                                                    "nprobe": max(1, plan.nlist // 16), "k_factor": depth})
         engine.add(vectors, live_ids, progress)
         engine.meta.update({"train_s": round(t_train, 2), "build_s": round(time.perf_counter() - t0, 2),
                             "built_n": int(len(live_ids))})
@@ -183,10 +194,11 @@ class FaissEngine:
         self.ids = np.union1d(self.ids, ids)
 
     def remove(self, ids: np.ndarray) -> None:
-        """Drop ids from the structure (IVF); HNSW cannot remove, so its dead ids stay and the live mask skips them."""
+        """Drop ids from the structure (IVF); HNSW and the fast-scan PQ cannot remove, so their dead ids stay and the
+        live mask skips them (a rebuild or compaction drops them)."""
         if len(ids) == 0:
             return
-        if self.kind == "ivfpq":
+        if self.ivf:
             ids = np.asarray(ids, dtype=np.int64)
             for s, shard in enumerate(self.shards):
                 shard.remove_ids(faiss().IDSelectorBatch(ids[ids % len(self.shards) == s]))
@@ -198,7 +210,7 @@ class FaissEngine:
         """Add the live ids the structure lacks and remove the ones no longer live. Returns (added, removed)."""
         missing = np.setdiff1d(live_ids, self.ids, assume_unique=True)
         gone = np.setdiff1d(self.ids, live_ids, assume_unique=True)
-        if self.kind == "hnsw":
+        if not self.ivf:
             gone = np.zeros(0, np.int64)  # already tombstoned: the live mask hides them
         self.add(vectors, missing)
         self.remove(gone)
@@ -208,7 +220,7 @@ class FaissEngine:
     def configure(self, nprobe: int, ef_search: int = 64) -> None:
         fa = faiss()
         for shard in self.shards:
-            if self.kind == "ivfpq":
+            if self.ivf:
                 fa.extract_index_ivf(shard).nprobe = int(nprobe)
             elif self.kind == "hnsw":
                 fa.ParameterSpace().set_index_parameter(shard, "efSearch", int(ef_search))
@@ -224,8 +236,20 @@ class FaissEngine:
 
     def search(self, queries: np.ndarray, k: int, vectors: np.ndarray, live: np.ndarray,
                k_factor: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Each shard proposes k * k_factor candidates and reranks them exactly in its own thread; the shards' best
+        k are merged."""
         depth = k * int(k_factor or self.meta.get("k_factor", 8))
-        return rerank(queries, self.candidates(queries, depth), k, vectors, live)
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+
+        def one(shard: Any) -> tuple[np.ndarray, np.ndarray]:
+            return rerank(q, shard.search(q, depth)[1], k, vectors, live)
+
+        if len(self.shards) == 1:
+            return one(self.shards[0])
+        parts = list(_pool(len(self.shards)).map(one, self.shards))
+        scores = np.concatenate([p[0] for p in parts], axis=1)  # [nq, shards * k]
+        ids = np.concatenate([p[1] for p in parts], axis=1)
+        return top_k(scores, ids, k)
 
     # -- files ------------------------------------------------------------------------------------------------------
     def save(self, root: Path) -> None:
@@ -256,15 +280,23 @@ def rerank(queries: np.ndarray, candidates: np.ndarray, k: int, vectors: np.ndar
            live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact scores of candidate ids [nq, m] (-1 = none) from the vectors, dead ones dropped -> the top k.
 
-    Written here rather than with FAISS's IndexRefine: that keeps its own copy of every vector in memory and needs
-    sequential ids, while the vectors already sit memory-mapped in the index's vectors file."""
+    FAISS's fvec_inner_products_by_idx reads each candidate's row straight from the memory map (no gathered copy;
+    it releases the GIL, so shards rerank in parallel). Not FAISS's IndexRefine: that keeps its own copy of every
+    vector in memory and needs sequential ids, while the vectors already sit memory-mapped in the index's file."""
     nq, m = candidates.shape
-    ok = candidates >= 0
-    ok[ok] &= live[candidates[ok]]
-    safe = np.where(ok, candidates, 0)  # [nq, m]
-    scores = np.einsum("qmd,qd->qm", np.asarray(vectors[safe.ravel()]).reshape(nq, m, -1), queries)  # [nq, m]
-    scores = np.where(ok, scores, -np.inf).astype(np.float32)
-    return top_k(scores, safe, k)
+    cand = np.ascontiguousarray(candidates, dtype=np.int64)
+    ok = cand >= 0
+    ok[ok] = live[cand[ok]]
+    cand[~ok] = -1  # dead rows are no candidates
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    base = np.ascontiguousarray(vectors, dtype=np.float32)  # a memory map of float32 rows stays as it is (no copy)
+    scores = np.empty((nq, m), dtype=np.float32)
+    if nq and m:
+        fa = faiss()
+        fa.fvec_inner_products_by_idx(fa.swig_ptr(scores), fa.swig_ptr(q), fa.swig_ptr(base), fa.swig_ptr(cand),
+                                      q.shape[1], nq, m)
+    scores[cand < 0] = -np.inf
+    return top_k(scores, np.where(cand >= 0, cand, 0), k)
 
 
 def remove_engine_file(root: Path) -> None:

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import ImageError, InputError
 from .engine import FaissEngine, faiss, faiss_available, remove_engine_file
 from .index import ENCODER_OF
-from .plan import TARGET_RECALL, plan
+from .plan import IVF_USEFUL_FRACTION, TARGET_RECALL, EnginePlan, plan
 from .store import DB, IndexFileError, Item, Store
 from .tune import pick_queries, tune
 
@@ -133,7 +133,9 @@ def refresh_engine(store: Store, index_type: str | None = None, memory_budget: i
     vectors, live_ids = store.vectors(), store.live_ids()
     engine = None if compacted else FaissEngine.load(store.root)
     built_n = int(engine.meta.get("built_n", 0)) if engine is not None else 0
-    if (engine is not None and engine.kind == want.kind and engine.meta.get("epoch") == store.meta.get("epoch")
+    auto_pqfs = want.kind == "ivfsq" and (request.get("index_type") or "auto") == "auto"  # the build may have switched
+    if (engine is not None and (engine.kind == want.kind or (auto_pqfs and engine.kind == "pqfs"))
+            and engine.meta.get("epoch") == store.meta.get("epoch")
             and not changed_request and _within(n, built_n)):
         if engine.meta.get("generation") == store.meta.get("generation"):
             return f"{engine.meta['factory']} up to date ({n} vectors)"
@@ -153,17 +155,53 @@ def refresh_engine(store: Store, index_type: str | None = None, memory_budget: i
     live = np.zeros(len(vectors), dtype=bool)  # [rows]
     live[live_ids] = True
     queries = pick_queries(live_ids, seed)
+    texts = text_queries() if text_queries else None
     t0 = time.perf_counter()
+    engine = _build_tuned(want, vectors, live, live_ids, queries, texts, seed, progress)
+    nprobe_share = int(engine.meta.get("nprobe", 0)) / max(1, engine.nlist)
+    if (request.get("index_type") or "auto") == "auto" and engine.kind == "ivfsq" and (
+            not engine.meta["reached_target"] or nprobe_share > IVF_USEFUL_FRACTION):
+        # No cluster structure to speak of: the IVF needs most of its lists. Try the fast-scan codes of every vector.
+        try:
+            alt_plan = plan(n, store.dim, "pqfs", request.get("memory_budget"))
+        except InputError:
+            alt_plan = None
+        if alt_plan is not None:
+            why = (f"IVF{engine.nlist},SQ8 needed nprobe {engine.meta.get('nprobe')} of {engine.nlist} lists for recall@10 "
+                   f"{engine.meta['recall_at_10']:.3f}: no cluster structure to use")
+            if progress:
+                progress(why + f"; trying {alt_plan.factory}")
+            alt = _build_tuned(replace(alt_plan, reason=alt_plan.reason.replace("(asked for)", f"({why})")),
+                               vectors, live, live_ids, queries, texts, seed, progress)
+            engine = _better(engine, alt)
+    engine.meta.update({"total_s": round(time.perf_counter() - t0, 2), "tuned_n": n, "churn": 0})
+    _save(store, engine)
+    return (f"{engine.meta['factory']} built in {engine.meta['total_s']:.0f} s, recall@10 "
+            f"{engine.meta['recall_at_10']:.3f} on held-back queries (nprobe {engine.meta.get('nprobe')}, rerank "
+            f"{engine.meta.get('k_factor')} x 10)")
+
+
+def _build_tuned(want: EnginePlan, vectors: np.ndarray, live: np.ndarray, live_ids: np.ndarray, queries: np.ndarray,
+                 texts: np.ndarray | None, seed: int, progress: Callable[[str], None] | None) -> FaissEngine:
     if progress:
-        progress(f"building {want.factory} for {n} vectors: {want.reason}")
+        progress(f"building {want.factory} for {len(live_ids)} vectors: {want.reason}")
     engine = FaissEngine.build(want, vectors, live_ids, exclude=queries, seed=seed, progress=progress)
     if progress:
         progress(f"tuning the search depth on {len(queries)} held-back queries")
-    engine.meta.update(tune(engine, vectors, live, queries, TARGET_RECALL, text_queries() if text_queries else None))
-    engine.meta.update({"total_s": round(time.perf_counter() - t0, 2), "tuned_n": n, "churn": 0})
-    _save(store, engine)
-    return (f"{want.factory} built in {engine.meta['total_s']:.0f} s, recall@10 {engine.meta['recall_at_10']:.3f} "
-            f"on held-back queries (nprobe {engine.meta.get('nprobe')}, rerank {engine.meta.get('k_factor')} x 10)")
+    engine.meta.update(tune(engine, vectors, live, queries, TARGET_RECALL, texts))
+    return engine
+
+
+def _better(a: FaissEngine, b: FaissEngine) -> FaissEngine:
+    """Of two tuned engines: the cheaper of those that reach the target, else the one with the higher recall."""
+    def worst(e: FaissEngine) -> float:
+        return min(float(e.meta["recall_at_10"]), float(e.meta.get("recall_at_10_text", 1.0)))
+
+    if a.meta["reached_target"] and b.meta["reached_target"]:
+        return a if a.meta["tuned_cost_bytes"] <= b.meta["tuned_cost_bytes"] else b
+    if a.meta["reached_target"] != b.meta["reached_target"]:
+        return a if a.meta["reached_target"] else b
+    return a if worst(a) >= worst(b) else b
 
 
 def import_vectors(path: str | os.PathLike, items: list[str], vectors: np.ndarray, header: dict[str, Any], *,

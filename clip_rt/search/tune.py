@@ -5,10 +5,10 @@ PQ sample); each query's own row is excluded from both result lists, so recall i
 An image index built with a model is also tuned with text queries (queries.txt: everyday photo searches, embedded
 with the index's text encoder): text embeddings sit apart from image embeddings (CLIP's modality gap), so their
 neighbours can need deeper probing than an image's. A setting must reach the target on both sets.
-For every nprobe (1, 2, 4, ... nlist) one candidate search at the deepest rerank depth gives the recall of each
-shallower depth too (each shard's prefix). The cheapest (nprobe, k_factor) whose recall reaches the target wins, cost being
-the codes scanned plus the vectors gathered for reranking; if none does, the most accurate one, and the header says
-what it reached.
+For every nprobe (1, 2, 4, ... nlist; the fast-scan PQ without IVF has none) one candidate search at the deepest
+rerank depth gives the recall of each shallower depth too (each shard's prefix). The cheapest (nprobe, k_factor)
+whose recall reaches the target wins, cost being the code bytes scanned plus the vectors gathered for reranking; if
+none does, the most accurate one, and the header says what it reached.
 """
 
 from __future__ import annotations
@@ -29,8 +29,13 @@ log = logging.getLogger("clip_rt.search")
 
 K = 10  # recall@K
 QUERIES = 256  # held-back queries (fewer for small collections: a twentieth of them)
-K_FACTORS = (2, 4, 8, 16, 32, 64)  # rerank depths tried: K * factor candidates
-GATHER_COST = 16  # a reranked vector costs this many times a scanned code byte per byte (random reads vs a stream)
+K_FACTORS = (2, 4, 8, 16, 32, 64)  # rerank depths tried: K * factor candidates per shard (IVF kinds)
+K_FACTORS_PQFS = (16, 32, 64, 128, 192, 256, 384, 512)  # pqfs: coarse codes of every vector need a deep rerank
+# Relative cost per byte, measured at 1M x 512 on one core (Zen 3): a fast-scan PQ code byte 1 (64 MB of PQ128x4fs
+# codes in ~9 ms), an SQ8 code byte ~1.4 (IVF1024,SQ8 at nprobe 128: 64 MB in ~13 ms), a reranked vector's byte
+# ~4 (2,560 rows of 2 KB read at random from the memory map in ~3 ms).
+SCAN_COST = {"ivfsq": 1.4, "ivfpq": 1.0, "pqfs": 1.0}
+GATHER_COST = 4
 EF_SEARCH = (16, 32, 64, 128, 256, 512, 1024)  # HNSW
 
 
@@ -72,20 +77,22 @@ def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids
         sets.append((tq, exact_top(vectors, live, tq), np.full(len(tq), -1, np.int64)))
     dim = vectors.shape[1]
     results = []  # (cost, min recall over the sets, setting, recall per set)
-    if engine.kind == "ivfpq":
-        nlist, code_bytes = engine.nlist, int(engine.meta["factory"].split("PQ")[1].split("x")[0]) // 2
+    if engine.kind != "hnsw":
+        nlist, code_bytes = max(1, engine.nlist), code_size(engine.meta, dim)
         n = len(engine.ids)
-        settings = [2 ** i for i in range(int(np.log2(nlist)) + 1)]
-        deepest = K * (K_FACTORS[-1] + 1)  # + 1: the query's own row takes a candidate slot
+        factors = K_FACTORS_PQFS if engine.kind == "pqfs" else K_FACTORS
+        settings = [2 ** i for i in range(int(np.log2(nlist)) + 1)] if engine.ivf else [1]
+        deepest = K * (factors[-1] + 1)  # + 1: the query's own row takes a candidate slot
         for nprobe in settings:
             engine.configure(nprobe)
             shards = len(engine.shards)
             cands = [engine.candidates(q, deepest).reshape(len(q), shards, deepest)  # [nq, shards, deepest] per set
                      for q, _, _ in sets]
-            for kf in K_FACTORS:  # each shard's best K * kf + 1: what a search at that depth gets
+            for kf in factors:  # each shard's best K * kf + 1: what a search at that depth gets
                 rs = [recall(_without_self(q, c[:, :, :K * kf + 1].reshape(len(q), -1), vectors, live, own), t)
                       for (q, t, own), c in zip(sets, cands)]
-                cost = nprobe / nlist * n * code_bytes + GATHER_COST * len(engine.shards) * K * kf * 4 * dim
+                cost = (SCAN_COST[engine.kind] * nprobe / nlist * n * code_bytes
+                        + GATHER_COST * len(engine.shards) * K * kf * 4 * dim)
                 results.append((cost, min(rs), {"nprobe": nprobe, "k_factor": kf}, rs))
             if min(r for _, r, s, _ in results if s["nprobe"] == nprobe) >= 0.999:
                 break  # deeper probing cannot do better
@@ -94,7 +101,7 @@ def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids
             engine.configure(1, ef)
             depth = max(ef, K * 4 + 1)
             rs = [recall(_without_self(q, engine.candidates(q, depth), vectors, live, own), t) for q, t, own in sets]
-            results.append((ef, min(rs), {"ef_search": ef, "k_factor": depth // K}, rs))
+            results.append((ef * 32 * 4 * dim, min(rs), {"ef_search": ef, "k_factor": depth // K}, rs))
     good = [x for x in results if x[1] >= target]
     cost, reached, setting, per_set = (min(good, key=lambda x: x[0]) if good
                                        else max(results, key=lambda x: (x[1], -x[0])))
@@ -105,11 +112,19 @@ def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids
     engine.configure(int(engine.meta.get("nprobe", 1)), int(engine.meta.get("ef_search", 64)))
     tried = [{"recall": [round(r, 4) for r in rs], **s} for _, _, s, rs in results]
     out = {"recall_at_10": round(per_set[0], 4), "target_recall": target, "tuning_queries": int(len(query_ids)),
+           "reached_target": bool(good), "tuned_cost_bytes": int(cost),
            "tuning_method": "indexed vectors held back from training; each query's own row excluded",
            "tuning_s": round(time.perf_counter() - t0, 2), "tried": tried, **setting}
     if len(sets) > 1:
         out.update({"recall_at_10_text": round(per_set[1], 4), "tuning_text_queries": int(len(sets[1][0]))})
     return out
+
+
+def code_size(meta: dict[str, Any], dim: int) -> int:
+    """Bytes of one vector's code (engines saved before code_bytes was recorded were all IVF-PQ)."""
+    if meta.get("code_bytes"):
+        return int(meta["code_bytes"])
+    return int(str(meta["factory"]).split("PQ")[1].split("x")[0]) // 2
 
 
 def exact_top(vectors: np.ndarray, live: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray:
