@@ -52,10 +52,10 @@ def test_selection_rule():
     # Exact while the vectors fit the scan limit: 65,536 x 512 float32 is 128 MiB.
     assert plan(65_536, 512).kind == "flat" and plan(65_537, 512).kind == "ivfsq"
     assert EXACT_MAX_BYTES == 128 << 20
-    # Above it, IVF over SQ8 codes (one byte a dimension) while they fit the budget: ~sqrt(N) lists.
+    # Above it, IVF over SQ8 codes (one byte a dimension) while they fit the budget: ~4 sqrt(N) lists.
     one_m = plan(1_000_000, 512)
-    assert (one_m.kind, one_m.nlist, one_m.code_bytes, one_m.factory) == ("ivfsq", 1024, 512, "IVF1024,SQ8")
-    assert one_m.resident_bytes == ivfsq_bytes(1_000_000, 512, 1024) < 530 << 20
+    assert (one_m.kind, one_m.nlist, one_m.code_bytes, one_m.factory) == ("ivfsq", 4096, 512, "IVF4096,SQ8")
+    assert one_m.resident_bytes == ivfsq_bytes(1_000_000, 512, 4096) < 540 << 20
     # A budget too small for SQ8 codes takes IVF-PQ, coarser as it shrinks; one nothing fits is refused with the size.
     tight = plan(1_000_000, 512, memory_budget=400 << 20)
     assert (tight.kind, tight.nlist, tight.pq_m, tight.factory) == ("ivfpq", 4096, 256, "IVF4096,PQ256x4fs")
@@ -86,7 +86,7 @@ def test_ivfpq_reaches_its_recall_on_random_vectors(ann):
     index = Index.open(root)
     meta = index.engine.meta
     assert isinstance(index.engine, FaissEngine) and meta["factory"] == "IVF128,PQ32x4fs"
-    assert "recall@10" in report.engine and meta["recall_at_10"] >= meta["target_recall"] == 0.97
+    assert "recall@10" in report.engine and meta["recall_at_10"] >= meta["target_recall"] == 0.96
     assert meta["tuning_queries"] == 256 and meta["generation"] == index.store.meta["generation"]
     shards = index.engine.shards  # one per usable core, vector id i in shard i % shards
     assert meta["shards"] == len(shards) == min(4, usable_cores()) and sum(x.ntotal for x in shards) == N
@@ -163,7 +163,7 @@ def test_hnsw_on_request(tmp_path):
     vectors = unit(2000, 32, 3)
     import_vectors(tmp_path / "h", [f"v{i}" for i in range(2000)], vectors, {}, index_type="hnsw")
     index = Index.open(tmp_path / "h")
-    assert index.engine.kind == "hnsw" and index.engine.meta["recall_at_10"] >= 0.97
+    assert index.engine.kind == "hnsw" and index.engine.meta["recall_at_10"] >= index.engine.meta["target_recall"] == 0.96
     queries = unit(50, 32, 4)
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     found = np.array([[int(h.item[1:]) for h in hits] for hits in index.search_vectors(queries, 10)])
@@ -224,11 +224,11 @@ def test_auto_engine_follows_the_data(tmp_path, data):
     index = Index.open(tmp_path / "i")
     meta = index.engine.meta
     if data == "clustered":
-        assert meta["factory"] == "IVF256,SQ8" and meta["nprobe"] <= 64 and "no cluster structure" not in meta["reason"]
+        assert meta["factory"] == "IVF1024,SQ8" and meta["nprobe"] <= 256 and "no cluster structure" not in meta["reason"]
     else:
         assert meta["factory"] == "IDMap,PQ32x4fs" and "no cluster structure" in meta["reason"]
         assert "nprobe" in meta["reason"] and meta["k_factor"] >= 16
-    assert meta["reached_target"] and meta["recall_at_10"] >= 0.97 and "recall@10" in report.engine
+    assert meta["reached_target"] and meta["recall_at_10"] >= 0.96 and "recall@10" in report.engine
     queries = clustered(200, dim, 300, 11)[::-1] if data == "clustered" else unit(200, dim, 13)
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     found = np.array([[int(h.item[1:]) for h in hits] for hits in index.search_vectors(queries, 10)])

@@ -63,18 +63,21 @@ def fill(folder: Path, files: list[Path]) -> None:
 
 def same_index(a: Index, b: Index) -> None:
     """Same items, same vectors (to float rounding across batch compositions), and the same exact answers; an
-    approximate engine (trained on other data than a rebuild's) answers with the exact top-10 scores."""
+    approximate engine (trained on other data than a rebuild's) answers with the exact top-10 scores: at least 90%
+    of them over the queries (its promise is an average recall; tuned on n/20 held-back items here, a noisy sample)."""
     assert sorted(a.items()) == sorted(b.items())
     items = sorted(a.items())
     np.testing.assert_allclose(a.embeddings(items), b.embeddings(items), atol=2e-6)
     q = a.embeddings(items[::37])
     exact_a, exact_b = (Index(x.store, engine=ExactEngine()).search_vectors(q, top_k=10) for x in (a, b))
+    found = []
     for ea, eb, got in zip(exact_a, exact_b, a.search_vectors(q, top_k=10)):
         np.testing.assert_allclose([h.score for h in ea], [h.score for h in eb], atol=1e-5)
         assert [h.item for h in ea][:3] == [h.item for h in eb][:3] or \
             np.ptp([h.score for h in ea][:4]) < 1e-5  # (unless near-ties reorder them)
         tenth = ea[-1].score - 1e-5  # by score: near-ties make the exact top-10's membership arbitrary
-        assert sum(h.score >= tenth for h in got) >= 8
+        found.append(sum(h.score >= tenth for h in got))
+    assert np.mean(found) >= 9 and min(found) >= 6, found
 
 
 def test_one_percent_new_files_cost_one_percent_and_equal_a_rebuild(model, data_dir, tmp_path, monkeypatch):

@@ -284,7 +284,7 @@ def rerank(queries: np.ndarray, candidates: np.ndarray, k: int, vectors: np.ndar
     it releases the GIL, so shards rerank in parallel). Not FAISS's IndexRefine: that keeps its own copy of every
     vector in memory and needs sequential ids, while the vectors already sit memory-mapped in the index's file."""
     nq, m = candidates.shape
-    cand = np.ascontiguousarray(candidates, dtype=np.int64)
+    cand = np.array(candidates, dtype=np.int64, order="C")  # a copy: dead rows are marked in it
     ok = cand >= 0
     ok[ok] = live[cand[ok]]
     cand[~ok] = -1  # dead rows are no candidates

@@ -28,9 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("clip_rt.search")
 
 K = 10  # recall@K
-QUERIES = 256  # held-back queries (fewer for small collections: a twentieth of them)
+QUERIES = 256  # held-back queries (fewer for small collections: a twentieth of them, but at least MIN_QUERIES)
+MIN_QUERIES = 64  # below this a tuned recall moves by whole percents with one missed neighbour
 K_FACTORS = (2, 4, 8, 16, 32, 64)  # rerank depths tried: K * factor candidates per shard (IVF kinds)
-K_FACTORS_PQFS = (16, 32, 64, 128, 192, 256, 384, 512)  # pqfs: coarse codes of every vector need a deep rerank
+K_FACTORS_PQFS = (16, 32, 64, 128, 192, 256, 384, 512, 768, 1024)  # pqfs: coarse codes of every vector, deep rerank
 # Relative cost per byte, measured at 1M x 512 on one core (Zen 3): a fast-scan PQ code byte 1 (64 MB of PQ128x4fs
 # codes in ~9 ms), an SQ8 code byte ~1.4 (IVF1024,SQ8 at nprobe 128: 64 MB in ~13 ms), a reranked vector's byte
 # ~4 (2,560 rows of 2 KB read at random from the memory map in ~3 ms).
@@ -40,7 +41,7 @@ EF_SEARCH = (16, 32, 64, 128, 256, 512, 1024)  # HNSW
 
 
 def pick_queries(live_ids: np.ndarray, seed: int = 0) -> np.ndarray:
-    n = min(QUERIES, max(1, len(live_ids) // 20))
+    n = min(QUERIES, len(live_ids), max(1, len(live_ids) // 20, min(MIN_QUERIES, len(live_ids) // 2)))
     return np.sort(np.random.default_rng(seed + 1).choice(live_ids, n, replace=False))
 
 
@@ -81,7 +82,7 @@ def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids
         nlist, code_bytes = max(1, engine.nlist), code_size(engine.meta, dim)
         n = len(engine.ids)
         factors = K_FACTORS_PQFS if engine.kind == "pqfs" else K_FACTORS
-        settings = [2 ** i for i in range(int(np.log2(nlist)) + 1)] if engine.ivf else [1]
+        settings = nprobe_steps(nlist) if engine.ivf else [1]
         deepest = K * (factors[-1] + 1)  # + 1: the query's own row takes a candidate slot
         for nprobe in settings:
             engine.configure(nprobe)
@@ -118,6 +119,14 @@ def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids
     if len(sets) > 1:
         out.update({"recall_at_10_text": round(per_set[1], 4), "tuning_text_queries": int(len(sets[1][0]))})
     return out
+
+
+def nprobe_steps(nlist: int) -> list[int]:
+    """1, 2, 3, 4, 6, 8, 12, 16, ... nlist: powers of two and the halfway steps between (a factor of 2 in nprobe is
+    a factor of 2 in latency, too coarse a choice at the depths text queries need)."""
+    steps = {min(nlist, 2 ** i) for i in range(int(np.log2(max(1, nlist))) + 1)}
+    steps |= {3 * 2 ** i for i in range(int(np.log2(max(1, nlist)))) if 3 * 2 ** i < nlist}
+    return sorted(steps | {nlist})
 
 
 def code_size(meta: dict[str, Any], dim: int) -> int:
