@@ -157,9 +157,11 @@ def refresh_engine(store: Store, index_type: str | None = None, memory_budget: i
     queries = pick_queries(live_ids, seed)
     texts = text_queries() if text_queries else None
     t0 = time.perf_counter()
-    engine = _build_tuned(want, vectors, live, live_ids, queries, texts, seed, progress)
+    auto = (request.get("index_type") or "auto") == "auto"
+    limit = int(IVF_USEFUL_FRACTION * want.nlist) if auto and want.kind == "ivfsq" else None
+    engine = _build_tuned(want, vectors, live, live_ids, queries, texts, seed, progress, limit)
     nprobe_share = int(engine.meta.get("nprobe", 0)) / max(1, engine.nlist)
-    if (request.get("index_type") or "auto") == "auto" and engine.kind == "ivfsq" and (
+    if auto and engine.kind == "ivfsq" and (
             not engine.meta["reached_target"] or nprobe_share > IVF_USEFUL_FRACTION):
         # No cluster structure to speak of: the IVF needs most of its lists. Try the fast-scan codes of every vector.
         try:
@@ -167,8 +169,8 @@ def refresh_engine(store: Store, index_type: str | None = None, memory_budget: i
         except InputError:
             alt_plan = None
         if alt_plan is not None:
-            why = (f"IVF{engine.nlist},SQ8 needed nprobe {engine.meta.get('nprobe')} of {engine.nlist} lists for recall@10 "
-                   f"{engine.meta['recall_at_10']:.3f}: no cluster structure to use")
+            why = (f"IVF{engine.nlist},SQ8 reached recall@10 {engine.meta['recall_at_10']:.3f} at nprobe "
+                   f"{engine.meta.get('nprobe')} of {engine.nlist} lists: no cluster structure to use")
             if progress:
                 progress(why + f"; trying {alt_plan.factory}")
             alt = _build_tuned(replace(alt_plan, reason=alt_plan.reason.replace("(asked for)", f"({why})")),
@@ -182,13 +184,14 @@ def refresh_engine(store: Store, index_type: str | None = None, memory_budget: i
 
 
 def _build_tuned(want: EnginePlan, vectors: np.ndarray, live: np.ndarray, live_ids: np.ndarray, queries: np.ndarray,
-                 texts: np.ndarray | None, seed: int, progress: Callable[[str], None] | None) -> FaissEngine:
+                 texts: np.ndarray | None, seed: int, progress: Callable[[str], None] | None,
+                 max_nprobe: int | None = None) -> FaissEngine:
     if progress:
         progress(f"building {want.factory} for {len(live_ids)} vectors: {want.reason}")
     engine = FaissEngine.build(want, vectors, live_ids, exclude=queries, seed=seed, progress=progress)
     if progress:
         progress(f"tuning the search depth on {len(queries)} held-back queries")
-    engine.meta.update(tune(engine, vectors, live, queries, TARGET_RECALL, texts))
+    engine.meta.update(tune(engine, vectors, live, queries, TARGET_RECALL, texts, max_nprobe))
     return engine
 
 

@@ -66,9 +66,10 @@ def tuning_texts() -> list[str]:
 
 
 def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids: np.ndarray,
-         target: float, text_queries: np.ndarray | None = None) -> dict[str, Any]:
+         target: float, text_queries: np.ndarray | None = None, max_nprobe: int | None = None) -> dict[str, Any]:
     """Set the engine's search parameters for `target` recall@10 on the held-back items (and on `text_queries`
-    [m, D], if given) and return what was measured (for the header)."""
+    [m, D], if given) and return what was measured (for the header). max_nprobe: probe no more lists than this
+    (the auto build's limit before it tries an engine without IVF)."""
     t0 = time.perf_counter()
     truth = exact_neighbours(vectors, live, query_ids)
     queries = np.ascontiguousarray(vectors[query_ids], dtype=np.float32)
@@ -84,7 +85,14 @@ def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids
         factors = K_FACTORS_PQFS if engine.kind == "pqfs" else K_FACTORS
         settings = nprobe_steps(nlist) if engine.ivf else [1]
         deepest = K * (factors[-1] + 1)  # + 1: the query's own row takes a candidate slot
-        for nprobe in settings:
+
+        def cost_of(nprobe: int, kf: int) -> float:
+            return (SCAN_COST[engine.kind] * nprobe / nlist * n * code_bytes
+                    + GATHER_COST * len(engine.shards) * K * kf * 4 * dim)
+
+        if max_nprobe is not None:
+            settings = [p for p in settings if p <= max_nprobe] or settings[:1]
+        for i, nprobe in enumerate(settings):
             engine.configure(nprobe)
             shards = len(engine.shards)
             cands = [engine.candidates(q, deepest).reshape(len(q), shards, deepest)  # [nq, shards, deepest] per set
@@ -92,11 +100,12 @@ def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids
             for kf in factors:  # each shard's best K * kf + 1: what a search at that depth gets
                 rs = [recall(_without_self(q, c[:, :, :K * kf + 1].reshape(len(q), -1), vectors, live, own), t)
                       for (q, t, own), c in zip(sets, cands)]
-                cost = (SCAN_COST[engine.kind] * nprobe / nlist * n * code_bytes
-                        + GATHER_COST * len(engine.shards) * K * kf * 4 * dim)
-                results.append((cost, min(rs), {"nprobe": nprobe, "k_factor": kf}, rs))
+                results.append((cost_of(nprobe, kf), min(rs), {"nprobe": nprobe, "k_factor": kf}, rs))
             if min(r for _, r, s, _ in results if s["nprobe"] == nprobe) >= 0.999:
                 break  # deeper probing cannot do better
+            reached = [c for c, r, _, _ in results if r >= target]
+            if reached and (i + 1 == len(settings) or cost_of(settings[i + 1], factors[0]) >= min(reached)):
+                break  # every deeper probe costs more than a setting that already reaches the target
     else:  # hnsw
         for ef in EF_SEARCH:
             engine.configure(1, ef)
