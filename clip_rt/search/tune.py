@@ -103,8 +103,8 @@ def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids
                 results.append((cost_of(nprobe, kf), min(rs), {"nprobe": nprobe, "k_factor": kf}, rs))
             if min(r for _, r, s, _ in results if s["nprobe"] == nprobe) >= 0.999:
                 break  # deeper probing cannot do better
-            reached = [c for c, r, _, _ in results if r >= target]
-            if reached and (i + 1 == len(settings) or cost_of(settings[i + 1], factors[0]) >= min(reached)):
+            reaching = [c for c, r, _, _ in results if r >= target]  # costs of the settings that reach the target
+            if reaching and (i + 1 == len(settings) or cost_of(settings[i + 1], factors[0]) >= min(reaching)):
                 break  # every deeper probe costs more than a setting that already reaches the target
     else:  # hnsw
         for ef in EF_SEARCH:
