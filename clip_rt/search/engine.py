@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import missing_dependency
 from ..fsutil import atomic_write_bytes
-from .plan import EnginePlan
+from .plan import IVF_KINDS, EnginePlan
 from .store import IndexFileError
 
 log = logging.getLogger("clip_rt.search")
@@ -127,7 +127,7 @@ class FaissEngine:
 
     @property
     def ivf(self) -> bool:
-        return self.kind in ("ivfsq", "ivfpq")
+        return self.kind in IVF_KINDS
 
     @property
     def nlist(self) -> int:
@@ -147,8 +147,7 @@ class FaissEngine:
         if plan.kind != "hnsw":
             pool = np.setdiff1d(live_ids, exclude) if exclude is not None and len(exclude) else live_ids
             rng = np.random.default_rng(seed)
-            size = TRAIN_PER_LIST * plan.nlist if plan.ivf else PQ_TRAIN
-            sample = np.sort(rng.choice(pool, min(len(pool), max(size, PQ_TRAIN)), replace=False))
+            sample = np.sort(rng.choice(pool, min(len(pool), max(TRAIN_PER_LIST * plan.nlist, PQ_TRAIN)), replace=False))
             trained_on = len(sample)
             if progress:
                 progress(f"training {plan.factory} on {trained_on} vectors")
@@ -229,10 +228,7 @@ class FaissEngine:
         """Vector ids [nq, shards * depth] proposed by the shards (-1 where one has fewer); FAISS releases the GIL,
         so the shards run in parallel threads."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        if len(self.shards) == 1:
-            return self.shards[0].search(q, int(depth))[1]
-        found = _pool(len(self.shards)).map(lambda shard: shard.search(q, int(depth))[1], self.shards)
-        return np.concatenate(list(found), axis=1)
+        return np.concatenate(self._on_shards(lambda shard: shard.search(q, int(depth))[1]), axis=1)
 
     def search(self, queries: np.ndarray, k: int, vectors: np.ndarray, live: np.ndarray,
                k_factor: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -241,15 +237,18 @@ class FaissEngine:
         depth = k * int(k_factor or self.meta.get("k_factor", 8))
         q = np.ascontiguousarray(queries, dtype=np.float32)
 
-        def one(shard: Any) -> tuple[np.ndarray, np.ndarray]:
-            return rerank(q, shard.search(q, depth)[1], k, vectors, live)
-
-        if len(self.shards) == 1:
-            return one(self.shards[0])
-        parts = list(_pool(len(self.shards)).map(one, self.shards))
+        parts = self._on_shards(lambda shard: rerank(q, shard.search(q, depth)[1], k, vectors, live))
+        if len(parts) == 1:
+            return parts[0]
         scores = np.concatenate([p[0] for p in parts], axis=1)  # [nq, shards * k]
         ids = np.concatenate([p[1] for p in parts], axis=1)
         return top_k(scores, ids, k)
+
+    def _on_shards(self, fn: Callable[[Any], Any]) -> list[Any]:
+        """fn(shard) for every shard, in parallel threads when there are several (FAISS releases the GIL)."""
+        if len(self.shards) == 1:
+            return [fn(self.shards[0])]
+        return list(_pool(len(self.shards)).map(fn, self.shards))
 
     # -- files ------------------------------------------------------------------------------------------------------
     def save(self, root: Path) -> None:

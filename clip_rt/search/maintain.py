@@ -133,8 +133,9 @@ def refresh_engine(store: Store, index_type: str | None = None, memory_budget: i
     vectors, live_ids = store.vectors(), store.live_ids()
     engine = None if compacted else FaissEngine.load(store.root)
     built_n = int(engine.meta.get("built_n", 0)) if engine is not None else 0
-    auto_pqfs = want.kind == "ivfsq" and (request.get("index_type") or "auto") == "auto"  # the build may have switched
-    if (engine is not None and (engine.kind == want.kind or (auto_pqfs and engine.kind == "pqfs"))
+    auto = (request.get("index_type") or "auto") == "auto"
+    switched = auto and want.kind == "ivfsq" and engine is not None and engine.kind == "pqfs"  # see the build below
+    if (engine is not None and (engine.kind == want.kind or switched)
             and engine.meta.get("epoch") == store.meta.get("epoch")
             and not changed_request and _within(n, built_n)):
         if engine.meta.get("generation") == store.meta.get("generation"):
@@ -157,13 +158,11 @@ def refresh_engine(store: Store, index_type: str | None = None, memory_budget: i
     queries = pick_queries(live_ids, seed)
     texts = text_queries() if text_queries else None
     t0 = time.perf_counter()
-    auto = (request.get("index_type") or "auto") == "auto"
     limit = int(IVF_USEFUL_FRACTION * want.nlist) if auto and want.kind == "ivfsq" else None
     engine = _build_tuned(want, vectors, live, live_ids, queries, texts, seed, progress, limit)
-    nprobe_share = int(engine.meta.get("nprobe", 0)) / max(1, engine.nlist)
-    if auto and engine.kind == "ivfsq" and (
-            not engine.meta["reached_target"] or nprobe_share > IVF_USEFUL_FRACTION):
-        # No cluster structure to speak of: the IVF needs most of its lists. Try the fast-scan codes of every vector.
+    if limit is not None and (not engine.meta["reached_target"] or int(engine.meta["nprobe"]) > limit):
+        # No cluster structure to speak of: the target needs more than a quarter of the lists (tiny nlist: one list
+        # is more than that). Try the fast-scan codes of every vector, and keep the better of the two.
         try:
             alt_plan = plan(n, store.dim, "pqfs", request.get("memory_budget"))
         except InputError:

@@ -43,6 +43,7 @@ TARGET_RECALL = 0.96  # recall@10 against exact that tuning aims for on held-bac
 # margin for 256 tuning queries (their recall's standard error is ~0.004)
 HNSW_M = 32  # HNSW links per node (level 0 has 2 M)
 MIN_IVF_TRAIN = 48  # training points per list (FAISS's k-means asks for 39; the held-back tuning queries leave room)
+IVF_KINDS = ("ivfsq", "ivfpq")  # engines with inverted lists (nprobe, remove_ids)
 IVF_USEFUL_FRACTION = 0.25  # auto: an IVF that needs more of its lists than this for the target gives way to pqfs
 
 
@@ -61,7 +62,7 @@ class EnginePlan:
 
     @property
     def ivf(self) -> bool:
-        return self.kind in ("ivfsq", "ivfpq")
+        return self.kind in IVF_KINDS
 
 
 def parse_memory(text: str | int) -> int:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .engine import exact_search, rerank
+from .plan import HNSW_M
 
 if TYPE_CHECKING:
     from .engine import FaissEngine
@@ -111,7 +112,7 @@ def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids
             engine.configure(1, ef)
             depth = max(ef, K * 4 + 1)
             rs = [recall(_without_self(q, engine.candidates(q, depth), vectors, live, own), t) for q, t, own in sets]
-            results.append((ef * 32 * 4 * dim, min(rs), {"ef_search": ef, "k_factor": depth // K}, rs))
+            results.append((ef * HNSW_M * 4 * dim, min(rs), {"ef_search": ef, "k_factor": depth // K}, rs))
     good = [x for x in results if x[1] >= target]
     cost, reached, setting, per_set = (min(good, key=lambda x: x[0]) if good
                                        else max(results, key=lambda x: (x[1], -x[0])))
