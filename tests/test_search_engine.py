@@ -16,7 +16,7 @@ from clip_rt.search.engine import ENGINE_FILE, ExactEngine, FaissEngine, usable_
 from clip_rt.search.maintain import import_vectors, refresh_engine
 from clip_rt.search.plan import EXACT_MAX_BYTES, ivfpq_bytes, ivfsq_bytes, nlist_for, parse_memory, plan, pqfs_bytes
 from clip_rt.search.store import Store
-from clip_rt.search.tune import exact_neighbours, recall
+from clip_rt.search.tune import _reaches, exact_neighbours, lower_bound, recall
 from runtime_reference import run_lean
 
 N, DIM = 10_000, 64
@@ -88,6 +88,7 @@ def test_ivfpq_reaches_its_recall_on_random_vectors(ann):
     assert isinstance(index.engine, FaissEngine) and meta["factory"] == "IVF128,PQ32x4fs"
     assert "recall@10" in report.engine and meta["recall_at_10"] >= meta["target_recall"] == 0.96
     assert meta["tuning_queries"] == 256 and meta["generation"] == index.store.meta["generation"]
+    assert meta["recall_lower_bound"][0] >= meta["promised_recall"] == 0.95
     shards = index.engine.shards  # one per usable core, vector id i in shard i % shards
     assert meta["shards"] == len(shards) == min(4, usable_cores()) and sum(x.ntotal for x in shards) == N
     # Fresh queries (not in the collection) against exact search over the same vectors.
@@ -114,6 +115,18 @@ def test_concurrent_searches_match_serial_ones(ann):
     serial = [index.search_vector(q, top_k=10) for q in queries]
     parallel = faults.run_in_threads(6, lambda t: [index.search_vector(q, top_k=10) for q in queries[t::6]])
     assert [parallel[i % 6][i // 6] for i in range(24)] == serial
+
+
+def test_tuning_margin_grows_for_small_uneven_sets():
+    """A setting reaches the target when each tuning set's mean is >= 0.96 and its mean less two standard errors is
+    >= 0.95. The numbers of the 1M photo-like build: 119 text phrases at a mean of 0.961, most perfect and a few at
+    ~0.76, did not hold on held-out captions (0.948); the rule asks for more there, not for 256 even queries."""
+    even = np.full(256, 0.97)
+    uneven = np.array([1.0] * 100 + [0.757] * 19)  # mean 0.9613, per-query spread 0.09
+    assert abs(uneven.mean() - 0.9613) < 1e-3 and lower_bound(uneven) < 0.95 < lower_bound(even)
+    assert _reaches([even], 0.96) and not _reaches([uneven], 0.96) and not _reaches([even, uneven], 0.96)
+    assert not _reaches([np.full(256, 0.955)], 0.96)  # a tight set under the target still misses it
+    assert _reaches([np.array([1.0] * 110 + [0.7] * 9)], 0.96)  # mean 0.977, lower bound 0.95 or more
 
 
 def test_tuning_ground_truth_excludes_the_query():

@@ -7,7 +7,8 @@ with the index's text encoder): text embeddings sit apart from image embeddings 
 neighbours can need deeper probing than an image's. A setting must reach the target on both sets.
 For every nprobe (1, 2, 4, ... nlist; the fast-scan PQ without IVF has none) one candidate search at the deepest
 rerank depth gives the recall of each shallower depth too (each shard's prefix). The cheapest (nprobe, k_factor)
-whose recall reaches the target wins, cost being the code bytes scanned plus the vectors gathered for reranking; if
+whose recall reaches the target on every set wins (its mean at least the target, and its mean less CONFIDENCE_Z
+standard errors at least PROMISED_RECALL, so that a small or uneven set gets a wider margin), cost being the code bytes scanned plus the vectors gathered for reranking; if
 none does, the most accurate one, and the header says what it reached.
 """
 
@@ -15,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .engine import exact_search, rerank
-from .plan import HNSW_M
+from .plan import CONFIDENCE_Z, HNSW_M, PROMISED_RECALL
 
 if TYPE_CHECKING:
     from .engine import FaissEngine
@@ -53,11 +55,49 @@ def exact_neighbours(vectors: np.ndarray, live: np.ndarray, query_ids: np.ndarra
     return np.array([[i for i in row if i != q][:k] for row, q in zip(top, query_ids)], dtype=np.int64)
 
 
+def recall_per_query(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """|found_q & truth_q| / |truth_q| for every query q (ids -1 ignored)."""
+    return np.array([len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist())) / max(1, int((t >= 0).sum()))
+                     for f, t in zip(found, truth)], dtype=np.float64)
+
+
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean over queries of |found_q & truth_q| / |truth_q| (ids -1 ignored)."""
-    hits = [len(set(f[f >= 0].tolist()) & set(t[t >= 0].tolist())) / max(1, int((t >= 0).sum()))
-            for f, t in zip(found, truth)]
-    return float(np.mean(hits)) if hits else 1.0
+    hits = recall_per_query(found, truth)
+    return float(hits.mean()) if len(hits) else 1.0
+
+
+def lower_bound(hits: np.ndarray) -> float:
+    """Mean recall less CONFIDENCE_Z standard errors of the mean (per-query recalls [nq])."""
+    if len(hits) < 2:
+        return float(hits.mean()) if len(hits) else 1.0
+    return float(hits.mean() - CONFIDENCE_Z * hits.std(ddof=1) / np.sqrt(len(hits)))
+
+
+def _reaches(hits: list[np.ndarray], target: float) -> bool:
+    return all(float(h.mean()) >= target and lower_bound(h) >= min(target, PROMISED_RECALL) for h in hits)
+
+
+@dataclass
+class _Tried:
+    """One search setting tried: its cost, and the per-query recalls of every tuning set."""
+
+    cost: float
+    setting: dict[str, int]
+    hits: list[np.ndarray]  # per set: recall@10 of each query [nq]
+    target: float
+
+    @property
+    def means(self) -> list[float]:
+        return [float(h.mean()) if len(h) else 1.0 for h in self.hits]
+
+    @property
+    def worst(self) -> float:
+        return min(self.means)
+
+    @property
+    def ok(self) -> bool:
+        return _reaches(self.hits, self.target)
 
 
 def tuning_texts() -> list[str]:
@@ -79,7 +119,7 @@ def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids
         tq = np.ascontiguousarray(text_queries, dtype=np.float32)
         sets.append((tq, exact_top(vectors, live, tq), np.full(len(tq), -1, np.int64)))
     dim = vectors.shape[1]
-    results = []  # (cost, min recall over the sets, setting, recall per set)
+    results: list[_Tried] = []
     if engine.kind != "hnsw":
         nlist, code_bytes = max(1, engine.nlist), code_size(engine.meta, dim)
         n = len(engine.ids)
@@ -99,35 +139,36 @@ def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids
             cands = [engine.candidates(q, deepest).reshape(len(q), shards, deepest)  # [nq, shards, deepest] per set
                      for q, _, _ in sets]
             for kf in factors:  # each shard's best K * kf + 1: what a search at that depth gets
-                rs = [recall(_without_self(q, c[:, :, :K * kf + 1].reshape(len(q), -1), vectors, live, own), t)
-                      for (q, t, own), c in zip(sets, cands)]
-                results.append((cost_of(nprobe, kf), min(rs), {"nprobe": nprobe, "k_factor": kf}, rs))
-            if min(r for _, r, s, _ in results if s["nprobe"] == nprobe) >= 0.999:
+                hits = [recall_per_query(_without_self(q, c[:, :, :K * kf + 1].reshape(len(q), -1), vectors, live,
+                                                       own), t) for (q, t, own), c in zip(sets, cands)]
+                results.append(_Tried(cost_of(nprobe, kf), {"nprobe": nprobe, "k_factor": kf}, hits, target))
+            if min(x.worst for x in results if x.setting["nprobe"] == nprobe) >= 0.999:
                 break  # deeper probing cannot do better
-            reaching = [c for c, r, _, _ in results if r >= target]  # costs of the settings that reach the target
+            reaching = [x.cost for x in results if x.ok]  # costs of the settings that reach the target
             if reaching and (i + 1 == len(settings) or cost_of(settings[i + 1], factors[0]) >= min(reaching)):
                 break  # every deeper probe costs more than a setting that already reaches the target
     else:  # hnsw
         for ef in EF_SEARCH:
             engine.configure(1, ef)
             depth = max(ef, K * 4 + 1)
-            rs = [recall(_without_self(q, engine.candidates(q, depth), vectors, live, own), t) for q, t, own in sets]
-            results.append((ef * HNSW_M * 4 * dim, min(rs), {"ef_search": ef, "k_factor": depth // K}, rs))
-    good = [x for x in results if x[1] >= target]
-    cost, reached, setting, per_set = (min(good, key=lambda x: x[0]) if good
-                                       else max(results, key=lambda x: (x[1], -x[0])))
+            hits = [recall_per_query(_without_self(q, engine.candidates(q, depth), vectors, live, own), t)
+                    for q, t, own in sets]
+            results.append(_Tried(ef * HNSW_M * 4 * dim, {"ef_search": ef, "k_factor": depth // K}, hits, target))
+    good = [x for x in results if x.ok]
+    best = min(good, key=lambda x: x.cost) if good else max(results, key=lambda x: (x.worst, -x.cost))
     if not good:
         log.warning("search: tuning reached recall@10 %.3f, below the target %.2f: the memory budget leaves too "
-                    "coarse codes; raise --memory-budget", reached, target)
-    engine.meta.update(setting)
+                    "coarse codes; raise --memory-budget", best.worst, target)
+    engine.meta.update(best.setting)
     engine.configure(int(engine.meta.get("nprobe", 1)), int(engine.meta.get("ef_search", 64)))
-    tried = [{"recall": [round(r, 4) for r in rs], **s} for _, _, s, rs in results]
-    out = {"recall_at_10": round(per_set[0], 4), "target_recall": target, "tuning_queries": int(len(query_ids)),
-           "reached_target": bool(good), "tuned_cost_bytes": int(cost),
+    tried = [{"recall": [round(r, 4) for r in x.means], **x.setting} for x in results]
+    out = {"recall_at_10": round(best.means[0], 4), "target_recall": target, "tuning_queries": int(len(query_ids)),
+           "recall_lower_bound": [round(lower_bound(h), 4) for h in best.hits], "promised_recall": PROMISED_RECALL,
+           "reached_target": bool(good), "tuned_cost_bytes": int(best.cost),
            "tuning_method": "indexed vectors held back from training; each query's own row excluded",
-           "tuning_s": round(time.perf_counter() - t0, 2), "tried": tried, **setting}
+           "tuning_s": round(time.perf_counter() - t0, 2), "tried": tried, **best.setting}
     if len(sets) > 1:
-        out.update({"recall_at_10_text": round(per_set[1], 4), "tuning_text_queries": int(len(sets[1][0]))})
+        out.update({"recall_at_10_text": round(best.means[1], 4), "tuning_text_queries": int(len(sets[1][0]))})
     return out
 
 
