@@ -115,6 +115,10 @@ def test_concurrent_searches_match_serial_ones(ann):
     serial = [index.search_vector(q, top_k=10) for q in queries]
     parallel = faults.run_in_threads(6, lambda t: [index.search_vector(q, top_k=10) for q in queries[t::6]])
     assert [parallel[i % 6][i // 6] for i in range(24)] == serial
+    # Each shard's FAISS call runs on one OpenMP thread; the caller's own setting is given back after a search.
+    faiss = pytest.importorskip("faiss")
+    faiss.omp_set_num_threads(3)
+    assert index.search_vector(queries[0], top_k=10) == serial[0] and faiss.omp_get_max_threads() == 3
 
 
 def test_tuning_margin_grows_for_small_uneven_sets():
