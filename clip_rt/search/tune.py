@@ -7,9 +7,10 @@ with the index's text encoder): text embeddings sit apart from image embeddings 
 neighbours can need deeper probing than an image's. A setting must reach the target on both sets.
 For every nprobe (1, 2, 4, ... nlist; the fast-scan PQ without IVF has none) one candidate search at the deepest
 rerank depth gives the recall of each shallower depth too (each shard's prefix). The cheapest (nprobe, k_factor)
-whose recall reaches the target on every set wins (its mean at least the target, and its mean less CONFIDENCE_Z
-standard errors at least PROMISED_RECALL, so that a small or uneven set gets a wider margin), cost being the code bytes scanned plus the vectors gathered for reranking; if
-none does, the most accurate one, and the header says what it reached.
+whose recall reaches the target on every set wins: its mean at least the target, and its mean less CONFIDENCE_Z
+standard errors at least PROMISED_RECALL (a small or uneven set gets a wider margin). Cost is the code bytes scanned
+plus the vectors gathered for reranking. If no setting reaches the target, the most accurate one wins, and the
+header says what it reached.
 """
 
 from __future__ import annotations
