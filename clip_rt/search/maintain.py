@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -163,18 +163,16 @@ def refresh_engine(store: Store, index_type: str | None = None, memory_budget: i
     if limit is not None and (not engine.meta["reached_target"] or int(engine.meta["nprobe"]) > limit):
         # No cluster structure to speak of: the target needs more than a quarter of the lists (tiny nlist: one list
         # is more than that). Try the fast-scan codes of every vector, and keep the better of the two.
+        why = (f"IVF{engine.nlist},SQ8 reached recall@10 {engine.meta['recall_at_10']:.3f} at nprobe "
+               f"{engine.meta.get('nprobe')} of {engine.nlist} lists: no cluster structure to use")
         try:
-            alt_plan = plan(n, store.dim, "pqfs", request.get("memory_budget"))
+            alt_plan = plan(n, store.dim, "pqfs", request.get("memory_budget"), why=why)
         except InputError:
             alt_plan = None
         if alt_plan is not None:
-            why = (f"IVF{engine.nlist},SQ8 reached recall@10 {engine.meta['recall_at_10']:.3f} at nprobe "
-                   f"{engine.meta.get('nprobe')} of {engine.nlist} lists: no cluster structure to use")
             if progress:
                 progress(why + f"; trying {alt_plan.factory}")
-            alt = _build_tuned(replace(alt_plan, reason=alt_plan.reason.replace("(asked for)", f"({why})")),
-                               vectors, live, live_ids, queries, texts, seed, progress)
-            engine = _better(engine, alt)
+            engine = _better(engine, _build_tuned(alt_plan, vectors, live, live_ids, queries, texts, seed, progress))
     engine.meta.update({"total_s": round(time.perf_counter() - t0, 2), "tuned_n": n, "churn": 0})
     _save(store, engine)
     return (f"{engine.meta['factory']} built in {engine.meta['total_s']:.0f} s, recall@10 "

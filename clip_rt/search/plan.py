@@ -112,8 +112,10 @@ def hnsw_bytes(n: int, dim: int) -> int:
     return n * (4 * dim + 2 * HNSW_M * 4 + 16)
 
 
-def plan(n: int, dim: int, index_type: str = "auto", memory_budget: int | None = None) -> EnginePlan:
-    """The engine for n vectors of dim dimensions under memory_budget bytes (default DEFAULT_MEMORY_BUDGET)."""
+def plan(n: int, dim: int, index_type: str = "auto", memory_budget: int | None = None,
+         why: str | None = None) -> EnginePlan:
+    """The engine for n vectors of dim dimensions under memory_budget bytes (default DEFAULT_MEMORY_BUDGET).
+    why: the reason an approximate index_type was chosen, for the plan's reason (default: "asked for")."""
     if index_type not in INDEX_TYPES:
         raise InputError(f"--index-type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
@@ -128,7 +130,8 @@ def plan(n: int, dim: int, index_type: str = "auto", memory_budget: int | None =
             raise InputError(f"an HNSW index of {n} x {dim} needs ~{_mib(need)}, over --memory-budget {_mib(budget)}; "
                              f"raise the budget or use --index-type ivfpq")
         return EnginePlan("hnsw", f"IDMap2,HNSW{HNSW_M}", need, budget, f"HNSW{HNSW_M} (asked for)", code_bytes=4 * dim)
-    over = "asked for" if index_type != "auto" else f"{_mib(flat_bytes)} of vectors is over the exact-scan limit"
+    over = why or ("asked for" if index_type != "auto"
+                   else f"{_mib(flat_bytes)} of vectors is over the exact-scan limit")
     if index_type in ("auto", "ivfsq"):
         nlist = nlist_for(n)
         need = ivfsq_bytes(n, dim, nlist)
