@@ -1,5 +1,5 @@
-"""Session tuning (clip_rt/ort_options.py): each knob reaches ONNX Runtime's SessionOptions, bad values are refused,
-warm-up runs at load, and clip_rt.load passes the knobs through without changing results."""
+"""Session tuning (clip_rt/backends/ort_options.py): each knob reaches ONNX Runtime's SessionOptions, bad values are
+refused, warm-up runs at load, and clip_rt.load passes the knobs through without changing results."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from clip_rt.errors import InputError
-from clip_rt.ort_options import SessionTuning, make_session_options, warm_up
+from clip_rt.backends.ort_options import SessionTuning, make_session_options, warm_up
 
 
 def test_options_carry_every_knob() -> None:

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..contract import EncoderContract, check_precision
 from ..errors import BackendUnavailable, InputError
-from ..ort_options import SessionTuning, make_session_options, warm_up
+from .ort_options import SessionTuning, make_session_options, warm_up
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -89,7 +89,8 @@ class SessionConfig:
     # GPU providers only: False (default) makes session creation fail when a node would run on the CPU; True is
     # ONNX Runtime's own behaviour (such nodes run on the CPU), for a user who asks for it.
     cpu_fallback: bool = False
-    # Spinning, arena, pre-packing, graph level, warm-up (clip_rt/ort_options.py); threads/log_severity above win.
+    # Spinning, arena, pre-packing, graph level, warm-up (clip_rt/backends/ort_options.py); threads/log_severity
+    # above win.
     tuning: SessionTuning = SessionTuning()
 
 

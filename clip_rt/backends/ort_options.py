@@ -14,12 +14,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputError, check_threads, check_warmup
+from ..errors import InputError, check_threads, check_warmup
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-    from .contract import EncoderContract
+    from ..contract import EncoderContract
 
 GRAPH_LEVELS = ("disable", "basic", "extended", "all")
 
