@@ -6,8 +6,8 @@
     @gpu @tensorrt           TensorRT as well: engine builds, parity against eager fp32 PyTorch, refusals, lanes
     @gpu @onnxruntime_cuda   ONNX Runtime's CUDA provider, with CPU fallback off
 
-Each skips with the probe's one-line reason (clip_rt.gpu.probe) when what it needs is missing. `pytest -m gpu` runs
-the first tier on any CUDA machine, TensorRT or not (scripts/gpu-check runs the same checks in-process).
+Each skips with the probe's one-line reason (clip_rt.gpucheck.probe) when what it needs is missing. `pytest -m gpu`
+runs the first tier on any CUDA machine, TensorRT or not (scripts/gpu-check runs the same checks in-process).
 
 The last section runs everywhere: the builder-free helpers (DLA's static profile, typing per TensorRT version, engine
 sources, static-shape padding), the staging-buffer growth policy, NVRTC's log and CUBIN buffers (real NVRTC where
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def cuda() -> None:
     """A CUDA device and NVRTC (cuda-python); TensorRT not needed."""
-    from clip_rt.gpu.probe import probe_cuda, probe_nvrtc
+    from clip_rt.gpucheck.probe import probe_cuda, probe_nvrtc
 
     for cap in (probe_cuda(0), probe_nvrtc()):
         if not cap.ok:
@@ -51,7 +51,7 @@ def cuda() -> None:
 
 @pytest.fixture(scope="session")
 def tensorrt(cuda: None) -> None:
-    from clip_rt.gpu.probe import probe_tensorrt
+    from clip_rt.gpucheck.probe import probe_tensorrt
 
     cap = probe_tensorrt()
     if not cap.ok:
@@ -60,7 +60,7 @@ def tensorrt(cuda: None) -> None:
 
 @pytest.fixture(scope="session")
 def ort_cuda() -> None:
-    from clip_rt.gpu.probe import probe_onnxruntime_cuda
+    from clip_rt.gpucheck.probe import probe_onnxruntime_cuda
 
     cap = probe_onnxruntime_cuda()
     if not cap.ok:
@@ -121,42 +121,42 @@ def check_all(results: list) -> None:
 def test_kernel_equals_twin(cuda: None, photos: list[np.ndarray]) -> None:
     """The CUDA kernel writes exactly what the numpy twin computes, on real photos and odd synthetic sizes, for each
     filter and resize/crop pair."""
-    from clip_rt.gpu.selfcheck import kernel_matches_twin, odd_frames
+    from clip_rt.gpucheck.selfcheck import kernel_matches_twin, odd_frames
 
     check_all(kernel_matches_twin(photos + odd_frames(), batch=40))
 
 
 @pytest.mark.gpu
 def test_buffers_streams_and_async_copies(cuda: None) -> None:
-    from clip_rt.gpu.selfcheck import buffers_and_streams
+    from clip_rt.gpucheck.selfcheck import buffers_and_streams
 
     check_all([buffers_and_streams(streams=3)])
 
 
 @pytest.mark.gpu
 def test_graph_replay_on_new_pixels(cuda: None) -> None:
-    from clip_rt.gpu.selfcheck import graph_replay
+    from clip_rt.gpucheck.selfcheck import graph_replay
 
     check_all([graph_replay(replays=6)])
 
 
 @pytest.mark.gpu
 def test_eight_threads_share_one_kernel(cuda: None, photos: list[np.ndarray]) -> None:
-    from clip_rt.gpu.selfcheck import threads_share_kernel
+    from clip_rt.gpucheck.selfcheck import threads_share_kernel
 
     check_all([threads_share_kernel(photos[:48], threads=8)])
 
 
 @pytest.mark.gpu
 def test_staging_buffers_grow_geometrically_on_the_gpu(cuda: None, photos: list[np.ndarray]) -> None:
-    from clip_rt.gpu.selfcheck import staging_growth
+    from clip_rt.gpucheck.selfcheck import staging_growth
 
     check_all([staging_growth(photos[:8], largest=32)])
 
 
 @pytest.mark.gpu
 def test_close_from_another_thread(cuda: None, photos: list[np.ndarray]) -> None:
-    from clip_rt.gpu.selfcheck import close_from_another_thread
+    from clip_rt.gpucheck.selfcheck import close_from_another_thread
 
     check_all([close_from_another_thread(photos)])
 
@@ -330,7 +330,7 @@ def test_graph_shapes_share_the_lanes_activation_memory(fp16_package: Path, refe
 @pytest.mark.tensorrt
 def test_backend_closes_from_another_thread(fp16_package: Path, references: dict[str, Any]) -> None:
     from clip_rt.backends import open_backend
-    from clip_rt.gpu.selfcheck import in_fresh_thread
+    from clip_rt.gpucheck.selfcheck import in_fresh_thread
     from clip_rt.package import Package
 
     b = open_backend("tensorrt", Package.open(fp16_package), precision="fp16", device="cuda",
@@ -655,7 +655,7 @@ def test_mixed_onnxruntime_install_is_named_with_the_fix(tmp_path: Path) -> None
 
 
 def _has_tensorrt() -> bool:
-    from clip_rt.gpu.probe import probe_tensorrt
+    from clip_rt.gpucheck.probe import probe_tensorrt
 
     return probe_tensorrt().ok
 
@@ -675,9 +675,9 @@ def test_without_tensorrt_the_cli_says_what_is_missing(tiny_package: Path, data_
 
 
 def test_gpu_modules_import_nothing_heavy() -> None:
-    code = ("import sys, clip_rt.gpu.cuda, clip_rt.gpu.kernel, clip_rt.gpu.resample, clip_rt.gpu.probe, "
-            "clip_rt.gpu.selfcheck, clip_rt.gpu.baselines, clip_rt.gpu.gpu_check, clip_rt.backends.tensorrt, "
-            "clip_rt.export.engine, clip_rt.cli.engine; heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+    code = ("import sys, clip_rt.gpu.cuda, clip_rt.gpu.kernel, clip_rt.gpu.resample, clip_rt.gpucheck.probe, "
+            "clip_rt.gpucheck.selfcheck, clip_rt.gpucheck.baselines, clip_rt.gpucheck.gpu_check, "
+            "clip_rt.backends.tensorrt, clip_rt.export.engine, clip_rt.cli.engine; heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
             "('tensorrt', 'cuda', 'torch', 'transformers', 'onnx')); print(heavy); assert not heavy")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

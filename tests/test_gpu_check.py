@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from clip_rt.gpu.gpu_check import (
+from clip_rt.gpucheck.gpu_check import (
     STAGES,
     Context,
     Row,
@@ -27,7 +27,7 @@ from clip_rt.gpu.gpu_check import (
     run_stages,
     skip_reason,
 )
-from clip_rt.gpu.probe import CAPABILITIES, Capability, probe_all, probe_cuda
+from clip_rt.gpucheck.probe import CAPABILITIES, Capability, probe_all, probe_cuda
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,7 +144,7 @@ def test_torch_eager_baseline_runs_on_the_cpu(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     from conftest import TINY_CONFIG
 
-    from clip_rt.gpu.baselines import torch_eager
+    from clip_rt.gpucheck.baselines import torch_eager
 
     (tmp_path / "config.json").write_text(json.dumps(TINY_CONFIG))
     rows = torch_eager(tmp_path, batches=(1, 3), precisions=("fp32",), text_length=9, warmup=1, iters=3, device="cpu")

@@ -2,7 +2,7 @@
 are there, skip the others with a one-line reason, and write one JSON + Markdown report. Installs nothing and uses
 the interpreter it runs in.
 
-    python -m clip_rt.gpu.gpu_check --shared ../shared --out build/gpu-check      (from the repository root)
+    python -m clip_rt.gpucheck.gpu_check --shared ../shared --out build/gpu-check      (from the repository root)
 
 Stages (capabilities they need):
     kernel             cuda, nvrtc        the NVRTC kernel equals its numpy twin bit for bit on the shared photos
@@ -359,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gpu-check: unknown stage(s) {', '.join(unknown)} in --stages", file=sys.stderr)
         return 2
     from ..errors import ClipRtError
-    from .cuda import parse_cuda_device
+    from ..gpu.cuda import parse_cuda_device
 
     try:
         index = parse_cuda_device(args.device)

@@ -23,7 +23,7 @@ def preprocess_throughput(frames: Sequence[np.ndarray], resize: int = 224, size:
     from PIL import Image
 
     from ..preprocess import PreprocessConfig, resize_crop
-    from .kernel import GpuResizer
+    from ..gpu.kernel import GpuResizer
 
     frames = list(frames)
     batches = [frames[i:i + batch] for i in range(0, len(frames), batch)]

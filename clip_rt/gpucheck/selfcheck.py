@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from .resample import pack_frames, twin_packed
+from ..gpu.resample import pack_frames, twin_packed
 
 # (resize, crop, filter): CLIP's 224 crop, resize > crop (OpenCLIP-style 256/224), and the bilinear path.
 KERNEL_CONFIGS: tuple[tuple[int, int, str], ...] = ((224, 224, "bicubic"), (256, 224, "bicubic"), (72, 64, "bilinear"))
@@ -47,7 +47,7 @@ def kernel_matches_twin(frames: Sequence[np.ndarray], configs: Sequence[tuple[in
                         batch: int = 64, device: str = "cuda") -> list[CheckResult]:
     """The kernel's output equals the twin's bit for bit, per config, on `frames` in batches of `batch` (one
     GpuResizer per config, so its buffers are reused and grow across batches)."""
-    from .kernel import GpuResizer
+    from ..gpu.kernel import GpuResizer
 
     results = []
     for resize, size, filter in configs:
@@ -67,7 +67,7 @@ def kernel_matches_twin(frames: Sequence[np.ndarray], configs: Sequence[tuple[in
 def buffers_and_streams(device: str = "cuda", nbytes: int = 3 << 20, streams: int = 2) -> CheckResult:
     """Random bytes pinned -> device -> device -> pinned through async copies, on `streams` streams at once; every
     byte must come back."""
-    from .cuda import DeviceBuffer, PinnedBuffer, Stream, parse_cuda_device, require_device
+    from ..gpu.cuda import DeviceBuffer, PinnedBuffer, Stream, parse_cuda_device, require_device
 
     require_device(parse_cuda_device(device))
     rng = np.random.default_rng(1)
@@ -96,8 +96,8 @@ def buffers_and_streams(device: str = "cuda", nbytes: int = 3 << 20, streams: in
 def graph_replay(device: str = "cuda", replays: int = 5, size: int = 64) -> CheckResult:
     """A CUDA graph of [host->device copy, kernel, device->host copy] captured once and replayed on new pixels written
     into the same pinned buffer: every replay must equal the twin of its own pixels."""
-    from .cuda import DeviceBuffer, GraphExec, PinnedBuffer, Stream, parse_cuda_device, require_device
-    from .kernel import ResizeKernel, align
+    from ..gpu.cuda import DeviceBuffer, GraphExec, PinnedBuffer, Stream, parse_cuda_device, require_device
+    from ..gpu.kernel import ResizeKernel, align
 
     info = require_device(parse_cuda_device(device))
     shapes = [(97, 131), (300, 200), (64, 64)]
@@ -144,8 +144,8 @@ def threads_share_kernel(frames: Sequence[np.ndarray], threads: int = 8, rounds:
                          device: str = "cuda") -> CheckResult:
     """`threads` threads share one loaded kernel, each with its own stream and staging buffers (the tensorrt
     backend's lanes), released together; every result must equal the twin."""
-    from .cuda import DeviceBuffer, PinnedBuffer, Stream, parse_cuda_device, require_device, use_device
-    from .kernel import FrameStager, ResizeKernel
+    from ..gpu.cuda import DeviceBuffer, PinnedBuffer, Stream, parse_cuda_device, require_device, use_device
+    from ..gpu.kernel import FrameStager, ResizeKernel
 
     info = require_device(parse_cuda_device(device))
     kernel = ResizeKernel(info)
@@ -197,8 +197,8 @@ def threads_share_kernel(frames: Sequence[np.ndarray], threads: int = 8, rounds:
 def staging_growth(frames: Sequence[np.ndarray], device: str = "cuda", largest: int = 32) -> CheckResult:
     """Batches of 1, 2, ..., `largest` frames through one FrameStager: the buffers must be reallocated O(log n)
     times (geometric growth), and the last batch must equal the twin."""
-    from .cuda import DeviceBuffer, PinnedBuffer, Stream, parse_cuda_device, require_device
-    from .kernel import FrameStager, ResizeKernel
+    from ..gpu.cuda import DeviceBuffer, PinnedBuffer, Stream, parse_cuda_device, require_device
+    from ..gpu.kernel import FrameStager, ResizeKernel
 
     info = require_device(parse_cuda_device(device))
     kernel, stream = ResizeKernel(info), Stream()
@@ -229,7 +229,7 @@ def staging_growth(frames: Sequence[np.ndarray], device: str = "cuda", largest: 
 def close_from_another_thread(frames: Sequence[np.ndarray], device: str = "cuda") -> CheckResult:
     """A resizer opened and used on this thread is closed on a fresh thread (no current context there), then a
     resizer made and run on another fresh thread agrees: close() must make its own device current."""
-    from .kernel import GpuResizer, gpu_resize_crop
+    from ..gpu.kernel import GpuResizer, gpu_resize_crop
 
     resizer = GpuResizer(72, 64, "bicubic", device)
     first = resizer(list(frames[:3]))

@@ -40,7 +40,7 @@ def probe_cuda(index: int = 0) -> Capability:
     try:
         from importlib.metadata import PackageNotFoundError, version
 
-        from .cuda import bindings, check, require_device
+        from ..gpu.cuda import bindings, check, require_device
 
         cudart, _, _ = bindings()
         info = require_device(index)
@@ -59,8 +59,8 @@ def probe_cuda(index: int = 0) -> Capability:
 def probe_nvrtc(arch: str | None = None) -> Capability:
     """NVRTC loads and compiles a kernel for `arch` (e.g. "sm_90")."""
     try:
-        from .cuda import bindings, check
-        from .kernel import compile_kernel
+        from ..gpu.cuda import bindings, check
+        from ..gpu.kernel import compile_kernel
 
         _, _, nvrtc = bindings()
         try:
@@ -78,7 +78,7 @@ def probe_nvrtc(arch: str | None = None) -> Capability:
 def probe_tensorrt() -> Capability:
     """The real TensorRT package (tensorrt-stubs alone makes `import tensorrt` succeed on an empty namespace)."""
     try:
-        from .engines import import_tensorrt
+        from ..gpu.engines import import_tensorrt
 
         trt = import_tensorrt("gpu-check")
         return Capability("tensorrt", True, f"TensorRT {trt.__version__}")
@@ -144,7 +144,7 @@ def probe_all(index: int = 0) -> dict[str, Capability]:
     cuda = probe_cuda(index)
     arch = None
     if cuda.ok:
-        from .cuda import require_device
+        from ..gpu.cuda import require_device
 
         info = require_device(index)
         arch = f"sm_{info.major}{info.minor}"
