@@ -163,7 +163,7 @@ def _run_ray(plan: Plan, pending: list[int], out: Path, cfg: PreprocessConfig, *
              decode_cpus: float, progress: Callable[[int, int], None] | None, done: int) -> tuple[int, float]:
     """Stream the pending shards through Ray Data and write each as it completes; returns (images encoded, seconds
     from the pipeline's start to its last shard)."""
-    from ..ray import connect
+    from ..cluster import connect
 
     started = connect(address, extra="scale")
     try:
