@@ -1,0 +1,155 @@
+"""Video files -> frame embeddings and labels with timestamps (what `clip-rt classify` / `embed` / `index` call).
+
+    emb = embed_video(model, "clip.mp4", every=1.0)        # VideoEmbeddings(times [N], embeddings [N, D])
+    preds = classify_video(clf, "clip.mp4", every=0.5)     # [FramePrediction(time, labels)]
+    segments_of(preds)                                     # [Segment(label, start, end, frames, score)]
+
+Frames are sampled by presentation time (clip_rt.video.sample), converted with clip_rt.video.frames, and encoded in
+batches; decoding and scaling of batch k+1 run on a thread while batch k is encoded. Every frame of the file is
+decoded (H.264 frames depend on each other); only the sampled ones are scaled and encoded. Unlike the live pipeline
+(clip_rt.video.live), nothing is ever dropped here.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+
+from ..errors import check_int
+from .events import Segment, segments
+from .frames import FrameConverter
+from .sample import Sampler
+from .source import SourceOptions, VideoSource
+
+if TYPE_CHECKING:
+    from ..model import ClipModel
+    from ..zeroshot import Prediction, ZeroShotClassifier
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".3gp",
+                              ".flv", ".wmv", ".mpg", ".mpeg", ".ogv"})  # what a folder walk picks up as video
+
+
+def is_video_path(path: str | os.PathLike) -> bool:
+    """True for a file name with a video ending (.mp4, .mov, .mkv, ...): the test a folder walk uses."""
+    return os.path.splitext(os.fspath(path))[1].lower() in VIDEO_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class VideoEmbeddings:
+    """The sampled frames of one video, embedded."""
+
+    source: str
+    times: np.ndarray  # [N] float64, presentation time (s) of each sampled frame
+    embeddings: np.ndarray  # [N, D] float32, L2-normalized
+    scaler: str  # "ffmpeg" or "pillow": how frames became model inputs
+
+
+@dataclass(frozen=True)
+class FramePrediction:
+    time: float  # presentation time (s)
+    labels: list["Prediction"]  # top labels, best first, scored as the package says
+
+    def to_json(self) -> dict[str, Any]:
+        return {"time": self.time, "labels": [{"label": p.label, "score": p.score} for p in self.labels]}
+
+
+_END = object()
+
+
+def iter_crop_batches(source: str | os.PathLike, converter: FrameConverter, *, every: float | None = None,
+                      fps: float | None = None, batch_size: int = 32, options: SourceOptions = SourceOptions()
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Sampled frames as (times [b] float64, crops [b, S, S, 3] uint8) batches, produced on a background thread
+    one batch ahead. Raises VideoError (from the thread) where the source breaks."""
+    check_int(batch_size, "batch_size")
+    keep = Sampler(every, fps)
+    src = VideoSource(source, options)
+    src.open()  # errors at open surface here, on the caller's thread
+    out: "queue.Queue[Any]" = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        times: list[float] = []
+        crops: list[np.ndarray] = []
+        try:
+            for f in src.frames():
+                if stop.is_set():
+                    return
+                if not keep(f.time):
+                    continue
+                times.append(f.time)
+                crops.append(converter(f.frame))
+                if len(crops) == batch_size:
+                    if not put((np.array(times), np.stack(crops))):
+                        return
+                    times, crops = [], []
+            if crops:
+                put((np.array(times), np.stack(crops)))
+            put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            put(e)
+        finally:
+            src.close()
+
+    worker = threading.Thread(target=produce, name="clip-rt-video-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = out.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+
+
+def embed_video(model: "ClipModel", source: str | os.PathLike, *, every: float | None = None,
+                fps: float | None = None, scaler: str = "auto", batch_size: int = 32,
+                options: SourceOptions = SourceOptions()) -> VideoEmbeddings:
+    """A video file (or a finite stream) -> its sampled frames' embeddings with their times.
+
+    every / fps: sample one frame every `every` seconds or `fps` frames a second by presentation time (neither:
+    every frame). scaler: "auto", "ffmpeg" or "pillow" (clip_rt.video.frames). VideoError if it cannot be read."""
+    converter = FrameConverter(model.preprocess_config, scaler)
+    times, embs = [], []
+    for t, crops in iter_crop_batches(source, converter, every=every, fps=fps, batch_size=batch_size,
+                                      options=options):
+        times.append(t)
+        embs.append(model.encode_images(crops, batch_size=batch_size))  # [b, S, S, 3] uint8 -> [b, D]
+    return VideoEmbeddings(os.fspath(source),
+                           np.concatenate(times) if times else np.zeros(0, np.float64),
+                           np.concatenate(embs) if embs else np.zeros((0, model.embed_dim), np.float32),
+                           converter.scaler)
+
+
+def classify_video(classifier: "ZeroShotClassifier", source: str | os.PathLike, *, every: float | None = None,
+                   fps: float | None = None, top_k: int | None = 5, scaler: str = "auto", batch_size: int = 32,
+                   options: SourceOptions = SourceOptions()) -> list[FramePrediction]:
+    """A video file -> per sampled frame, its time and top_k labels (the classifier's scores)."""
+    emb = embed_video(classifier.model, source, every=every, fps=fps, scaler=scaler, batch_size=batch_size,
+                      options=options)
+    preds = classifier.predict_embeddings(emb.embeddings, top_k) if len(emb.times) else []
+    return [FramePrediction(float(t), p) for t, p in zip(emb.times, preds)]
+
+
+def segments_of(predictions: list[FramePrediction]) -> list[Segment]:
+    """Consecutive frames with the same top label merged into time ranges (`--segments`)."""
+    return segments([p.time for p in predictions], [p.labels[0].label for p in predictions],
+                    [p.labels[0].score for p in predictions])

@@ -1,0 +1,261 @@
+"""Opening video with PyAV (FFmpeg): files, V4L2 cameras and network streams, decoded frames with their times.
+
+    src = VideoSource("clip.mp4")                    # or "/dev/video0", "rtsp://cam/stream", "http://host/a.ts"
+    for f in src.frames():                           # DecodedFrame(index, time, frame, arrival)
+        ...
+
+Kinds: a path is a "file"; /dev/video* (or v4l2:/dev/videoN) a "device"; a URL (rtsp, rtmp, http(s), udp, tcp,
+srt) a "stream". Devices and streams are live: when a stream drops (a read error, a premature end, a read timeout)
+it is reopened up to `retries` times with a doubling delay, and the frame times go on from where they were; after
+that, or for a file that breaks, a VideoError says what happened in one line. A live source that ends cleanly
+(FFmpeg's end of file) simply ends.
+
+Errors are VideoError (an InputError: bad input, reported as `clip-rt CMD: error: ...`). Known limit: an MPEG-TS
+file cut short decodes cleanly up to the cut (the format has no index to compare against); an MP4 cut short is
+reported (no moov index when it was written at the end, a broken packet when it was written first).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ..errors import InputError, missing_dependency
+
+if TYPE_CHECKING:
+    import av
+
+KINDS = ("file", "device", "stream")
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
+MAX_RETRY_DELAY = 8.0  # seconds: the reconnect delay doubles up to this
+
+
+class VideoError(InputError):
+    """A video file, camera or stream that cannot be opened or decoded, or a stream that stopped for good."""
+
+
+def require_av() -> Any:
+    """The av module, or BackendUnavailable with the install hint."""
+    try:
+        import av
+    except ImportError:
+        raise missing_dependency("av", "video", "video input (files, cameras, streams)") from None
+    return av
+
+
+def source_kind(spec: str) -> str:
+    """'file', 'device' or 'stream' for a source as the user typed it."""
+    scheme = spec.split("://", 1)[0].lower() if "://" in spec else ""
+    if scheme in STREAM_SCHEMES:
+        return "stream"
+    if spec.startswith("v4l2:") or spec.startswith("/dev/video"):
+        return "device"
+    if scheme and scheme != "file":
+        raise VideoError(f"{spec}: unsupported URL scheme {scheme!r}; use one of {', '.join(STREAM_SCHEMES)}, a "
+                         f"/dev/video device or a file path")
+    return "file"
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How a source is opened and kept open."""
+
+    timeout: float = 10.0  # seconds to wait for a stream or camera to open, and for each read after that
+    retries: int = 5  # reconnect attempts after a live source drops (0: the first drop is an error)
+    retry_delay: float = 0.5  # seconds before the first reconnect attempt; doubles each attempt, up to 8 s
+    threads: int = 0  # decoder threads (0: FFmpeg picks)
+    rtsp_transport: str = "tcp"  # RTSP over TCP: no lost UDP packets smearing frames
+
+    def __post_init__(self) -> None:
+        if not self.timeout > 0:
+            raise InputError(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        if not (isinstance(self.retries, int) and self.retries >= 0):
+            raise InputError(f"retries must be an int >= 0, got {self.retries!r}")
+        if not self.retry_delay >= 0:
+            raise InputError(f"retry_delay must be >= 0 seconds, got {self.retry_delay!r}")
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What the container says about its first video stream (before any frame is decoded)."""
+
+    width: int  # stored pixels (a rotated phone video is displayed the other way round)
+    height: int
+    fps: float | None  # the stream's average rate, None if unknown (live streams, variable rate)
+    duration: float | None  # seconds, None if unknown (streams, cameras)
+    codec: str
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    """One decoded frame: its position, its presentation time and the moment it left the decoder."""
+
+    index: int  # frames decoded from this source so far (across reconnects), from 0
+    time: float  # presentation time in seconds from the start of the source (goes on across reconnects)
+    frame: "av.VideoFrame"  # the decoded picture (stored orientation; frame.rotation says how it is displayed)
+    arrival: float  # time.monotonic() when the decoder returned it
+
+
+def _reason(e: BaseException) -> str:
+    strerror = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return str(strerror).rstrip(".")
+
+
+def _open_error(spec: str, kind: str, e: BaseException) -> VideoError:
+    import av
+
+    if isinstance(e, av.error.FileNotFoundError):
+        what = "no such device" if kind == "device" else "file not found" if kind == "file" else "not found (404)"
+        return VideoError(f"{spec}: {what}")
+    if isinstance(e, av.error.PermissionError):
+        return VideoError(f"{spec}: permission denied")
+    if isinstance(e, av.error.InvalidDataError):
+        hint = (" (an MP4 cut short before its index was written reads like this too)" if kind == "file" else "")
+        return VideoError(f"{spec}: not a video FFmpeg can read ({_reason(e)}){hint}")
+    if isinstance(e, (ConnectionError, TimeoutError)) or getattr(e, "errno", None) in (110, 111, 113):
+        return VideoError(f"{spec}: cannot connect ({_reason(e)})")
+    return VideoError(f"{spec}: cannot open ({_reason(e)})")
+
+
+class VideoSource:
+    """A file, camera or stream -> decoded frames in presentation order, with reconnects for live sources.
+
+    spec: a file path, /dev/videoN (or v4l2:/dev/videoN), or a URL. Opening happens in open() (called by frames()
+    and info() when needed); VideoError if the source cannot be opened or has no video stream.
+    """
+
+    def __init__(self, spec: str | os.PathLike, options: SourceOptions = SourceOptions()):
+        self.spec = os.fspath(spec)
+        self.kind = source_kind(self.spec)
+        self.options = options
+        self.reconnects = 0  # successful reopenings after a drop
+        self._container: Any = None
+        self._info: StreamInfo | None = None
+
+    @property
+    def live(self) -> bool:
+        """Cameras and streams: frames come when they come, and the newest one wins (see clip_rt.video.live)."""
+        return self.kind != "file"
+
+    def _check_file(self) -> None:
+        try:
+            st = os.stat(self.spec)
+        except FileNotFoundError:
+            raise VideoError(f"{self.spec}: file not found") from None
+        except PermissionError:
+            raise VideoError(f"{self.spec}: permission denied") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise VideoError(f"{self.spec}: is a folder, not a video file")
+        if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            raise VideoError(f"{self.spec}: empty file (0 bytes)")
+
+    def _open_container(self) -> Any:
+        av = require_av()
+        kwargs: dict[str, Any] = {}
+        if self.kind == "file":
+            self._check_file()
+        else:
+            kwargs["timeout"] = (self.options.timeout, self.options.timeout)
+        if self.kind == "device":
+            target, kwargs["format"] = self.spec.removeprefix("v4l2:"), "v4l2"
+        else:
+            target = self.spec
+        if self.spec.lower().startswith(("rtsp://", "rtsps://")):
+            kwargs["options"] = {"rtsp_transport": self.options.rtsp_transport}
+        try:
+            container = av.open(target, **kwargs)
+        except av.FFmpegError as e:
+            raise _open_error(self.spec, self.kind, e) from None
+        except OSError as e:
+            raise VideoError(f"{self.spec}: cannot open ({e.strerror or e})") from None
+        if not container.streams.video:
+            container.close()
+            raise VideoError(f"{self.spec}: has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if self.options.threads:
+            stream.codec_context.thread_count = self.options.threads
+        return container
+
+    def open(self) -> StreamInfo:
+        """Open the source (if not open yet) and describe its video stream."""
+        if self._container is None:
+            self._container = self._open_container()
+            stream = self._container.streams.video[0]
+            rate = stream.average_rate
+            duration = (float(stream.duration * stream.time_base) if stream.duration is not None and stream.time_base
+                        else (self._container.duration / 1e6 if self._container.duration else None))
+            self._info = StreamInfo(width=stream.codec_context.width, height=stream.codec_context.height,
+                                    fps=float(rate) if rate else None, duration=duration if self.kind == "file" else None,
+                                    codec=stream.codec_context.name)
+        assert self._info is not None
+        return self._info
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> "VideoSource":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def frames(self) -> Iterator[DecodedFrame]:
+        """Decoded frames in presentation order. Raises VideoError when a file breaks mid-way, or when a live
+        source stays down after `retries` reconnect attempts."""
+        import av
+
+        index, offset, last = 0, 0.0, None  # offset: time added after a reconnect so that times go on
+        self.open()
+        while True:
+            origin = None  # the first frame's own timestamp on this connection
+            try:
+                stream = self._container.streams.video[0]
+                for frame in self._container.decode(stream):
+                    t = frame.time
+                    if t is None:  # no timestamp: count frames at the nominal rate
+                        t = index / (self._info.fps or 30.0) if self._info else 0.0
+                    if origin is None:  # a file's clock starts at its stream's start time, a live one's at frame 1
+                        start = stream.start_time if self.kind == "file" else None
+                        origin = float(start * stream.time_base) if start is not None and stream.time_base else t
+                        origin = min(origin, t)
+                    now = offset + (t - origin)
+                    if last is not None and now < last:  # a timestamp going backwards (broken stream): keep order
+                        now = last
+                    last = now
+                    yield DecodedFrame(index, now, frame, time.monotonic())
+                    index += 1
+                self.close()
+                return  # a clean end of file, for files and live sources alike
+            except av.FFmpegError as e:
+                self.close()
+                at = f"at {last:.2f} s" if last is not None else "before the first frame"
+                if not self.live:
+                    raise VideoError(f"{self.spec}: corrupt or truncated video data {at} ({_reason(e)})") from None
+                failure = f"stream dropped {at} ({_reason(e)})"
+            if last is not None:
+                offset = last + 1.0 / (self._info.fps if self._info and self._info.fps else 30.0)
+            self._reconnect(failure)
+
+    def _reconnect(self, failure: str) -> None:
+        """Reopen a live source, waiting retry_delay (doubling) before each attempt; VideoError when all fail."""
+        delay, last_error = self.options.retry_delay, ""
+        for _ in range(self.options.retries):
+            time.sleep(delay)
+            delay = min(MAX_RETRY_DELAY, max(delay * 2, 0.1))
+            try:
+                self._container = self._open_container()
+            except VideoError as e:
+                last_error = str(e).split(": ", 1)[-1]
+                continue
+            self.reconnects += 1
+            return
+        if not self.options.retries:
+            raise VideoError(f"{self.spec}: {failure} (reconnects are off: retries=0)")
+        raise VideoError(f"{self.spec}: {failure}; {self.options.retries} reconnect attempts failed (last: {last_error})")
