@@ -20,7 +20,10 @@ import numpy as np
 
 from .errors import BackendUnavailable, ImageError, InputError, check_int, check_threads
 from .package import Package
-from .preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, iter_image_files, open_image, prepare_batch
+from .decode import DEFAULT_MAX_PIXELS, open_image
+from .files import iter_image_files
+from .prepare import prepare_batch
+from .preprocess import PreprocessConfig
 from .tokenizer import TextTruncatedWarning, Tokenizer, truncation_message
 
 if TYPE_CHECKING:
@@ -164,7 +167,17 @@ class ClipModel:
         """
         check_int(batch_size, "batch_size")
         files, errors = iter_image_files([str(p) for p in paths], recursive=recursive)
+        emb, ok, bad = self.encode_file_list(files, batch_size, workers, progress, max_pixels, decode)
+        return emb, ok, errors + bad
+
+    def encode_file_list(self, files: Sequence[str | os.PathLike], batch_size: int = 32, workers: int | None = None,
+                         progress: Callable[[int, int], None] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                         decode: str = "exact") -> tuple[np.ndarray, list[str], list[ImageError]]:
+        """Image files exactly as listed, no folder walk (e.g. the files clip_rt.preprocess.iter_image_files found)
+        -> (float32 [N, D], the N files embedded, per-file errors). Otherwise as encode_image_files."""
+        check_int(batch_size, "batch_size")
         files = [str(f) for f in files]
+        errors: list[ImageError] = []
         ok: list[str] = []
         outs = []
         done = 0
@@ -181,7 +194,7 @@ class ClipModel:
             done += chunk.stop - chunk.start
             if progress is not None:
                 progress(done, len(files))
-        return (np.concatenate(outs) if outs else self._empty()), ok, list(errors)
+        return (np.concatenate(outs) if outs else self._empty()), ok, errors
 
     # -- texts -------------------------------------------------------------------------------------------
     def encode_texts(self, texts: str | Sequence[str], batch_size: int = 64,
@@ -262,7 +275,7 @@ def load(package: str | os.PathLike | Package, backend: str = "onnxruntime", pre
         exact on every CPU and never warn.
     options: backend-specific settings (e.g. provider="tensorrt" for onnxruntime, hint="throughput" for openvino).
     """
-    from .backends import open_backend
+    from .backends import backend_spec, open_backend
     from .contract import check_precision
 
     check_precision(precision)
@@ -274,21 +287,25 @@ def load(package: str | os.PathLike | Package, backend: str = "onnxruntime", pre
     cfg = PreprocessConfig.from_manifest(pkg.preprocess)
     if threads is not None:  # only passed when asked for: GPU backends have no thread setting
         options["threads"] = threads
-    if precision == "int8" and backend in ("onnxruntime", "openvino") and device in (None, "cpu"):
-        _check_int8_tier(pkg, portable=backend == "openvino", strict=strict)
+    if precision == "int8":
+        spec = backend_spec(backend)  # an unknown backend: BackendUnavailable naming the choices
+        on_cpu = (spec.default_device if device is None else device) == "cpu"
+        if spec.int8_cpu_tier and on_cpu and spec.artifact is not None:
+            _check_int8_tier(pkg, spec.artifact, portable=spec.int8_portable, strict=strict)
     engine = open_backend(backend, pkg, precision=precision, device=device, **options)
     return ClipModel(pkg, engine, tokenizer, cfg)
 
 
-def _check_int8_tier(pkg: Package, portable: bool, strict: bool) -> None:
+def _check_int8_tier(pkg: Package, artifact_format: str, portable: bool, strict: bool) -> None:
     """Warn (strict: raise) when an INT8 artifact the CPU backends would run can compute other integers on this CPU
-    than on the CPU it was validated on. portable: the QDQ files (OpenVINO) rather than ONNX Runtime's lowered ones."""
+    than on the CPU it was validated on. artifact_format: the backend's (registry row); portable: the QDQ files
+    (OpenVINO) rather than ONNX Runtime's lowered ones."""
     from . import cputier
     from .errors import Int8TierMismatch, Int8TierWarning
 
     here = cputier.detect()
     for encoder in ("image", "text"):
-        found = pkg.find(encoder, "int8", "onnxruntime", portable)
+        found = pkg.find(encoder, "int8", artifact_format, portable)
         if not found:
             continue  # the backend raises its own "no int8 artifact" error
         artifact = found[-1]

@@ -37,7 +37,9 @@ FORMAT = "clip-rt-package"
 FORMAT_VERSION = 2  # 2: model families (scoring, padding, resize mode); version 1 packages are read as CLIP
 PADDINGS = ("longest", "max_length")  # pad each batch to its longest text | every text to the context length
 MANIFEST = "manifest.json"
-BACKENDS = ("onnxruntime", "tensorrt")
+# What an artifact's "backend" field may say: the format it is in, "onnxruntime" (an ONNX file, also what TensorRT
+# builds from and OpenVINO reads) or "tensorrt" (a serialized engine). Not the runtime backends: clip_rt.backends.
+ARTIFACT_FORMATS = ("onnxruntime", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -301,7 +303,7 @@ def write_manifest(root: str | os.PathLike, manifest: dict[str, Any]) -> None:
 def add_artifact(root: str | os.PathLike, artifact: Artifact) -> None:
     """Add (or replace: same encoder, precision, backend and file) an artifact entry in a package's manifest."""
     check_precision(artifact.precision)
-    if artifact.backend not in BACKENDS:
+    if artifact.backend not in ARTIFACT_FORMATS:
         raise ValueError(f"unknown artifact backend {artifact.backend!r}")
     manifest = read_manifest(root)
     kept = [a for a in manifest.get("artifacts", [])

@@ -17,7 +17,8 @@ class Tolerance:
     top1_agreement: float  # zero-shot top-1 label agreement with eager fp32, when labels are available
 
 
-# (backend family, precision) -> thresholds. "onnx" covers ONNX Runtime on any provider.
+# (tolerance group, precision) -> thresholds. Each backend's registry row (clip_rt.backends.registry) names its group:
+# "onnx" covers ONNX Runtime on any provider and OpenVINO on the same files; "tensorrt" the engines.
 TOLERANCES: dict[tuple[str, str], Tolerance] = {
     # fp32 ONNX (plain or graph-optimized) is the same arithmetic reordered: effectively exact.
     ("onnx", "fp32"): Tolerance(min_cosine=0.99999, mean_cosine=0.99999, top1_agreement=0.995),
@@ -44,8 +45,15 @@ RUNTIME_MIN_COSINE = 0.9999
 
 
 def tolerance(backend: str, precision: str) -> Tolerance:
-    family = "tensorrt" if backend == "tensorrt" else "onnx"
+    """The thresholds of `backend` (a registered backend: its registry row names its group) at `precision`;
+    KeyError for an unknown backend or an undeclared (group, precision)."""
+    from .backends.registry import REGISTRY  # the rows are plain data (clip_rt.backends.registry imports no backend)
+
+    spec = REGISTRY.get(backend)
+    if spec is None:
+        raise KeyError(f"no tolerance declared for backend {backend!r}: not a registered backend "
+                       f"({', '.join(REGISTRY)})")
     try:
-        return TOLERANCES[(family, precision)]
+        return TOLERANCES[(spec.tolerance, precision)]
     except KeyError:
         raise KeyError(f"no tolerance declared for backend {backend!r} precision {precision!r}") from None

@@ -42,9 +42,58 @@ def bench_run(tiny_package: Path, data_dir: Path, tmp_path_factory: pytest.TempP
     return json.loads((out / "out.json").read_text()), out
 
 
+def _row_index(doc: dict) -> dict[tuple, dict]:
+    return {(r["backend"], r["precision"], r["mode"], r["encoder"], r["batch"], r["text_length"], r["input_length"],
+             r["variant"]): r for r in doc["rows"]}
+
+
+def test_speedups_are_the_ratio_of_measured_latencies(bench_run):
+    """Every speedup is the named eager row's median latency over this row's, the primary one is `speedup`, and an
+    eager reference row is its own reference at 1.0 (run_bench's own schema check cannot see any of this)."""
+    doc, _ = bench_run
+    rows = _row_index(doc)
+    checked = 0
+    for r in doc["rows"]:
+        for name, value in r["speedups"].items():
+            if r["mode"] == "end-to-end":
+                ref = rows[("torch", "fp32", r["mode"], r["encoder"], r["batch"], None, None, name.removeprefix("torch-"))]
+            elif name == "torch":
+                ref = rows[("torch", "fp32", r["mode"], r["encoder"], r["batch"], r["text_length"], r["text_length"], None)]
+            else:  # torch-padded-77: the same texts EOT-padded to the context length
+                ctx = int(name.rsplit("-", 1)[1])
+                ref = rows[("torch", "fp32", r["mode"], r["encoder"], r["batch"], r["text_length"], ctx, f"padded-{ctx}")]
+            assert value == pytest.approx(ref["latency_ms_median"] / r["latency_ms_median"], rel=1e-9), (name, r)
+            checked += 1
+        primary = next(iter(r["speedups"]))
+        assert r["speedup"] == r["speedups"][primary]
+        assert r["reference"] == (r["backend"] == "torch" and r["speedup"] == pytest.approx(1.0)
+                                  and r["variant"] in (None, "tutorial"))
+    assert checked > len(doc["rows"])  # text rows below the context carry two speedups each
+
+
+def test_counts_match_what_was_asked(bench_run):
+    """The rows are exactly the asked-for matrix: (backends that opened) x precisions x batches x lengths x modes,
+    plus the eager padded and tutorial variants; cells name every backend asked for, opened or skipped."""
+    doc, _ = bench_run
+    cfg = doc["config"]
+    assert cfg["batch_sizes"] == [1, 3] and cfg["text_lengths"] == [5, 77] and cfg["parity_items"] == 8
+    opened = {(c["backend"], c["precision"]) for c in doc["cells"] if c["timed"] and c.get("load_s") is not None}
+    skipped = {(s["backend"], s["precision"]) for s in doc["skipped"] if "backend" in s and "precision" in s
+               and "what" not in s and "mode" not in s}
+    assert {b for b, _ in opened | skipped} == set(cfg["backends"])
+    assert opened | skipped == {(b, p) for b in cfg["backends"] for p in cfg["precisions"]}
+    runtime_cells = [c for c in opened if c[0] != "torch"]
+    per_batch_runtime = 1 + 2 + 1  # model image, model text at 2 lengths, end-to-end
+    per_batch_torch = 1 + 2 + 1 + 2  # the same, the text at 5 tokens padded to 77, and two tutorial variants
+    assert len(doc["rows"]) == 2 * (len(runtime_cells) * per_batch_runtime + per_batch_torch)
+    assert len(_row_index(doc)) == len(doc["rows"])  # no row measured twice
+    for r in doc["rows"]:
+        if r["mode"] == "model" and r["min_cosine"] is not None:
+            assert r["parity_items"] == 8
+
+
 def test_document_schema_and_numbers(bench_run):
     doc, _ = bench_run
-    assert check_document(doc) == []
     assert set(doc) >= {"machine", "rows", "skipped", "config", "methods", "cells"}
     assert doc["machine"]["cpu"]["usable_cores"] >= 1
     assert doc["machine"]["versions"]["onnxruntime"]
@@ -147,8 +196,8 @@ def test_unavailable_cell_is_skipped_not_dropped(tiny_package: Path, tmp_path: P
                "--no-memory", "--json", str(tmp_path / "o.json")])
     assert rc == 0
     doc = json.loads((tmp_path / "o.json").read_text())
-    assert check_document(doc) == []
-    assert {r["backend"] for r in doc["rows"]} == {"onnxruntime"}
+    assert [(r["backend"], r["precision"], r["encoder"], r["batch"], r["iters"]) for r in doc["rows"]] == \
+        [("onnxruntime", "fp32", "image", 2, 1)]
     assert any(s.get("backend") == "tensorrt" and s["reason"] for s in doc["skipped"])
     # torch was not asked for, so no speedup; parity still runs against an untimed eager reference
     row = doc["rows"][0]

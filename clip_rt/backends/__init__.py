@@ -1,4 +1,4 @@
-"""Backend registry. Each backend lives in its own module and is imported only when asked for.
+"""Backends: one module each, imported only when asked for, listed once in the registry (clip_rt.backends.registry).
 
 Every backend module exposes `open_backend(package, precision, device, **options) -> Backend`.
 """
@@ -8,37 +8,29 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BackendUnavailable
+from .registry import REGISTRY, BackendSpec, backend_names, backend_spec, register_backend, unregister_backend
 
 if TYPE_CHECKING:
     from ..package import Package
     from .base import Backend
 
-BACKENDS: dict[str, str] = {
-    "onnxruntime": "clip_rt.backends.onnxruntime",
-    "openvino": "clip_rt.backends.openvino",
-    "tensorrt": "clip_rt.backends.tensorrt",
-    "torch": "clip_rt.backends.torch",
-}
+# name -> registry row (the registry itself, so a backend registered later is listed too).
+BACKENDS: dict[str, BackendSpec] = REGISTRY
 
-# The device a backend runs on when none is named (load(device=None), the CLI without --device): TensorRT only
-# runs on a GPU, OpenVINO (as used here) only on the CPU, the others default to the CPU.
-DEFAULT_DEVICES: dict[str, str] = {"onnxruntime": "cpu", "openvino": "cpu", "tensorrt": "cuda", "torch": "cpu"}
+__all__ = ["BACKENDS", "BackendSpec", "backend_names", "backend_spec", "default_device", "open_backend",
+           "register_backend", "unregister_backend"]
 
 
 def default_device(backend: str) -> str:
     """The backend's natural device ("cpu" or "cuda"); BackendUnavailable for an unknown backend."""
-    if backend not in BACKENDS:
-        raise BackendUnavailable(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    return DEFAULT_DEVICES[backend]
+    return backend_spec(backend).default_device
 
 
 def open_backend(name: str, package: "Package", precision: str = "fp32", device: str | None = None,
                  **options: Any) -> "Backend":
     """Open backend `name` for the package; device None means the backend's natural one (default_device)."""
+    spec = backend_spec(name)
+    module = importlib.import_module(spec.module)
     if device is None:
-        device = default_device(name)
-    if name not in BACKENDS:
-        raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    module = importlib.import_module(BACKENDS[name])
+        device = spec.default_device
     return module.open_backend(package, precision=precision, device=device, **options)

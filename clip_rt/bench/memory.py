@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .workloads import Key
 
 if TYPE_CHECKING:
-    from .runner import BenchConfig
+    from .config import BenchConfig
 
 TUTORIAL_VARIANTS = ("tutorial", "tutorial-cached-text")
 PROBE_TIMEOUT_S = 1200  # one cell's rows, one call each, plus loading the model

@@ -12,181 +12,34 @@ same rounds. Parity runs untimed on a fixed set of inputs; peak memory comes fro
 
 from __future__ import annotations
 
-import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from ..contract import PRECISIONS
 from ..errors import BackendUnavailable, ClipRtError, InputError, PackageError
+from ..package import ARTIFACT_FORMATS
 from ..tolerances import RUNTIME_MIN_COSINE, tolerance
 from . import workloads as wl
+from .config import ENCODERS, METHODS, MODES, BenchConfig, bench_backends, check_config
+from .timing import Job, Timer, run_interleaved
 from .workloads import Key
 
 if TYPE_CHECKING:
     from ..model import ClipModel
     from ..package import Package
 
-MODES = ("model", "end-to-end")
-ENCODERS = ("image", "text")
-BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
-
-METHODS = {
-    "timing": "CPU: time.perf_counter around each call. GPU: CUDA events recorded around each call after the "
-              "warm-up calls (the calls return host arrays, so they include the device-to-host copy).",
-    "interleaving": "Per measurement (mode, encoder, batch, length) every backend/precision runs its warm-up calls, "
-                    "then its timed calls in blocks of about --block seconds (at least one call), the backends taking "
-                    "turns block by block, the starting one rotating each round, until each has its iteration "
-                    "count. Before every block the harness idles --settle seconds, so that the previous backend's "
-                    "worker threads (ONNX Runtime spins ~50 ms after a run by default) do not steal the cores from "
-                    "the next. --iters auto: as many calls as fit in --budget seconds per backend and measurement, "
-                    "estimated from the warm-up, clamped to [--min-iters, --max-iters]. Every backend runs with "
-                    "clip_rt.load defaults (onnxruntime: spinning on, its default thread count).",
-    "statistics": "median, p90 and p99 of the timed calls (linear interpolation: with fewer than 100 calls p99 lies "
-                  "between the two slowest); throughput = batch / median latency.",
-    "memory": "peak_rss_mb: VmHWM of a fresh process (python -m clip_rt.bench.memory) that opens only that "
-              "backend and precision, builds the same inputs, and runs each row's call once, VmHWM reset "
-              "(/proc/self/clear_refs = 5) before each call; rows run in ascending batch and length, so memory an "
-              "allocator keeps from a smaller earlier call counts, as in a long-running process. peak_gpu_mb: GPU "
-              "memory held by that process after the call (nvidia-smi; CUDA context included).",
-    "parity": "Cosine of each row's embeddings against eager fp32 PyTorch (transformers CLIPModel; the timed torch "
-              "cell, else one opened untimed, on the CPU if torch cannot use the run's device) on the same inputs: "
-              "the first --parity-items crops of --data (random pixels without it) for images, as many "
-              "texts of the row's length for text, run in batches of 32. top1_agreement: zero-shot labels "
-              "(a photo of a {class}.) against eager's, when --data has classes.txt. Padded rows compare with eager "
-              "on the unpadded ids. parity_ok applies clip_rt.tolerances (end-to-end: min with RUNTIME_MIN_COSINE, "
-              "because preprocessing differs by up to one uint8 level).",
-    "end_to_end": "B image files -> decode -> preprocess -> encode -> softmax over the classes of --data. clip-rt: "
-                  "ZeroShotClassifier.predict(files), the class embeddings computed once before timing (its cache); "
-                  "torch 'tutorial': PIL.Image.open + CLIPProcessor(text=prompts, images=..., padding=True) + "
-                  "CLIPModel(**inputs).logits_per_image.softmax(-1), re-encoding every prompt each call; torch "
-                  "'tutorial-cached-text': the same processor and model with the prompt embeddings computed once. "
-                  "Each call takes the next B files of the data set.",
-}
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """One benchmark run. Defaults finish in about 6 minutes for ViT-B/32 (fp32 + int8) on 2 CPU cores with OpenVINO
-    installed (333-369 s measured), under 4 without it."""
-
-    package: str  # model package folder
-    # Fixed default, never auto-detected: the same rows everywhere (openvino's are skipped, with the reason, where absent).
-    backends: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
-    precisions: tuple[str, ...] | None = None  # None: every precision the package has onnxruntime artifacts for
-    batch_sizes: tuple[int, ...] = (1, 32)
-    text_lengths: tuple[int, ...] = (8, 16, 77)  # tokens per text, BOS and EOT included; 77 = CLIP's context
-    modes: tuple[str, ...] = MODES
-    encoders: tuple[str, ...] = ENCODERS  # model mode only
-    data: str | None = None  # labeled folder (labels.csv, classes.txt); needed by end-to-end mode
-    device: str = "cpu"  # "cpu" | "cuda" | "cuda:N"
-    threads: int | None = None  # intra-op threads per backend; None: each library's default
-    iters: int | None = None  # timed calls per row; None: auto, from budget_s
-    warmup: int = 1  # untimed calls per row before timing
-    budget_s: float = 2.0  # auto iterations: seconds of timed calls per row
-    min_iters: int = 3  # auto iterations: at least this many timed calls
-    max_iters: int = 200  # auto iterations: at most this many
-    parity_items: int = 32  # images / texts in the parity set
-    block_s: float = 0.25  # timed calls run in blocks of about this long per backend before the next one's turn
-    settle_s: float = 0.1  # idle pause before each block, so the last backend's spinning threads have parked
-    memory: bool = True  # measure peak RSS in a fresh process per cell
-
-
-@dataclass
-class Job:
-    """One row being measured: its timed call and the samples so far."""
-
-    key: Key
-    call: Callable[[int], Any]
-    warm: list[float] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
-    target: int = 0  # timed calls wanted
-    block: int = 1  # timed calls per turn
-
-
-# -- timing -------------------------------------------------------------------------------------------------
-class Timer:
-    """Seconds taken by fn(i). perf_counter on CPU; CUDA events on a GPU."""
-
-    def __init__(self, device: str):
-        self.name = "perf_counter"
-        self._torch: Any = None
-        if device != "cpu":
-            try:
-                import torch as torch_module
-            except ImportError:
-                torch_module = None  # type: ignore[assignment]
-            if torch_module is not None and torch_module.cuda.is_available():
-                self._torch = torch_module
-                self.name = "cuda-event"
-            else:
-                print("clip-rt bench: torch with CUDA is not installed, so GPU rows are timed with perf_counter "
-                      "(the calls return host arrays, so this still covers the whole call)", file=sys.stderr)
-
-    def __call__(self, fn: Callable[[int], Any], i: int) -> float:
-        if self._torch is None:
-            t0 = time.perf_counter()
-            fn(i)
-            return time.perf_counter() - t0
-        cuda = self._torch.cuda
-        start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
-        cuda.synchronize()
-        start.record()
-        fn(i)
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-
-
-def _rotated(jobs: list[Job], r: int) -> list[Job]:
-    k = r % len(jobs)
-    return jobs[k:] + jobs[:k]
-
-
-def run_interleaved(jobs: list[Job], timer: Timer, cfg: BenchConfig) -> None:
-    """Warm-up, then timed calls in blocks, round-robin over the jobs, rotating who goes first each round.
-
-    Before each block the harness sleeps cfg.settle_s: ONNX Runtime's (and OpenMP's) worker threads keep
-    spinning for a while after a call (measured here: ~45 ms of CPU after an ORT run), and on a small CPU
-    they would slow down whichever backend runs next. Within a block a backend runs back to back (steady
-    state, as in a server); a block lasts about cfg.block_s."""
-    for w_job in _rotated(jobs, 0):
-        time.sleep(cfg.settle_s)
-        for w in range(cfg.warmup):
-            w_job.warm.append(timer(w_job.call, w))
-    for job in jobs:
-        if cfg.iters is None and not job.warm:  # no warm-up: the first timed call is the estimate
-            time.sleep(cfg.settle_s)
-            job.times.append(timer(job.call, 0))
-        samples = job.warm or job.times
-        estimate = float(np.median(samples)) if samples else None
-        if cfg.iters is not None:
-            job.target = cfg.iters
-        else:
-            assert estimate is not None
-            job.target = int(min(cfg.max_iters, max(cfg.min_iters, math.floor(cfg.budget_s / max(estimate, 1e-6)))))
-        if estimate is not None:
-            job.block = max(1, min(job.target, math.floor(cfg.block_s / max(estimate, 1e-6))))
-    rnd = 0
-    while any(len(j.times) < j.target for j in jobs):
-        for job in _rotated(jobs, rnd):
-            todo = min(job.target - len(job.times), job.block)
-            if todo <= 0:
-                continue
-            time.sleep(cfg.settle_s)
-            for _ in range(todo):
-                job.times.append(timer(job.call, cfg.warmup + len(job.times)))
-        rnd += 1
+__all__ = ["ENCODERS", "MODES", "BenchConfig", "bench_backends", "package_precisions", "run_bench"]
 
 
 # -- opening the matrix ---------------------------------------------------------------------------------------
 def package_precisions(pkg: "Package") -> tuple[str, ...]:
     """Precisions with both an image and a text artifact (ONNX or TensorRT engine), in PRECISIONS order."""
     return tuple(p for p in PRECISIONS if any(pkg.find("image", p, b) and pkg.find("text", p, b)
-                                              for b in ("onnxruntime", "tensorrt")))
+                                              for b in ARTIFACT_FORMATS))
 
 
 @dataclass
@@ -205,34 +58,8 @@ def open_cell(pkg: "Package", backend: str, precision: str, cfg: BenchConfig, de
 
     device = device or cfg.device
     t0 = time.perf_counter()
-    try:
-        model = load(pkg, backend=backend, precision=precision, device=device, threads=cfg.threads)
-    except ImportError as e:  # a backend module that is not part of this build
-        raise BackendUnavailable(f"backend {backend!r} is not available in this build ({e})") from e
+    model = load(pkg, backend=backend, precision=precision, device=device, threads=cfg.threads)
     return Cell(backend, precision, model, time.perf_counter() - t0, device)
-
-
-def _check(cfg: BenchConfig, pkg: "Package") -> None:
-    bad = [b for b in cfg.backends if b not in BACKENDS]
-    if bad:
-        raise InputError(f"unknown backend(s) {', '.join(bad)}; choose from {', '.join(BACKENDS)}")
-    bad = [p for p in (cfg.precisions or ()) if p not in PRECISIONS]
-    if bad:
-        raise InputError(f"unknown precision(s) {', '.join(bad)}; choose from {', '.join(PRECISIONS)}")
-    for name, values, allowed in (("mode", cfg.modes, MODES), ("encoder", cfg.encoders, ENCODERS)):
-        if not values or any(v not in allowed for v in values):
-            raise InputError(f"--{name}s {','.join(values)}: choose from {', '.join(allowed)}")
-    if not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
-        raise InputError(f"batch sizes must be >= 1, got {cfg.batch_sizes}")
-    ctx = pkg.context_length
-    if any(not 2 <= n <= ctx for n in cfg.text_lengths):
-        raise InputError(f"text lengths must be in [2, {ctx}] (BOS + EOT .. the context length), got {cfg.text_lengths}")
-    if cfg.iters is not None and cfg.iters < 1 or cfg.warmup < 0 or cfg.min_iters < 1 or cfg.max_iters < cfg.min_iters:
-        raise InputError(f"need iters >= 1, warmup >= 0 and 1 <= min_iters <= max_iters (got iters={cfg.iters}, "
-                         f"warmup={cfg.warmup}, min_iters={cfg.min_iters}, max_iters={cfg.max_iters})")
-    if not (cfg.budget_s > 0 and cfg.block_s >= 0 and cfg.settle_s >= 0 and cfg.parity_items >= 1):
-        raise InputError(f"need budget > 0, block >= 0, settle >= 0 and parity items >= 1 (got {cfg.budget_s}, "
-                         f"{cfg.block_s}, {cfg.settle_s}, {cfg.parity_items})")
 
 
 def _log(msg: str) -> None:
@@ -249,7 +76,7 @@ class Run:
         self.cfg = cfg
         self.log = log
         self.pkg = Package.open(cfg.package)
-        _check(cfg, self.pkg)
+        check_config(cfg, self.pkg)
         self.precisions = cfg.precisions or package_precisions(self.pkg)
         self.dataset = wl.read_dataset(cfg.data) if cfg.data else None
         self.skipped: list[dict[str, Any]] = []

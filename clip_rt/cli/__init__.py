@@ -1,6 +1,7 @@
 """The `clip-rt` command. argparse only: every command calls a library function.
 
-Each command group lives in its own module with `register(subparsers)`; handlers return an exit code.
+Each command group lives in its own module with `register(subparsers)`, listed once in COMMAND_MODULES; the helpers
+they share live in clip_rt.cli.common. Handlers return an exit code.
 ClipRtError (and a few OS errors at the boundary) are printed as one line, never as a traceback.
 """
 
@@ -11,28 +12,14 @@ import sys
 from typing import Callable, TextIO
 
 from ..errors import ClipRtError
+from .common import HelpFormatter
 
-# Modules that each add their subcommands. Imported lazily inside main() so that `clip-rt info`
-# never pays for what `clip-rt export` needs.
+__all__ = ["COMMAND_MODULES", "HelpFormatter", "build_parser", "main"]
+
+# The command modules, each adding its subcommands with register(subparsers): a new command is one module (importing
+# only clip_rt.cli.common and the library) plus its name here. A name is a module of this package or a full dotted
+# path. Their heavy imports happen inside the handlers, so that `clip-rt info` never pays for what `export` needs.
 COMMAND_MODULES = ("export", "run", "index", "validate", "engine", "bench", "bench_search", "serve")
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults shown once: not after a help text that already says its default (or an unset one, None), and a
-    list default written as it is typed (image,text for a comma-separated flag, fp32 int8 for nargs='+'), not as
-    a Python tuple."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        default = action.default
-        if ("%(default)" in text or "default:" in text or default is None or default is argparse.SUPPRESS
-                or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
-            return action.help
-        if isinstance(default, (list, tuple)):
-            sep = " " if action.nargs not in (None, argparse.OPTIONAL) else ","
-            written = (sep.join(str(x) for x in default) or "none").replace("%", "%%")
-            return f"{text} (default: {written})"
-        return f"{text} (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,12 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"clip-rt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"{__name__}.{name}":
-                continue  # command group not present in this build
-            raise
+        module = importlib.import_module(name if "." in name else f"{__name__}.{name}")
         module.register(sub)
     for command in sub.choices.values():  # one help style for every command, whichever module made it
         command.formatter_class = HelpFormatter

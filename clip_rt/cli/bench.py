@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Callable
 
-from .run import HELP, positive_int
+from .common import HELP, positive_int
 
 
 def _csv(cast: Callable[[str], object], choices: tuple[str, ...] | None = None) -> Callable[[str], tuple]:
@@ -38,7 +38,7 @@ def _iters(text: str) -> int | None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..bench import BACKENDS, ENCODERS, MODES
+    from ..bench import ENCODERS, MODES, bench_backends
     from ..contract import PRECISIONS
 
     p = sub.add_parser(
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "int8 artifacts on 2 CPU cores (5.6 minutes measured with OpenVINO installed; more on a heavily "
                     "shared machine).")
     p.add_argument("package", help="model package folder")
-    p.add_argument("--backends", type=_csv(str, BACKENDS), default="torch,onnxruntime,openvino",
+    p.add_argument("--backends", type=_csv(str, bench_backends()), default="torch,onnxruntime,openvino",
                    metavar="LIST",
                    help="comma-separated backends; torch is the eager reference that speedups are against. The "
                         "default never includes tensorrt: ask for it (it needs an NVIDIA GPU and --device cuda); "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .run import HELP
+from .common import HELP
 
 
 def _sizes(text: str) -> tuple[int, ...]:

@@ -6,8 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from ..contract import DEFAULT_MAX_BATCH, DEFAULT_OPT_BATCH, ENCODERS, PRECISIONS
-
-HELP = argparse.ArgumentDefaultsHelpFormatter
+from .common import HELP
 
 
 def _encoders(text: str) -> tuple[str, ...]:

@@ -7,8 +7,7 @@ import json
 from typing import Any
 
 from ..contract import PRECISIONS
-
-HELP = argparse.ArgumentDefaultsHelpFormatter
+from .common import HELP
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,28 +45,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_quantize_args(p: argparse.ArgumentParser) -> None:
-    """Options of the fp16/int8 builders, when they are part of this build."""
-    quantize = _quantize_module()
-    if quantize is not None:
-        quantize.add_cli_args(p)
+    """Options of the fp16/int8 builders (clip_rt.export.quantize: standard library and numpy at import)."""
+    from ..export import quantize
 
-
-def _quantize_module() -> Any:
-    """export/quantize.py (fp16/int8 builders and their options), or None in a build without it."""
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec("clip_rt.export.quantize") is None:
-        return None
-    return importlib.import_module("clip_rt.export.quantize")
+    quantize.add_cli_args(p)
 
 
 def run_export(args: argparse.Namespace) -> int:
     try:
+        from ..export import quantize
         from ..export.pipeline import ExportOptions, export_package
 
-        quantize = _quantize_module()
-        extra: dict[str, Any] = quantize.options_from_cli(args) if quantize is not None else {}
+        extra: dict[str, Any] = quantize.options_from_cli(args)
         options = ExportOptions(precisions=tuple(args.precision), random_init=args.random_init, seed=args.seed,
                                 revision=args.revision, pretrained=args.pretrained,
                                 opset=args.opset, eval_images=args.eval_images,

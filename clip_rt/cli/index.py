@@ -6,8 +6,8 @@ import argparse
 import json
 import logging
 
-from .run import (DECODES, HELP, add_model_args, add_verbose_arg, load_model, log_model, positive_int, print_table,
-                  report_errors, setup_logging, unit_float)
+from .common import (DECODES, HELP, add_model_args, add_verbose_arg, load_model, log_model, positive_int,
+                     print_table, report_errors, setup_logging, unit_float)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,172 +1,21 @@
-"""`clip-rt classify`, `clip-rt embed` and `clip-rt score`: run a package on files and texts.
+"""`clip-rt classify`, `clip-rt embed` (with its Ray Data mode, --ray) and `clip-rt score`: run a package on files
+and texts.
 
 A file that cannot be read never stops a batch: it is reported (in the JSON document's "errors", or on
 stderr after the table) and the exit code is 1. Errors that stop the command (bad package, bad labels, folders
-without a single image file) exit 2 through the dispatcher.
+without a single image file) exit 2 through the dispatcher. Each command checks its device flags once and walks
+its folders once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
 
-from ..contract import PRECISIONS
-from ..preprocess import DEFAULT_MAX_PIXELS
-from . import HelpFormatter
-from .scale import add_ray_args, run_embed_ray
-
-if TYPE_CHECKING:
-    from ..errors import ImageError
-    from ..model import ClipModel
-
-HELP = HelpFormatter
-BACKEND_CHOICES = ("onnxruntime", "openvino", "tensorrt", "torch")  # the keys of clip_rt.backends.BACKENDS
-DECODES = ("fast", "exact")  # clip_rt.preprocess.DECODES, spelled out so that the CLI does not import Pillow to parse
-
-
-# -- argument types: a bad value is an argparse error naming the flag, before anything loads ---------------
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def unit_float(text: str) -> float:
-    """argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:  # NaN fails this too
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
-# -- shared by the run and index commands --------------------------------------------------------------
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default="onnxruntime",
-                   help="inference backend (torch: the eager transformers reference, needs clip-rt[export])")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="artifact precision")
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda or cuda:N (default: the backend's own device: cuda for tensorrt, else cpu)")
-    p.add_argument("--provider", choices=("cuda", "tensorrt"), default=None,
-                   help="onnxruntime execution provider on a GPU, with --device cuda (default there: cuda)")
-    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: the backend's choice)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per inference batch")
-    add_verbose_arg(p)
-
-
-def add_image_args(p: argparse.ArgumentParser) -> None:
-    """Options of the commands that read image files themselves (classify, embed --images)."""
-    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                   help="larger images (width x height, read from the header) are refused as decompression bombs")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars on stderr for long work (text encoding, image batches), shown after a second "
-                        "(default: on when stderr is a terminal and --json is off)")
-
-
-def show_progress(args: argparse.Namespace) -> bool:
-    """--progress as given, else on for a terminal that is not reading --json output."""
-    if args.progress is not None:
-        return bool(args.progress)
-    return sys.stderr.isatty() and not getattr(args, "json", False)
-
-
-def find_image_files(paths: Sequence[str]) -> tuple[list[str], list["ImageError"]]:
-    """The image files under `paths` (folders walked recursively) and the paths that could not be read. A walk
-    that finds nothing at all (no file, no error: an empty folder, or one of documents) is an InputError."""
-    from ..errors import InputError
-    from ..preprocess import iter_image_files
-
-    files, errors = iter_image_files(paths)
-    if not files and not errors:
-        raise InputError(f"no image files found under {', '.join(paths)} (folders are walked recursively for image "
-                         f"file names: .jpg, .png, .webp, ...)")
-    return files, errors
-
-
-def add_verbose_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-v", "--verbose", action=argparse.BooleanOptionalAction, default=False,
-                   help="log what happens (backend, text-embedding cache hits) on stderr")
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time of each record (not the one at creation), so that
-    main() called repeatedly in one process (tests, notebooks) never logs into a stale stream."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
-
-
-def setup_logging(verbose: bool) -> None:
-    """clip_rt's log lines go to stderr: INFO with --verbose, warnings always."""
-    logger = logging.getLogger("clip_rt")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO if verbose else logging.WARNING)
-
-
-def check_device_flags(args: argparse.Namespace) -> None:
-    """Flag combinations that cannot work, refused with the flags' names (the library names its parameters)."""
-    from ..errors import InputError
-
-    on_gpu = args.device is not None and args.device.startswith("cuda")
-    if args.provider is not None and not on_gpu:
-        raise InputError(f"--provider {args.provider} runs on a GPU: add --device cuda (or cuda:N)")
-    if args.backend == "tensorrt" and args.device is not None and not on_gpu:
-        raise InputError(f"--backend tensorrt runs on a GPU: use --device cuda (or cuda:N), not {args.device}")
-
-
-def log_model(model: "ClipModel") -> None:
-    logging.getLogger("clip_rt.cli").info("model: %s", json.dumps(model.describe()))
-
-
-def load_model(args: argparse.Namespace, package: str | None = None) -> "ClipModel":
-    from ..model import load
-
-    setup_logging(args.verbose)
-    check_device_flags(args)
-    options: dict[str, Any] = {}
-    if args.provider is not None:
-        options["provider"] = args.provider
-    model = load(package or args.package, backend=args.backend, precision=args.precision, device=args.device,
-                 threads=args.threads, **options)
-    log_model(model)
-    return model
-
-
-def report_errors(errors: Sequence["ImageError"], total: int) -> None:
-    """Per-file errors on stderr, after the results."""
-    for e in errors:
-        print(f"error: {e.file}: {e.reason}", file=sys.stderr)
-    if errors:
-        print(f"{len(errors)} of {total} file(s) failed", file=sys.stderr)
-
-
-def errors_json(errors: Sequence["ImageError"]) -> list[dict[str, str]]:
-    return [{"file": e.file, "error": e.reason} for e in errors]
-
-
-def print_table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+from .common import (DECODES, HELP, add_image_args, add_model_args, check_device_flags, errors_json, find_image_files,
+                     load_model, positive_int, print_table, report_errors, setup_logging, show_progress)
 
 
 # -- commands --------------------------------------------------------------------------------------------
@@ -249,15 +98,16 @@ def run_classify(args: argparse.Namespace) -> int:
 
     labels = parse_labels(args)
     check_device_flags(args)
-    files, errors = find_image_files(args.paths)
+    files, errors = find_image_files(args.paths)  # the one walk: the files below are encoded as listed
     results: list = []
     if files:  # only unreadable paths: nothing to classify, no model to load
-        model = load_model(args)
+        model = load_model(args, flags_checked=True)
         progress = show_progress(args)
         clf = ZeroShotClassifier(model, labels, templates=args.templates, cache=args.cache, progress=progress)
-        results, file_errors = clf.predict_files(files, top_k=args.top_k, batch_size=args.batch_size,
-                                                 max_pixels=args.max_pixels,
-                                                 progress=progress_callback("classified", "img") if progress else None)
+        emb, done, file_errors = model.encode_file_list(
+            files, batch_size=args.batch_size, max_pixels=args.max_pixels,
+            progress=progress_callback("classified", "img") if progress else None)
+        results = list(zip(done, clf.predict_embeddings(emb, args.top_k)))
         errors = errors + file_errors
     if args.json:
         doc = {"results": [{"file": f, "labels": [{"label": p.label, "score": p.score} for p in preds]}
@@ -288,15 +138,15 @@ def run_embed(args: argparse.Namespace) -> int:
     progress = show_progress(args)
     check_device_flags(args)
     if args.images:
-        files, errors = find_image_files(args.images)
-        model = load_model(args)
-        emb, files, file_errors = model.encode_image_files(
+        files, errors = find_image_files(args.images)  # the one walk: the files below are encoded as listed
+        model = load_model(args, flags_checked=True)
+        emb, files, file_errors = model.encode_file_list(
             files, batch_size=args.batch_size, max_pixels=args.max_pixels, decode=args.decode,
             progress=progress_callback("embedded", "img") if progress else None)
         errors += file_errors
         atomic_write_json(out.with_suffix(".files.json"), files)
     else:
-        model = load_model(args)
+        model = load_model(args, flags_checked=True)
         emb = model.encode_texts(args.texts, progress=progress_callback("embedded", "text") if progress else None)
     buf = io.BytesIO()
     np.save(buf, emb, allow_pickle=False)
@@ -320,3 +170,42 @@ def run_score(args: argparse.Namespace) -> int:
     else:
         print(f"{score:.4f}")
     return 0
+
+
+# -- embed --ray: Ray Data batch embedding ------------------------------------------------------------------
+def add_ray_args(p: argparse.ArgumentParser) -> None:
+    """The --ray flags of `clip-rt embed` (Ray Data batch embedding; needs clip-rt[scale])."""
+    g = p.add_argument_group("Ray Data (--ray)", "embed --images on a Ray cluster: -o is then a folder of Parquet "
+                                                 "shards (file, embedding) + failed.json; rerunning the same command "
+                                                 "resumes an interrupted run without recomputing finished shards")
+    g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run on Ray: alone, a local cluster on this machine; or a cluster address (auto, HOST:PORT, "
+                        "ray://HOST:PORT)")
+    g.add_argument("--ray-actors", type=int, default=1, help="encoder actors (one model each)")
+    g.add_argument("--ray-actor-cpus", type=float, default=1.0,
+                   help="CPUs each actor reserves (its intra-op threads unless --threads)")
+    g.add_argument("--ray-actor-gpus", type=float, default=None,
+                   help="GPUs each actor reserves (default: 1 on a cuda device, else 0)")
+    g.add_argument("--ray-shard-size", type=int, default=1024, help="files per output shard (the unit of resumption)")
+
+
+def run_embed_ray(args: argparse.Namespace) -> int:
+    from ..backends import default_device
+    from ..errors import InputError
+    from ..scale.pipeline import embed_images, print_progress
+
+    if not args.images:
+        raise InputError("--ray embeds images: give --images PATH... (texts are embedded with plain clip-rt embed)")
+    setup_logging(args.verbose)
+    device = args.device or default_device(args.backend)
+    gpus = args.ray_actor_gpus if args.ray_actor_gpus is not None else (1.0 if device.startswith("cuda") else 0.0)
+    run = embed_images(args.package, args.images, args.output, address=None if args.ray == "local" else args.ray,
+                       actors=args.ray_actors, batch_size=args.batch_size, shard_size=args.ray_shard_size,
+                       backend=args.backend, precision=args.precision, device=args.device, threads=args.threads,
+                       actor_cpus=args.ray_actor_cpus, actor_gpus=gpus, progress=print_progress)
+    print(f"wrote {run.output}: {run.embedded} embeddings in {run.shards} shard(s) ({run.shards_skipped} finished "
+          f"before, {run.shards_computed} computed now, {run.images_encoded} images encoded in {run.seconds:.1f} s, "
+          f"{run.images_per_s:.1f} images/s after Ray start-up)",
+          file=sys.stderr)
+    report_errors(run.failed, run.embedded + len(run.failed))
+    return 1 if run.failed else 0

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from ..contract import PRECISIONS
-from .run import BACKEND_CHOICES, HELP, add_verbose_arg, setup_logging
+from ..backends import BACKENDS as BACKEND_CHOICES  # the backend registry (name -> row): argparse lists its names
+from .common import HELP, add_verbose_arg, setup_logging
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .run import HELP
+from .common import HELP
 
 
 def register(sub: argparse._SubParsersAction) -> None:

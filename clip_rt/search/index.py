@@ -190,9 +190,11 @@ class Index:
 
     def _check_artifacts(self, pkg: Any, precision: str, backend: str) -> None:
         """Name the artifacts a search needs that the package lacks, and the export command that adds them."""
-        if backend == "torch":
+        from ..backends.registry import backend_spec
+
+        kind = backend_spec(backend).artifact  # the format it reads (registry row); None: eager, no artifact needed
+        if kind is None:
             return
-        kind = "tensorrt" if backend == "tensorrt" else "onnxruntime"
         missing = [e for e in ("text", "image") if not pkg.find(e, precision, kind)]
         if missing:
             have = sorted({f"{a.encoder} {a.precision}" for a in pkg.artifacts})

@@ -1,0 +1,192 @@
+"""Helpers every `clip-rt` command module shares: the help style, argument types, the model and image flags,
+logging, loading a model from the flags, and printing per-file errors and tables.
+
+A command module imports this module and the library, never another command module (clip_rt.cli registers the
+command modules listed in COMMAND_MODULES).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ..backends.registry import backend_names, backend_spec
+from ..contract import PRECISIONS
+from ..decode import DECODES, DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from ..errors import ImageError
+    from ..model import ClipModel
+
+__all__ = ["DECODES", "HELP", "HelpFormatter", "add_image_args", "add_model_args", "add_verbose_arg",
+           "check_device_flags", "errors_json", "find_image_files", "load_model", "log_model", "positive_int",
+           "print_table", "report_errors", "setup_logging", "show_progress", "unit_float"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown once: not after a help text that already says its default (or an unset one, None), and a
+    list default written as it is typed (image,text for a comma-separated flag, fp32 int8 for nargs='+'), not as
+    a Python tuple."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or "default:" in text or default is None or default is argparse.SUPPRESS
+                or not (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
+            return action.help
+        if isinstance(default, (list, tuple)):
+            sep = " " if action.nargs not in (None, argparse.OPTIONAL) else ","
+            written = (sep.join(str(x) for x in default) or "none").replace("%", "%%")
+            return f"{text} (default: {written})"
+        return f"{text} (default: %(default)s)"
+
+
+HELP = HelpFormatter
+
+
+# -- argument types: a bad value is an argparse error naming the flag, before anything loads ---------------
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+# -- shared by the run and index commands --------------------------------------------------------------
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=backend_names(), default="onnxruntime",
+                   help="inference backend (torch: the eager transformers reference, needs clip-rt[export])")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="artifact precision")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: the backend's own device: cuda for tensorrt, else cpu)")
+    p.add_argument("--provider", choices=("cuda", "tensorrt"), default=None,
+                   help="onnxruntime execution provider on a GPU, with --device cuda (default there: cuda)")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: the backend's choice)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per inference batch")
+    add_verbose_arg(p)
+
+
+def add_image_args(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that read image files themselves (classify, embed --images)."""
+    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                   help="larger images (width x height, read from the header) are refused as decompression bombs")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars on stderr for long work (text encoding, image batches), shown after a second "
+                        "(default: on when stderr is a terminal and --json is off)")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """--progress as given, else on for a terminal that is not reading --json output."""
+    if args.progress is not None:
+        return bool(args.progress)
+    return sys.stderr.isatty() and not getattr(args, "json", False)
+
+
+def find_image_files(paths: Sequence[str]) -> tuple[list[str], list["ImageError"]]:
+    """The image files under `paths` (folders walked recursively) and the paths that could not be read. A walk
+    that finds nothing at all (no file, no error: an empty folder, or one of documents) is an InputError."""
+    from ..errors import InputError
+    from ..files import iter_image_files
+
+    files, errors = iter_image_files(paths)
+    if not files and not errors:
+        raise InputError(f"no image files found under {', '.join(paths)} (folders are walked recursively for image "
+                         f"file names: .jpg, .png, .webp, ...)")
+    return files, errors
+
+
+def add_verbose_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action=argparse.BooleanOptionalAction, default=False,
+                   help="log what happens (backend, text-embedding cache hits) on stderr")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record (not the one at creation), so that
+    main() called repeatedly in one process (tests, notebooks) never logs into a stale stream."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def setup_logging(verbose: bool) -> None:
+    """clip_rt's log lines go to stderr: INFO with --verbose, warnings always."""
+    logger = logging.getLogger("clip_rt")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def check_device_flags(args: argparse.Namespace) -> None:
+    """Flag combinations that cannot work, refused with the flags' names (the library names its parameters).
+    A command calls it once, before it walks folders or loads anything."""
+    from ..errors import InputError
+
+    on_gpu = args.device is not None and args.device.startswith("cuda")
+    if args.provider is not None and not on_gpu:
+        raise InputError(f"--provider {args.provider} runs on a GPU: add --device cuda (or cuda:N)")
+    if "cpu" not in backend_spec(args.backend).devices and args.device is not None and not on_gpu:
+        raise InputError(f"--backend {args.backend} runs on a GPU: use --device cuda (or cuda:N), not {args.device}")
+
+
+def log_model(model: "ClipModel") -> None:
+    logging.getLogger("clip_rt.cli").info("model: %s", json.dumps(model.describe()))
+
+
+def load_model(args: argparse.Namespace, package: str | None = None, flags_checked: bool = False) -> "ClipModel":
+    """clip_rt.load with the model flags (add_model_args), after check_device_flags unless the command ran it
+    already (flags_checked: a command that checks before walking folders checks once, not twice)."""
+    from ..model import load
+
+    setup_logging(args.verbose)
+    if not flags_checked:
+        check_device_flags(args)
+    options: dict[str, Any] = {}
+    if args.provider is not None:
+        options["provider"] = args.provider
+    model = load(package or args.package, backend=args.backend, precision=args.precision, device=args.device,
+                 threads=args.threads, **options)
+    log_model(model)
+    return model
+
+
+def report_errors(errors: Sequence["ImageError"], total: int) -> None:
+    """Per-file errors on stderr, after the results."""
+    for e in errors:
+        print(f"error: {e.file}: {e.reason}", file=sys.stderr)
+    if errors:
+        print(f"{len(errors)} of {total} file(s) failed", file=sys.stderr)
+
+
+def errors_json(errors: Sequence["ImageError"]) -> list[dict[str, str]]:
+    return [{"file": e.file, "error": e.reason} for e in errors]
+
+
+def print_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
