@@ -81,7 +81,7 @@ def test_damaged_exif_keeps_the_photo() -> None:
 
 # -- thumbnails ---------------------------------------------------------------------------------------------------
 def test_thumbnail_is_upright_and_small(data_dir: Path) -> None:
-    from clip_rt.preprocess import open_image
+    from clip_rt.decode import open_image
 
     photo = next((data_dir / "imagenet_sample" / "images").glob("*.JPEG"))
     src = Image.open(photo).convert("RGB")
@@ -253,8 +253,10 @@ def test_photo_rows_follow_items_through_remove_and_compaction(tmp_path: Path) -
     assert details is not None and details["file"] == first and details["thumbnail"] is True
     assert item_details(store.conn, 10_000) is None
     fac = facets(store.conn)
-    assert sum(f["count"] for f in fac["folders"]) == 150
-    assert {f["folder"] for f in fac["folders"]} == {f"/photos/{c}/{s}" for c in "cdefgh" for s in "xy"}
+    counts = {f["folder"]: f["count"] for f in fac["folders"]}
+    assert set(counts) == ({f"/photos/{c}/{s}" for c in "cdefgh" for s in "xy"} | {f"/photos/{c}" for c in "cdefgh"}
+                           | {"/photos"})  # every folder with photos, and its parents up to the shared root
+    assert counts["/photos"] == 150 and counts["/photos/c"] == counts["/photos/c/x"] + counts["/photos/c/y"] == 25
     assert {c["camera"] for c in fac["cameras"]} <= {"Canon EOS 5D", "NIKON D750", "Apple iPhone 12", "X100V"}
     assert fac["dates"]["first"] >= "2015-01-01" and fac["dates"]["last"] <= "2024-12-31"
     store.close()
@@ -275,3 +277,31 @@ def test_old_index_without_photo_tables(tmp_path: Path) -> None:
     assert facets(store.conn)["cameras"] == []
     assert get_thumb(store.conn, 0) is None and thumb_bytes(store.conn) == (0, 0)
     store.close()
+
+
+# -- one decode for the embedding, the metadata and the thumbnail -------------------------------------------------
+@pytest.mark.parametrize("decode", ["fast", "exact"])
+def test_photo_files_embed_as_the_plain_path(model, data_dir: Path, tmp_path: Path, decode: str) -> None:
+    """encode_photo_files gives the embeddings encode_image_files gives (same crops), the same per-file errors, and
+    each photo's EXIF facts (full size even when decoded at a reduced scale) and an upright thumbnail."""
+    from clip_rt.search.photo_index import encode_photo_files
+
+    files = sorted(str(p) for p in (data_dir / "imagenet_sample" / "images").glob("*"))[:20]
+    src = Image.open(files[0]).convert("RGB")
+    turned = tmp_path / "turned.jpg"
+    turned.write_bytes(exif_jpeg(src, "Canon", "Canon EOS 5D", 6, "2019:06:01 10:00:00"))
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    files += [str(turned), str(tmp_path / "broken.jpg")]
+    want, ok_want, err_want = model.encode_image_files(files, batch_size=8, decode=decode)
+    emb, ok, errors, extras = encode_photo_files(model, files, batch_size=8, decode=decode)
+    assert ok == ok_want and np.array_equal(emb, want)
+    assert [(e.file, e.reason) for e in errors] == [(e.file, e.reason) for e in err_want]
+    meta, thumb = extras[ok.index(str(turned))]
+    assert (meta.width, meta.height, meta.camera, meta.taken) == (src.height, src.width, "Canon EOS 5D",
+                                                                  _utc(2019, 6, 1, 10))
+    small = Image.open(io.BytesIO(thumb))
+    assert (small.width < small.height) == (src.width > src.height) and max(small.size) <= THUMB_EDGE
+    for f, (m, t) in zip(ok, extras):
+        with Image.open(f) as im:
+            assert {m.width, m.height} == set(im.size)
+        assert t is not None

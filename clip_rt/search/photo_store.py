@@ -204,12 +204,19 @@ def item_path(conn: sqlite3.Connection, vector_id: int) -> str | None:
 
 
 def facets(conn: sqlite3.Connection) -> dict[str, Any]:
-    """The values the page's filter controls offer: folders (each holding photos directly, with its count),
+    """The values the page's filter controls offer: folders (those holding photos and their parents up to the folder
+    all photos share, each with the count of photos under it),
     cameras (with counts) and the first and last photo date (YYYY-MM-DD)."""
-    folders: dict[str, int] = {}
+    parents: dict[str, int] = {}
     for (item,) in conn.execute("SELECT item FROM items"):
         parent = os.path.dirname(item)
-        folders[parent] = folders.get(parent, 0) + 1
+        parents[parent] = parents.get(parent, 0) + 1
+    folders = dict(parents)  # each folder counts the photos under it, subfolders included, up to the common root
+    top = os.path.commonpath(list(parents)) if parents else ""
+    for parent, n in parents.items():
+        while parent != top and os.path.dirname(parent) != parent:
+            parent = os.path.dirname(parent)
+            folders[parent] = folders.get(parent, 0) + n
     photos = has_photo_tables(conn)
     cameras = conn.execute("SELECT camera, COUNT(*) FROM photos WHERE camera != '' GROUP BY camera "
                            "ORDER BY camera").fetchall() if photos else []

@@ -1,0 +1,117 @@
+"""Embedding photo files for an index, with their metadata and thumbnails taken from the same decode.
+
+    emb, ok, errors, extras = encode_photo_files(model, files, decode="fast", thumbnails=True)
+    # emb [len(ok), D] float32; extras[i] = (PhotoMeta, JPEG bytes or None) for ok[i]
+
+Each file is opened once: Pillow parses its header (size and EXIF, read here before a reduced-scale decode shrinks
+the size), decodes the pixels once (at the DCT scale decode="fast" picks, as clip_rt.preprocess does), turns them
+upright by the EXIF orientation, and from that one image come both the model's crop (clip_rt.preprocess.resize_crop,
+the same call the plain path makes, so the embeddings are identical) and the thumbnail. A file this path cannot read
+is handed to clip_rt.preprocess.open_image, whose checks and messages are the reference: the error a user sees is
+the one `clip-rt embed` would print.
+
+Batches are decoded on a thread pool (Pillow releases the GIL) one batch ahead of the encoder, as
+ClipModel.encode_image_files does.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ImageError
+from ..decode import DEFAULT_MAX_PIXELS, check_decode, open_image
+from ..preprocess import resize_crop, resized_size
+from .photo_meta import PhotoMeta, read_meta
+from .thumbs import make_thumbnail
+
+if TYPE_CHECKING:
+    from ..model import ClipModel
+    from ..preprocess import PreprocessConfig
+
+Decoded = tuple[np.ndarray, PhotoMeta, "bytes | None"]  # the crop [S, S, 3] uint8, the metadata, the thumbnail
+
+
+def _open(path: str, max_pixels: int, draft_edge: int | None) -> tuple[Image.Image, PhotoMeta]:
+    """The decoded, upright RGB image and the header's metadata; ImageError (from open_image) when unreadable."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise OSError("not a regular file")
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            meta = read_meta(img)  # the header: full size and EXIF, before draft() shrinks the size
+            width, height = img.size
+            if width * height > max_pixels:
+                raise OSError("over the pixel limit")
+            if draft_edge is not None and img.format == "JPEG" and min(width, height) > draft_edge:
+                img.draft(None, resized_size(width, height, draft_edge))  # the same DCT scale preprocess picks
+            img.load()
+    except Exception:  # noqa: BLE001 - the reference path below says what is wrong, in its words
+        img = open_image(path, max_pixels=max_pixels, draft_edge=draft_edge)  # raises ImageError
+        return img, PhotoMeta(width=img.width, height=img.height)
+    return open_image(img, max_pixels=max_pixels), meta  # EXIF orientation applied, RGB (a PIL image: no re-decode)
+
+
+def decode_photo(path: str, cfg: "PreprocessConfig", decode: str = "fast", thumbnails: bool = True,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded | ImageError:
+    """One file -> (model crop, metadata, thumbnail or None), or the ImageError saying why it cannot be read."""
+    draft_edge = cfg.resize if check_decode(decode) == "fast" else None
+    try:
+        img, meta = _open(path, max_pixels, draft_edge)
+        return resize_crop(img, cfg), meta, (make_thumbnail(img) if thumbnails else None)
+    except ImageError as e:
+        return e
+    except Exception as e:  # noqa: BLE001 - one bad file must not stop the index; it is reported, not hidden
+        return ImageError(path, f"unexpected {type(e).__name__}: {e}")
+
+
+def _decode_batch(paths: Sequence[str], cfg: "PreprocessConfig", decode: str, thumbnails: bool, max_pixels: int,
+                  workers: int) -> list[Decoded | ImageError]:
+    if workers <= 1 or len(paths) <= 1:
+        return [decode_photo(p, cfg, decode, thumbnails, max_pixels) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(workers, len(paths)), thread_name_prefix="clip-rt-photo") as pool:
+        return list(pool.map(lambda p: decode_photo(p, cfg, decode, thumbnails, max_pixels), paths))
+
+
+def encode_photo_files(model: "ClipModel", files: Sequence[str], batch_size: int = 32, decode: str = "fast",
+                       thumbnails: bool = True, progress: Callable[[int, int], None] | None = None,
+                       workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+                       ) -> tuple[np.ndarray, list[str], list[ImageError], list[tuple[PhotoMeta, bytes | None]]]:
+    """Image files -> (float32 [N, D], the N files embedded, per-file errors, (metadata, thumbnail) per embedded
+    file). Embeddings equal model.encode_image_files(files, decode=decode)'s. progress(done, total) per batch."""
+    cfg = model.preprocess_config
+    n_workers = min(8, os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    files = [str(f) for f in files]
+    chunks = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
+    outs: list[np.ndarray] = []
+    ok: list[str] = []
+    errors: list[ImageError] = []
+    extras: list[tuple[PhotoMeta, bytes | None]] = []
+    done = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-rt-photo-prefetch") as ahead:
+        pending = ahead.submit(_decode_batch, chunks[0], cfg, decode, thumbnails, max_pixels, n_workers) \
+            if chunks else None
+        for i, chunk in enumerate(chunks):
+            ready = pending.result()  # type: ignore[union-attr]
+            if i + 1 < len(chunks):  # the next batch decodes while this one is encoded
+                pending = ahead.submit(_decode_batch, chunks[i + 1], cfg, decode, thumbnails, max_pixels, n_workers)
+            crops = []
+            for f, r in zip(chunk, ready):
+                if isinstance(r, ImageError):
+                    errors.append(r)
+                    continue
+                crops.append(r[0])
+                ok.append(f)
+                extras.append((r[1], r[2]))
+            if crops:
+                outs.append(model.encode_images(np.stack(crops)))  # [b, S, S, 3] prepared crops -> [b, D]
+            done += len(chunk)
+            if progress is not None:
+                progress(done, len(files))
+    emb = np.concatenate(outs) if outs else np.zeros((0, model.embed_dim), np.float32)
+    return emb, ok, errors, extras
