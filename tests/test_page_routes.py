@@ -48,11 +48,10 @@ def _client(root: Path, token: str | None = None):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from clip_rt.search import Index
-    from clip_rt.serve.page import page_router
+    from clip_rt.serve.page import install_page
 
     app = FastAPI()
-    app.include_router(page_router(Index.open(root), token=token))
+    install_page(app, root, token)
     return TestClient(app)
 
 
@@ -121,7 +120,7 @@ def test_token(photo_index: Path) -> None:
     client = _client(photo_index, token="s3cret")
     assert client.get("/").status_code == 200 and client.get("/static/page.css").status_code == 200
     for path in ("/thumb/0", "/photo/0", "/item/0", "/facets"):
-        assert client.get(path).status_code == 401
+        assert client.get(path).status_code == 401 and "token" in client.get(path).json()["error"]
         assert client.get(path, headers={"authorization": "Bearer wrong"}).status_code == 401
         assert client.get(path, params={"token": "s3cret"}).status_code == 200
         assert client.get(path, headers={"authorization": "Bearer s3cret"}).status_code == 200

@@ -1,6 +1,6 @@
-"""The search page and what it reads besides /search: a FastAPI router included in the app when it serves an index.
+"""The search page and what it reads besides /search: a router added to the app when it serves an index.
 
-    app.include_router(page_router(index, token=None))
+    install_page(app, "photos.index", token=None)   # the routes below, and the token guard when a token is given
 
     GET /                 the page (clip_rt/serve/static: plain HTML, CSS and JavaScript; nothing from a CDN)
     GET /static/{name}    its files, by name from the list read at start (no path is ever built from a request)
@@ -11,11 +11,13 @@
 
 Item ids are the index's vector ids, as /search returns them. The server never opens a path taken from a request: an
 id is digits or it is a 404, the file behind it is the one the index's SQLite table holds for it now (a removed
-item's id is a 404), and nothing else on disk can be named. With a token every route but the page itself and its
-static files asks for it, as `Authorization: Bearer TOKEN` or `?token=TOKEN` (images cannot send headers).
+item's id is a 404), and nothing else on disk can be named. With a token, every route of the app but the page
+itself and its static files asks for it, as `Authorization: Bearer TOKEN` or `?token=TOKEN` (an <img> cannot send
+headers); the page keeps a token it was opened with (/?token=TOKEN) and sends it.
 """
 
 import hmac
+import json
 import mimetypes
 import re
 import sqlite3
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import missing_dependency
+from ..search.store import IndexFileError
 
 STATIC = Path(__file__).with_name("static")
 _ID = re.compile(r"[0-9]{1,18}")  # an item id: digits only, within int64
@@ -36,6 +39,9 @@ class PhotoDB:
     It sees each committed update, so an item removed after the server started is gone here too."""
 
     def __init__(self, root: Path):
+        if not (Path(root) / "index.sqlite").is_file():
+            raise IndexFileError(f"{root} has no index.sqlite: the search page needs a clip-rt index (a clip-rt 0.1 "
+                                 f"folder is converted with: clip-rt index --convert {root})")
         uri = f"{(Path(root) / 'index.sqlite').resolve().as_uri()}?mode=ro"
         self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
         self.conn.execute("PRAGMA busy_timeout=30000")
@@ -46,21 +52,44 @@ class PhotoDB:
             return fn(self.conn, *args)
 
 
-def check_token(token: str | None) -> Callable[..., None]:
-    """A FastAPI dependency: 401 unless the request carries `token` (no-op when token is None)."""
-    from fastapi import HTTPException, Request
+class TokenGuard:
+    """ASGI middleware: 401 (JSON) for any HTTP request without the token, except the page and its static files."""
 
-    def dependency(request: Request) -> None:  # a real annotation (no `from __future__`): FastAPI reads it
-        if token is None:
+    def __init__(self, app: Any, token: str):
+        self.app = app
+        self.token = token.encode("utf-8")
+
+    def allowed(self, scope: dict[str, Any]) -> bool:
+        path = scope.get("path", "")
+        if path == "/" or path.startswith("/static/"):
+            return True
+        given = b""
+        for key, value in scope.get("headers", []):
+            if key == b"authorization" and value[:7].lower() == b"bearer ":
+                given = value[7:].strip()
+        if not given:
+            from urllib.parse import parse_qs
+
+            given = (parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token") or [""])[0].encode(
+                "utf-8")
+        return hmac.compare_digest(given, self.token)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or self.allowed(scope):
+            await self.app(scope, receive, send)
             return
-        given = request.query_params.get("token", "")
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        if not hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
-            raise HTTPException(401, "this server needs its token: open the page as /?token=TOKEN, or send "
-                                     "Authorization: Bearer TOKEN")
-    return dependency
+        from fastapi.responses import JSONResponse
+
+        answer = JSONResponse({"error": "this server needs its token: open the page as /?token=TOKEN, or send "
+                                        "Authorization: Bearer TOKEN"}, status_code=401)
+        await answer(scope, receive, send)
+
+
+def install_page(app: Any, index_root: str | Path, token: str | None = None) -> None:
+    """Add the page's routes for the index at `index_root` to a FastAPI app, and the token guard when given."""
+    app.include_router(page_router(index_root))
+    if token:
+        app.add_middleware(TokenGuard, token=token)
 
 
 def static_files() -> dict[str, tuple[bytes, str]]:
@@ -69,10 +98,10 @@ def static_files() -> dict[str, tuple[bytes, str]]:
             for p in sorted(STATIC.iterdir()) if p.is_file() and p.suffix in _TYPES}
 
 
-def page_router(index: Any, token: str | None = None) -> Any:
-    """The router for `index` (a clip_rt.search.Index). token: required on the data routes when given."""
+def page_router(index_root: str | Path) -> Any:
+    """The page's routes for the index folder `index_root` (see install_page for the token)."""
     try:
-        from fastapi import APIRouter, Depends, HTTPException
+        from fastapi import APIRouter, HTTPException
         from fastapi.responses import FileResponse, JSONResponse, Response
     except ImportError:
         raise missing_dependency("fastapi", "serve", "the search page") from None
@@ -80,9 +109,10 @@ def page_router(index: Any, token: str | None = None) -> Any:
     from ..search.thumbs import THUMB_MIME, get_thumb
 
     files = static_files()
-    db = PhotoDB(index.root)
-    images = index.kind == "images"
-    guard = [Depends(check_token(token))]
+    db = PhotoDB(Path(index_root))
+    index_kind = json.loads(db.call(lambda c: c.execute("SELECT value FROM meta WHERE key = 'kind'").fetchone() or
+                                    ['"images"'])[0])
+    images = index_kind == "images"
     router = APIRouter()
     no_cache = {"cache-control": "no-cache"}
 
@@ -103,14 +133,14 @@ def page_router(index: Any, token: str | None = None) -> Any:
         body, kind = files[name]
         return Response(body, media_type=kind, headers=no_cache)
 
-    @router.get("/thumb/{raw}", dependencies=guard, summary="an item's thumbnail (JPEG)")
+    @router.get("/thumb/{raw}", summary="an item's thumbnail (JPEG)")
     def thumb(raw: str) -> Response:
         data = db.call(get_thumb, item_id(raw)) if images else None
         if data is None:
             raise HTTPException(404, "no thumbnail for this id")
         return Response(data, media_type=THUMB_MIME, headers={"cache-control": "private, max-age=3600"})
 
-    @router.get("/photo/{raw}", dependencies=guard, summary="the photo file the index recorded for an item id")
+    @router.get("/photo/{raw}", summary="the photo file the index recorded for an item id")
     def photo(raw: str) -> Response:
         path = db.call(item_path, item_id(raw)) if images else None
         if path is None or not Path(path).is_file():
@@ -118,16 +148,16 @@ def page_router(index: Any, token: str | None = None) -> Any:
         kind = mimetypes.guess_type(path)[0] or "application/octet-stream"
         return FileResponse(path, media_type=kind, headers={"cache-control": "private, max-age=3600"})
 
-    @router.get("/item/{raw}", dependencies=guard, summary="an item's path, size, date, camera and pixels")
+    @router.get("/item/{raw}", summary="an item's path, size, date, camera and pixels")
     def item(raw: str) -> Response:
         details = db.call(item_details, item_id(raw))
         if details is None:
             raise HTTPException(404, "no such item")
         return JSONResponse(details)
 
-    @router.get("/facets", dependencies=guard, summary="kind, count, folders, cameras and dates of the index")
+    @router.get("/facets", summary="kind, count, folders, cameras and dates of the index")
     def facet_values() -> Response:
-        base = {"kind": index.kind, "count": db.call(lambda c: c.execute("SELECT COUNT(*) FROM items").fetchone()[0])}
+        base = {"kind": index_kind, "count": db.call(lambda c: c.execute("SELECT COUNT(*) FROM items").fetchone()[0])}
         if not images:
             return JSONResponse({**base, "folders": [], "cameras": [], "dates": {"first": None, "last": None}})
         return JSONResponse({**base, **db.call(facets)})
