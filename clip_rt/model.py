@@ -176,14 +176,14 @@ class ClipModel:
         """Image files exactly as listed, no folder walk (e.g. the files clip_rt.preprocess.iter_image_files found)
         -> (float32 [N, D], the N files embedded, per-file errors). Otherwise as encode_image_files."""
         check_int(batch_size, "batch_size")
-        files = [str(f) for f in files]
+        names = [str(f) for f in files]
         errors: list[ImageError] = []
         ok: list[str] = []
         outs = []
         done = 0
-        for chunk, prepared in self._prepared(files, batch_size, workers, max_pixels, decode):
+        for chunk, prepared in self._prepared(names, batch_size, workers, max_pixels, decode):
             good = []
-            for f, p in zip(files[chunk], prepared):
+            for f, p in zip(names[chunk], prepared):
                 if isinstance(p, ImageError):
                     errors.append(p)
                 else:
@@ -193,7 +193,7 @@ class ClipModel:
                 outs.append(self.backend.encode_images(np.stack(good)))  # [b, S, S, 3] -> [b, D]
             done += chunk.stop - chunk.start
             if progress is not None:
-                progress(done, len(files))
+                progress(done, len(names))
         return (np.concatenate(outs) if outs else self._empty()), ok, errors
 
     # -- texts -------------------------------------------------------------------------------------------

@@ -99,7 +99,8 @@ def test_command_modules_import_only_common_and_the_library():
         importlib.import_module(f"clip_rt.cli.{path.stem}").register  # noqa: B018 (each has register)
     assert _relative_imports(CLI_DIR / "common.py") == []  # the helpers import no command module
     # Every module of the package is a command, the dispatcher, or common: no helper hides in a command module.
-    assert {p.stem for p in CLI_DIR.glob("*.py")} - {p.stem for p in commands} <= {"__init__", "__main__", "common"}
+    stray = {p.stem for p in CLI_DIR.glob("*.py")} - {p.stem for p in commands} - {"__init__", "__main__", "common"}
+    assert not stray, f"clip_rt/cli/{sorted(stray)}: neither a command listed in COMMAND_MODULES nor the helpers module"
 
 
 def test_decodes_is_the_library_s_not_a_copy():
