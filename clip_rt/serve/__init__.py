@@ -1,14 +1,20 @@
-"""clip-rt as an HTTP service on Ray Serve (the `serve` extra), and its Python client.
+"""clip-rt as an HTTP service (the `serve` extra): one process by default, Ray Serve for clusters; and its client.
 
-    from clip_rt.serve import ServeConfig, start, stop
-    url = start(ServeConfig("pkg/", max_batch_size=32))      # a local Ray cluster unless already connected
+    from clip_rt.serve import LocalServer, ServeConfig
+    server = LocalServer(ServeConfig("pkg/", port=8000))    # uvicorn in this process; the model on its own thread
+    url = server.start()                                     # or server.run(): block until SIGTERM / Ctrl-C
     from clip_rt.client import Client
-    Client(url).embed_texts(["a dog"])                        # float32 [1, D]
-    stop()
+    Client(url).embed_texts(["a dog"])                       # float32 [1, D]
+    server.stop()
 
-Modules: config (ServeConfig, no Ray), gateway (HTTP routes), encoder (the model replica with @serve.batch),
-limits (body size, API errors), app (assemble and run), client (httpx only), loadgen (concurrent load + checks).
-Importing this package imports neither Ray nor FastAPI; the names below load their module on first use.
+    from clip_rt.serve import start, stop                    # the same service on Ray Serve
+    url = start(ServeConfig("pkg/", replicas=2)); ...; stop()
+
+Modules: config (ServeConfig), routes (the HTTP API, written once), service (admission, decoding, the calls the
+routes make), batcher (dynamic batching), workers (how a batch reaches the model: a local thread or a Ray handle),
+encoder (the model and index), limits (body size, request counts, API errors), parsing and schemas (request
+bodies), local (the one-process runner), ray_runner and ray_replicas (the Ray Serve runner), client (httpx only),
+loadgen (concurrent load + checks). Importing this package imports neither Ray, FastAPI nor uvicorn.
 """
 
 from __future__ import annotations
@@ -16,14 +22,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .app import build_app, serve_forever, start, stop
     from .client import Client, ServeError
     from .config import ServeConfig
+    from .local import LocalServer
+    from .ray_runner import build_app, serve_forever, start, stop
 
-__all__ = ["ServeConfig", "build_app", "start", "stop", "serve_forever", "Client", "ServeError"]
+__all__ = ["ServeConfig", "LocalServer", "build_app", "start", "stop", "serve_forever", "Client", "ServeError"]
 
-_LAZY = {"ServeConfig": "config", "build_app": "app", "start": "app", "stop": "app", "serve_forever": "app",
-         "Client": "client", "ServeError": "client"}
+_LAZY = {"ServeConfig": "config", "LocalServer": "local", "build_app": "ray_runner", "start": "ray_runner",
+         "stop": "ray_runner", "serve_forever": "ray_runner", "Client": "client", "ServeError": "client"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,5 @@
-"""What `clip-rt serve` runs: the package, the backend, the replicas, the batching and the limits. No Ray here."""
+"""What `clip-rt serve` runs: the package, the backend, the batching, the limits, and the Ray Serve settings used
+with --ray. No Ray here."""
 
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ from ..backends import BACKENDS
 from ..contract import PRECISIONS
 from ..errors import InputError
 
-
+PROXY_LOCATIONS = ("EveryNode", "HeadOnly")  # Ray Serve's ProxyLocation values that serve HTTP
+RAY_DEPLOYMENTS = (1, 2)  # 1: one deployment parses, batches and runs the model; 2: gateway -> encoder
 
 
 @dataclass(frozen=True)
 class ServeConfig:
     """One served package. Every limit is finite: the service never builds an unbounded backlog.
 
-    The encoder replicas hold the model and batch requests across clients (Ray Serve's @serve.batch); the
-    gateway replicas parse HTTP, decode images and answer errors (see clip_rt.serve.app).
+    One process (clip_rt.serve.local) or Ray Serve (clip_rt.serve.ray_runner) run the same routes and the same
+    batching (clip_rt.serve.service); the fields from `replicas` to `proxy_location` matter only on Ray.
     """
 
     package: str  # model package folder, readable at the same path on every node that runs a replica
@@ -27,14 +29,20 @@ class ServeConfig:
     precision: str = "fp32"  # artifact precision
     device: str | None = None  # clip_rt.load device; None: the backend's own ("cuda" for tensorrt, else "cpu")
     threads: int | None = None  # intra-op threads per encoder replica; None: the backend's default (all cores)
-    replicas: int = 1  # encoder replicas (one model each)
+    replicas: int = 1  # Ray: replicas that hold a model
     replica_cpus: float = 1.0  # logical CPUs Ray reserves per encoder replica
     replica_gpus: float = 0.0  # GPUs Ray reserves per encoder replica; 0 on CPU (set 1 with device="cuda")
-    gateways: int = 1  # HTTP gateway replicas (parse, decode, validate); they reserve no CPU
+    gateways: int = 1  # Ray, 2 deployments: HTTP gateway replicas (parse, decode, batch); they reserve no CPU
     max_batch_size: int = 32  # images (or texts) per encoder call; 1 turns dynamic batching off
     batch_wait_ms: float = 10.0  # how long a batch waits for more requests after its first one arrives
-    max_queued: int = 256  # requests waiting for an encoder replica, per gateway; beyond it: 503
-    max_ongoing: int | None = None  # requests one encoder replica holds at once; None: 2 x max_batch_size (>= 8)
+    max_queued: int = 256  # requests waiting (read, decoding or queued for the model) per process or ingress
+    #                        replica, beyond those the running batches hold; beyond it: JSON 503 + Retry-After
+    max_ongoing: int | None = None  # Ray: requests one replica holds at once (Serve's max_ongoing_requests); None:
+    #                                 the ingress takes max_queued + its batches (so its own JSON 503 answers first)
+    decode_threads: int | None = None  # image decoding threads; None: one per core
+    ray_deployments: int = 1  # Ray: 1 (one deployment: HTTP, batching and model) or 2 (gateway -> encoder)
+    proxy_location: str = "EveryNode"  # Ray: where Serve runs its HTTP proxies (EveryNode or HeadOnly)
+    graceful_timeout_s: float = 8.0  # on SIGTERM / Ctrl-C: time to answer the requests already accepted
     max_body_bytes: int = 32 << 20  # largest request body; beyond it: 413
     max_items: int = 256  # images or texts in one request; beyond it: 400
     index: str | None = None  # an index folder (clip-rt index) to serve POST /search from; None: no /search
@@ -61,8 +69,16 @@ class ServeConfig:
                 raise InputError(f"{flag} must be a positive integer, got {value!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise InputError(f"--threads must be a positive integer, got {self.threads!r}")
-        if self.max_ongoing is not None and self.max_ongoing < 1:
-            raise InputError(f"--max-ongoing must be a positive integer, got {self.max_ongoing!r}")
+        for flag, value in (("--max-ongoing", self.max_ongoing), ("--decode-threads", self.decode_threads)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise InputError(f"{flag} must be a positive integer, got {value!r}")
+        if self.ray_deployments not in RAY_DEPLOYMENTS:
+            raise InputError(f"--ray-deployments must be 1 or 2, got {self.ray_deployments!r}")
+        if self.proxy_location not in PROXY_LOCATIONS:
+            raise InputError(f"--proxy-location must be one of {', '.join(PROXY_LOCATIONS)}, "
+                             f"got {self.proxy_location!r}")
+        if not 0 < self.graceful_timeout_s <= 600:
+            raise InputError(f"graceful_timeout_s must be in (0, 600], got {self.graceful_timeout_s}")
         if not 0 <= self.batch_wait_ms <= 10_000:
             raise InputError(f"--batch-wait-ms must be in [0, 10000], got {self.batch_wait_ms}")
         if self.replica_cpus < 0 or self.replica_gpus < 0:
@@ -87,10 +103,12 @@ class ServeConfig:
         extra = {"spinning": self.spinning} if self.backend == "onnxruntime" else {}
         return {**extra, **self.options}
 
-    @property
-    def ongoing_per_replica(self) -> int:
-        """Requests one encoder replica holds: enough to fill two batches, so one forms while one runs."""
-        return self.max_ongoing if self.max_ongoing is not None else max(8, 2 * self.max_batch_size)
+    def ongoing(self, ingress: bool) -> int:
+        """Ray Serve's max_ongoing_requests per replica: an ingress replica takes every request its own queue bound
+        admits (and some to answer 503 to), an encoder replica two batches (one runs, one waits)."""
+        if ingress and self.max_ongoing is not None:
+            return self.max_ongoing
+        return self.max_queued + 4 * self.max_batch_size + 64 if ingress else 2
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,9 +1,10 @@
-"""Request-size limit and the error type of the HTTP API.
+"""Request-size limit, the request counter and the error type of the HTTP API.
 
 Starlette limits multipart parts but not a whole body, and Ray Serve's proxy forwards any size, so the limit is
 this small ASGI middleware: a declared Content-Length over the limit is answered 413 without parsing the body
 (which is read and dropped first, up to a bound, so that the client is not cut off mid-upload), and a body without
-one (chunked) is counted as it streams in and cut off at the limit.
+one (chunked) is counted as it streams in and cut off at the limit. RequestCounter counts the requests read and
+answered, so that a stopping server can say whether it answered every request it accepted.
 """
 
 from __future__ import annotations
@@ -97,3 +98,25 @@ class BodyLimit:
         await send({"type": "http.response.start", "status": error.status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+class RequestCounter:
+    """ASGI middleware: counts["accepted"] += 1 per HTTP request read, counts["answered"] += 1 once its response
+    has been sent in full."""
+
+    def __init__(self, app: ASGIApp, counts: dict[str, int]):
+        self.app = app
+        self.counts = counts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.counts["accepted"] += 1
+
+        async def counted(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self.counts["answered"] += 1
+
+        await self.app(scope, receive, counted)

@@ -212,34 +212,58 @@ async def run_load(url: str, workload: Workload, spec: LoadSpec, min_cosine: flo
     return result
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of a process and every live process below it, from /proc (Linux)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, list[str]] = {}
+def _stats() -> dict[int, list[str]]:
+    """/proc/PID/stat fields after the command name, per live pid: [state, ppid, pgrp, session, ..., starttime]."""
+    stats = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 stats[int(entry)] = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
             except (OSError, IndexError):
                 continue
+    return stats
+
+
+def process_tree(pid: int) -> dict[int, str]:
+    """`pid` and every process below it, as {pid: start time} (a reused pid has another start time)."""
+    stats = _stats()
     children: dict[int, list[int]] = {}
     for p, fields in stats.items():
         children.setdefault(int(fields[1]), []).append(p)
-    total, todo = 0, [pid]
+    found, todo = {}, [pid]
     while todo:
         p = todo.pop()
         if p in stats:
-            total += int(stats[p][11]) + int(stats[p][12])  # utime, stime
-        todo.extend(children.get(p, []))
-    return total / ticks
+            found[p] = stats[p][19]
+            todo.extend(children.get(p, []))
+    return found
+
+
+def still_running(procs: dict[int, str], session: int | None = None) -> list[str]:
+    """Of `procs` (process_tree), and of session `session`, those still running (not zombies), as "PID cmdline"."""
+    left = []
+    for p, fields in _stats().items():
+        mine = procs.get(p) == fields[19] or (session is not None and int(fields[3]) == session)
+        if mine and fields[0] != "Z" and p != os.getpid():
+            try:
+                left.append(f"{p} {Path(f'/proc/{p}/cmdline').read_bytes()[:120]!r}")
+            except OSError:
+                continue
+    return left
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and every live process below it, from /proc (Linux)."""
+    stats = _stats()
+    return sum(int(stats[p][11]) + int(stats[p][12]) for p in process_tree(pid) if p in stats) / os.sysconf("SC_CLK_TCK")
 
 
 class ServerProcess:
     """`clip-rt serve PACKAGE ARGS...` as a child process in its own session, for tests and benchmarks.
 
     Entering starts it and waits until /healthz answers 200 (or the process dies: ServeError with its last output);
-    leaving sends SIGINT (the command stops Serve and its Ray cluster), then SIGKILLs the session's process group
-    if anything is left after `stop_timeout_s`.
+    signal() stops it as systemd or Ctrl-C would and says how; leaving sends SIGINT if it still runs, then SIGKILLs
+    the session's process group if anything is left after `stop_timeout_s`.
     """
 
     def __init__(self, package: str, args: Sequence[str] = (), port: int = 8000, log: str | os.PathLike | None = None,
@@ -254,6 +278,22 @@ class ServerProcess:
     def cpu_seconds(self) -> float:
         """CPU time used so far by the server and every process it started (Ray's included)."""
         return tree_cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
+
+    def signal(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Send `sig` and wait for the exit: {"rc", "seconds" (signal to exit), "left" (processes of its session
+        still running 2 s after the exit: Ray's, if any), "tail" (its last output)}."""
+        assert self.proc is not None, "not started"
+        tree = process_tree(self.proc.pid)
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            rc: int | None = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            rc = None
+        seconds = time.monotonic() - t0
+        time.sleep(2.0)
+        left = still_running(tree, session=self.proc.pid)
+        return {"rc": rc, "seconds": round(seconds, 2), "left": left, "tail": self._tail()}
 
     def _tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log is not None and self.log.exists() else ""
