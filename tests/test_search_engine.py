@@ -12,9 +12,15 @@ import pytest
 
 from clip_rt.errors import BackendUnavailable, InputError
 from clip_rt.search import Index
-from clip_rt.search.engine import ENGINE_FILE, ExactEngine, FaissEngine, usable_cores
+from clip_rt.search.engine import ENGINE_FILE, ExactEngine, FaissEngine, read_engine_file
+from clip_rt.search.kinds.base import nlist_for
+from clip_rt.search.kinds.flat import EXACT_MAX_BYTES
+from clip_rt.search.kinds.ivfpq import ivfpq_bytes
+from clip_rt.search.kinds.ivfsq import ivfsq_bytes
+from clip_rt.search.kinds.pqfs import pqfs_bytes
 from clip_rt.search.maintain import import_vectors, refresh_engine
-from clip_rt.search.plan import EXACT_MAX_BYTES, ivfpq_bytes, ivfsq_bytes, nlist_for, parse_memory, plan, pqfs_bytes
+from clip_rt.search.ops import usable_cores
+from clip_rt.search.plan import parse_memory, plan
 from clip_rt.search.store import Store
 from clip_rt.search.tune import _reaches, exact_neighbours, lower_bound, recall
 from runtime_reference import run_lean
@@ -169,7 +175,7 @@ def test_stale_missing_and_damaged_engine(ann, tmp_path, caplog):
     assert index.search_vector(extra[2], top_k=1)[0].item == "new2"
     # A damaged engine file is never trusted: rebuilt by the next refresh.
     (copy / ENGINE_FILE).write_bytes(b"PK\x03\x04 not a zip")
-    assert FaissEngine.load(copy) is None
+    assert read_engine_file(copy) is None
     store = Store.open(copy, writable=True)
     what = refresh_engine(store)
     store.close()

@@ -141,6 +141,35 @@ def test_damaged_vectors_are_refused_then_repaired(model, data_dir, tmp_path):
     same_index(Index.open(tmp_path / "idx"), rebuilt)
 
 
+def test_update_hands_back_the_index_it_wrote(model, data_dir, tmp_path, monkeypatch):
+    """update_images returns the index it just wrote, not a second opening of it: one Store.open (for writing) per
+    update, the engine it built, the same answers as a fresh open, and the write lock given back (another update
+    runs while the first result is held)."""
+    from clip_rt.search.engine import FaissEngine
+
+    folder = tmp_path / "photos"
+    fill(folder, photos(data_dir, 0, 60))  # 4-bit PQ trains on 16+ vectors: 60 less 30 held-back queries
+    opened: list[bool] = []
+    real_open = Store.open.__func__
+
+    def counting_open(cls, root, writable=False):
+        opened.append(writable)
+        return real_open(cls, root, writable)  # the real open, counted
+
+    monkeypatch.setattr(Store, "open", classmethod(counting_open))
+    index, report = update_images(tmp_path / "idx", model, [folder], index_type="ivfpq")
+    assert opened == [True] and "built" in report.engine and len(index) == 60
+    assert isinstance(index.engine, FaissEngine) and index.engine.meta["generation"] == index.store.meta["generation"]
+    fresh = Index.open(tmp_path / "idx")
+    q = index.embeddings(index.items()[::5])
+    assert [[h.item for h in r] for r in index.search_vectors(q, 10)] == \
+        [[h.item for h in r] for r in fresh.search_vectors(q, 10)]
+    fill(folder, photos(data_dir, 60, 2))
+    again, report = update_images(tmp_path / "idx", model, [folder])  # while `index` is still open
+    assert opened == [True, False, True] and report.added == 2 and len(again) == 62 and len(index) == 60
+    assert "updated (+2, -0" in report.engine
+
+
 # -- crashes -------------------------------------------------------------------------------------------------------
 UPDATE = """
 import clip_rt, clip_rt.search.update as U

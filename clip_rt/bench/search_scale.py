@@ -150,7 +150,7 @@ def grow(parents: np.ndarray, spread: float, rng: np.random.Generator) -> Any:
 def exact_top10(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """Exact top-10 row ids [nq, 10] by inner product (the library's exact search: ~64 MiB of scores at a time; the
     bench's own version, 262,144 rows x every query at once, took 19 GB for 2,582 queries and was OOM-killed)."""
-    from ..search.engine import exact_search
+    from ..search.ops import exact_search
 
     return exact_search(np.ascontiguousarray(queries, dtype=np.float32), 10, vectors,
                         np.ones(len(vectors), dtype=bool))[1]
@@ -220,7 +220,7 @@ def run_scale(cfg: ScaleConfig) -> dict[str, Any]:
     work = Path(cfg.work)
     work.mkdir(parents=True, exist_ok=True)
     if cfg.threads is not None:
-        from ..search.engine import faiss
+        from ..search.ops import faiss
 
         faiss().omp_set_num_threads(cfg.threads)
     rows: list[dict[str, Any]] = []
@@ -256,11 +256,11 @@ def run_scale(cfg: ScaleConfig) -> dict[str, Any]:
             rows.extend(run_row(cfg, name, n, vectors, query_sets, tuning))
             del vectors
             (work / f"vectors-{name}-{n}-{cfg.seed}.npy").unlink(missing_ok=True)
-    from ..search.engine import faiss_available
+    from ..search.ops import faiss_available
 
     threads = None
     if faiss_available():
-        from ..search.engine import faiss
+        from ..search.ops import faiss
 
         threads = faiss().omp_get_max_threads()
     return {"machine": machine_info(), "config": asdict(cfg), "faiss_threads": threads, "rows": rows,

@@ -31,7 +31,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..search.plan import INDEX_TYPES
+    from ..search.plan import index_types
 
     p = sub.add_parser("bench-search", formatter_class=HELP, help="benchmark search at scale and index build rates",
                        description="scale: for each collection size, build an index with clip-rt's own rules, then "
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--package", default=None, help="model package for the photos collection")
     s.add_argument("--data", default=None, help="the shared data folder (cifar10/, caltech101/, flickr8k/, ...)")
     s.add_argument("--queries", type=int, default=1000, help="timed single queries per row")
-    s.add_argument("--index-type", choices=INDEX_TYPES, default="auto",
+    s.add_argument("--index-type", choices=index_types(), default="auto",
                    help="vector engine (clip_rt.search.plan)")
     s.add_argument("--memory-budget", default=None, metavar="SIZE", help="engine memory budget (default: 1G)")
     s.add_argument("--threads", type=int, default=None, help="FAISS threads (default: FAISS's, the usable cores)")

@@ -11,7 +11,7 @@ from .common import (DECODES, HELP, add_model_args, add_verbose_arg, load_model,
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..search.plan import INDEX_TYPES
+    from ..search.plan import index_types
 
     p = sub.add_parser("index", formatter_class=HELP, help="build or update a searchable index of images or texts",
                        description="Embed every image under the given files and folders (walked recursively) into an "
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="JPEG decoding: fast (DCT-scaled to the smallest size >= the model's resize edge, ~10x "
                         "faster on phone photos) or exact (full size, the parity reference). Default: fast for a new "
                         "index, the recorded choice for --update")
-    p.add_argument("--index-type", choices=INDEX_TYPES, default=None,
+    p.add_argument("--index-type", choices=index_types(), default=None,
                    help="vector engine: auto (exact below ~65k x 512 vectors, else IVF-SQ8 if it fits the memory "
                         "budget, switching to pqfs where the vectors have no cluster structure, else IVF-PQ), flat "
                         "(always exact), ivfsq, pqfs, ivfpq, hnsw (see README, Search). Default: auto, or the "
@@ -76,7 +76,7 @@ def run_index(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     say = stderr_progress("clip-rt index") if args.progress else None
     if args.convert is not None:
-        from ..search.legacy import convert
+        from ..search.convert import convert
 
         index = convert(args.convert, package=args.package)
         print(f"converted {args.convert}: {len(index)} image(s), engine {index.engine.kind}", flush=True)

@@ -7,17 +7,23 @@
     pool.search(model, image="photo.jpg", top_k=5)                        # the captions nearest a photo
     import_vectors("mine.index", names, embeddings, {})                   # ready-made embeddings; search_vector
 
-One concern per module:
-    store      the index folder: SQLite item table, append-only vectors file, the commit protocol
-    plan       which engine a collection gets (exact, IVF-PQ, HNSW) from its size and a memory budget
-    engine     exact numpy search and the FAISS engine (candidates + exact rerank), its file and its sync
-    tune       build-time recall@10 against exact on held-back queries; picks nprobe and the rerank depth
+One concern per module (each imports only those above it in this list; none imports one below):
+    store      the index folder: SQLite item table, append-only vectors file, the commit protocol; item kinds
+    ops        exact top-k, the exact rerank of candidates, the lazy FAISS import (no engine kind named)
+    engine     the two engine shapes: exact numpy search, and FAISS shards (candidates + exact rerank), its file
+    kinds/     one module per engine kind (flat, ivfsq, pqfs, ivfpq, hnsw): sizing, build, search parameters,
+               tuning space, fallback; kinds/__init__ is the table (a new kind: one file plus one row)
+    plan       which kind a collection gets from its size and a memory budget (iterates the table)
+    tune       build-time recall@10 against exact on held-back queries, over the kind's settings
+    legacy     clip-rt 0.1 index folders, read as they are
     index      Index: open, check the model, search by text / image / vector
     maintain   shared by updates: open for writing, bring the engine up to date, compaction
     update     image indexes: scan, diff (size, mtime, sha256), embed new and changed files, drop vanished ones
     texts      text pools from a caption or label file
-    legacy     clip-rt 0.1 index folders: read as they are, or convert in place
+    convert    clip-rt 0.1 index folders converted in place
     recall     retrieval recall@k (text-to-image, image-to-text)
+Per-item data beside the vectors (photo metadata, thumbnails) belongs in store's SQLite file as tables of its own
+with a module each, filled where update embeds; a filter over it is a narrower `live` mask for the engine.
 
 FAISS loads only when an approximate index is built or searched; without it every index searches exactly.
 """

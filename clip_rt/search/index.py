@@ -21,16 +21,16 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..errors import InputError, PackageError
-from .engine import ExactEngine, FaissEngine, faiss_available
-from .store import DB, IndexFileError, Store
+from .engine import ExactEngine, FaissEngine
+from .kinds import KINDS
+from .legacy import LegacyStore
+from .ops import faiss_available
+from .store import DB, IndexFileError, Store, is_legacy
 
 if TYPE_CHECKING:
     from ..model import ClipModel, ImageInput
 
 log = logging.getLogger("clip_rt.search")
-
-KINDS = ("images", "texts")
-ENCODER_OF = {"images": "image", "texts": "text"}  # which encoder made an index's vectors
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,6 @@ class Index:
         root = Path(path)
         if (root / DB).is_file():
             return cls(Store.open(root, writable))
-        from .legacy import LegacyStore, is_legacy
-
         if is_legacy(root):
             if writable:
                 raise IndexFileError(f"{root} is a clip-rt 0.1 index folder, which is read-only; convert it first "
@@ -90,15 +88,20 @@ class Index:
     def _open_engine(self) -> ExactEngine | FaissEngine:
         """The engine the header asks for, brought up to date with the item table if it is behind."""
         meta = self.store.meta.get("engine") or {"kind": "flat"}
-        if meta.get("kind", "flat") == "flat":
-            return ExactEngine(meta)
-        if not faiss_available():
+        kind = KINDS.get(str(meta.get("kind", "flat")))
+        if kind is None:
+            log.warning("search: %s has a %r engine, a kind this clip-rt does not know (it knows %s); searching its %d "
+                        "vectors exactly", self.root, meta.get("kind"), ", ".join(KINDS), len(self))
+            return ExactEngine({"kind": "flat", "reason": f"unknown engine kind {meta.get('kind')!r}"})
+        if not kind.stored:  # flat: the header's entry is the whole engine
+            return kind.open(self.root, meta) or ExactEngine(meta)
+        if kind.needs_faiss and not faiss_available():
             log.warning("search: %s has an approximate index but FAISS is not installed; searching its %d vectors "
                         "exactly with numpy (slower; pip install 'clip-rt[search]' for the fast path)",
                         self.root, len(self))
             return ExactEngine({"kind": "flat", "reason": "faiss is not installed"})
-        engine = FaissEngine.load(self.root)
-        if engine is None or engine.meta.get("epoch") != self.store.meta.get("epoch"):
+        engine = kind.open(self.root, meta)
+        if not isinstance(engine, FaissEngine) or engine.meta.get("epoch") != self.store.meta.get("epoch"):
             log.warning("search: %s: the approximate index is missing or from before a compaction; searching "
                         "exactly until it is rebuilt (clip-rt index PKG DIR... -o %s --update)", self.root, self.root)
             return ExactEngine({"kind": "flat", "reason": "approximate index missing; rebuild with --update"})

@@ -4,35 +4,28 @@ Such a folder opens read-only (exact search) through LegacyStore, which offers w
 Its header keys the embeddings to the whole package's fingerprint, a hash over every artifact, so a package that
 gained INT8 artifacts or a TensorRT engine since no longer reproduces it. check_key therefore accepts a package
 when a subset of its artifacts that contains the ones the model runs reproduces the old fingerprint: the
-package then still holds the very files the index was built with. convert() writes the current format in place
-(file stats and content hashes are taken now: the files are assumed unchanged since the index was built).
+package then still holds the very files the index was built with. clip_rt.search.convert writes the current
+format in place.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
 from ..fsutil import sha256_bytes, sha256_file
-from .store import DB, FORMAT, IndexFileError, Item, Store
+from .store import FORMAT, LEGACY_HEADER, IndexFileError
 
 if TYPE_CHECKING:
     from ..package import Package
-    from .index import Index
 
-HEADER, EMBEDDINGS, FILES = "header.json", "embeddings.npy", "files.json"
+HEADER, EMBEDDINGS, FILES = LEGACY_HEADER, "embeddings.npy", "files.json"
 STAGED = ".new"  # a 0.1 save() staged its data files under this suffix before committing the header
 MAX_SUBSET_ARTIFACTS = 16  # beyond this many extra artifacts the subset search (2^n hashes) is not attempted
-
-
-def is_legacy(root: Path) -> bool:
-    return (root / HEADER).is_file() and not (root / DB).is_file()
 
 
 def legacy_fingerprint(pkg: "Package", shas: Sequence[str]) -> str:
@@ -136,50 +129,3 @@ class LegacyStore:
 
     def close(self) -> None:
         pass
-
-
-def convert(path: str | os.PathLike, package: str | os.PathLike | None = None) -> "Index":
-    """Rewrite a 0.1 index folder in the current format, in place, without re-embedding anything.
-
-    The new files are written into a hidden subfolder, then moved in with the database last (its arrival is the
-    commit point: until then the folder still opens as the old index); the old files are removed after."""
-    from ..package import Package
-    from .index import Index
-    from .maintain import model_meta, refresh_engine
-    from .update import file_sha256
-
-    root = Path(path)
-    legacy = LegacyStore.load(root)
-    meta = legacy.meta
-    pkg = Package.open(package or str(meta.get("package")))
-    backend, precision = str(meta.get("backend") or "onnxruntime"), str(meta.get("precision") or "fp32")
-
-    class _Probe:  # what check_key and model_meta read from a model, without loading a backend
-        def __init__(self) -> None:
-            self.package, self.embed_dim = pkg, pkg.embed_dim
-            self.backend = type("B", (), {"name": backend, "precision": precision})()
-    probe: Any = _Probe()
-    legacy.check_key(probe, "image")
-    work = root / ".convert"
-    shutil.rmtree(work, ignore_errors=True)
-    store = Store.create(work, {**model_meta(probe, "images"), "decode": "exact", "converted_from": 1})
-    try:
-        key = store.meta["keys"]["image"]
-        items = []
-        for f in legacy._files:
-            try:
-                st = os.stat(f)
-                items.append(Item(f, file_sha256(f), key, st.st_size, st.st_mtime_ns))
-            except OSError:  # gone since: kept with no stat, dropped by the next --update that scans its folder
-                items.append(Item(f, "", key))
-        store.commit(items, legacy.vectors())
-        refresh_engine(store)
-    finally:
-        store.close()
-    for p in sorted(work.iterdir(), key=lambda p: p.name == DB):  # the database last
-        if p.name != ".write.lock":
-            os.replace(p, root / p.name)
-    shutil.rmtree(work, ignore_errors=True)
-    for name in (HEADER, EMBEDDINGS, FILES, EMBEDDINGS + STAGED, FILES + STAGED):
-        (root / name).unlink(missing_ok=True)
-    return Index.open(root)

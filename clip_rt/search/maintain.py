@@ -1,5 +1,7 @@
 """What every index update shares: opening (or creating) the folder for writing under the model that feeds it,
-and bringing the engine up to date after the item table changed (sync, rebuild, compaction)."""
+and bringing the engine up to date after the item table changed (sync, re-tune, rebuild, compaction, the auto
+fallback). What differs between engine kinds is asked of the kind's object (clip_rt.search.kinds), never decided
+here by its name; the one name used is flat, the exact scan an index keeps where FAISS is not installed."""
 
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ..errors import ImageError, InputError
-from .engine import FaissEngine, faiss, faiss_available, remove_engine_file
-from .index import ENCODER_OF
-from .plan import IVF_USEFUL_FRACTION, TARGET_RECALL, EnginePlan, plan
-from .store import DB, IndexFileError, Item, Store
-from .tune import pick_queries, tune
+from .engine import ExactEngine, FaissEngine, remove_engine_file
+from .kinds import KINDS, EngineKind, EnginePlan
+from .ops import faiss, faiss_available
+from .plan import plan
+from .store import DB, ENCODER_OF, IndexFileError, Item, Store, is_legacy
+from .tune import TARGET_RECALL, pick_queries, tune
 
 if TYPE_CHECKING:
     from ..model import ClipModel
@@ -81,8 +84,6 @@ def model_meta(model: "ClipModel", kind: str) -> dict[str, Any]:
 
 def open_for_update(root: Path, model: "ClipModel", kind: str, extra: dict[str, Any]) -> Store:
     """The index at `root` opened for writing (created when absent), refusing another kind or another model."""
-    from .legacy import is_legacy
-
     if is_legacy(root):
         raise IndexFileError(f"{root} is a clip-rt 0.1 index folder; convert it first with: "
                              f"clip-rt index --convert {root}")
@@ -104,9 +105,17 @@ def open_for_update(root: Path, model: "ClipModel", kind: str, extra: dict[str, 
 def refresh_engine(store: Store, index_type: str | None = None, memory_budget: int | None = None,
                    progress: Callable[[str], None] | None = None, seed: int = 0,
                    text_queries: Callable[[], np.ndarray] | None = None) -> str:
-    """Bring the engine in line with the item table; returns what was done. Compacts the vectors file first when
-    most of its rows are dead. index_type / memory_budget: new choices (recorded), else the recorded ones.
-    text_queries: called for the text query embeddings [m, D] that tuning must also satisfy (clip_rt.search.tune)."""
+    """Bring the engine in line with the item table; returns what was done (see refresh)."""
+    return refresh(store, index_type, memory_budget, progress, seed, text_queries)[0]
+
+
+def refresh(store: Store, index_type: str | None = None, memory_budget: int | None = None,
+            progress: Callable[[str], None] | None = None, seed: int = 0,
+            text_queries: Callable[[], np.ndarray] | None = None) -> tuple[str, ExactEngine | FaissEngine]:
+    """Bring the engine in line with the item table; returns what was done and the engine, ready to search.
+    Compacts the vectors file first when most of its rows are dead. index_type / memory_budget: new choices
+    (recorded), else the recorded ones. text_queries: called for the text query embeddings [m, D] that tuning must
+    also satisfy (clip_rt.search.tune)."""
     request = dict(store.meta.get("engine_request") or {"index_type": "auto", "memory_budget": None})
     changed_request = False
     for key, value in (("index_type", index_type), ("memory_budget", memory_budget)):
@@ -120,72 +129,93 @@ def refresh_engine(store: Store, index_type: str | None = None, memory_budget: i
         store.compact()
         compacted = True
     want = plan(n, store.dim, request.get("index_type") or "auto", request.get("memory_budget"))
-    if want.kind != "flat" and not faiss_available():
+    kind = KINDS[want.kind]
+    if kind.needs_faiss and not faiss_available():
         if request.get("index_type") not in (None, "auto"):
             faiss()  # raises the missing-dependency error naming clip-rt[search]
         log.warning("search: FAISS is not installed, so %s stays an exact (numpy) index of %d vectors; pip install "
                     "'clip-rt[search]' and run the update again for an approximate one", store.root, n)
         want = plan(n, store.dim, "flat")
-    if want.kind == "flat":
-        store.set_meta(engine={"kind": "flat", "reason": want.reason})
+        kind = KINDS[want.kind]
+    if not kind.stored:  # nothing built or saved (flat): the header's entry is the whole engine
+        meta = {"kind": want.kind, "reason": want.reason}
+        store.set_meta(engine=meta)
         remove_engine_file(store.root)
-        return f"exact ({want.reason})"
+        opened = kind.open(store.root, meta)
+        if opened is None:
+            raise TypeError(f"the {kind.name} engine kind keeps no file but opened no engine")
+        return kind.describe(want), opened
     vectors, live_ids = store.vectors(), store.live_ids()
-    engine = None if compacted else FaissEngine.load(store.root)
-    built_n = int(engine.meta.get("built_n", 0)) if engine is not None else 0
+    saved = None if compacted else _saved(store)
+    built_n = int(saved.meta.get("built_n", 0)) if saved is not None else 0
     auto = (request.get("index_type") or "auto") == "auto"
-    switched = auto and want.kind == "ivfsq" and engine is not None and engine.kind == "pqfs"  # see the build below
-    if (engine is not None and (engine.kind == want.kind or switched)
-            and engine.meta.get("epoch") == store.meta.get("epoch")
+    switched = auto and saved is not None and saved.kind == kind.fallback  # auto gave way to it before (below)
+    if (saved is not None and (saved.kind == want.kind or switched)
+            and saved.meta.get("epoch") == store.meta.get("epoch")
             and not changed_request and _within(n, built_n)):
-        if engine.meta.get("generation") == store.meta.get("generation"):
-            return f"{engine.meta['factory']} up to date ({n} vectors)"
-        added, removed = engine.sync(vectors, live_ids)
-        churn = int(engine.meta.get("churn", 0)) + added + removed
-        engine.meta["churn"] = churn
-        what = f"{engine.meta['factory']} updated (+{added}, -{removed} vectors; built at {built_n}, now {n})"
-        if churn > RETUNE_CHANGE * int(engine.meta.get("tuned_n", built_n)):
-            live = np.zeros(len(vectors), dtype=bool)  # [rows]
-            live[live_ids] = True
-            engine.meta.update(tune(engine, vectors, live, pick_queries(live_ids, seed), TARGET_RECALL,
-                                    text_queries() if text_queries else None))
-            engine.meta.update({"tuned_n": n, "churn": 0})
-            what += f", re-tuned: recall@10 {engine.meta['recall_at_10']:.3f}"
-        _save(store, engine)
-        return what
+        return _sync(store, saved, vectors, live_ids, seed, text_queries), saved
     live = np.zeros(len(vectors), dtype=bool)  # [rows]
     live[live_ids] = True
     queries = pick_queries(live_ids, seed)
     texts = text_queries() if text_queries else None
     t0 = time.perf_counter()
-    limit = int(IVF_USEFUL_FRACTION * want.nlist) if auto and want.kind == "ivfsq" else None
-    engine = _build_tuned(want, vectors, live, live_ids, queries, texts, seed, progress, limit)
-    if limit is not None and (not engine.meta["reached_target"] or int(engine.meta["nprobe"]) > limit):
-        # No cluster structure to speak of: the target needs more than a quarter of the lists (tiny nlist: one list
-        # is more than that). Try the fast-scan codes of every vector, and keep the better of the two.
-        why = (f"IVF{engine.nlist},SQ8 reached recall@10 {engine.meta['recall_at_10']:.3f} at nprobe "
-               f"{engine.meta.get('nprobe')} of {engine.nlist} lists: no cluster structure to use")
+    limit = kind.tuning_limit(want) if auto else None
+    engine = _build_tuned(kind, want, vectors, live, live_ids, queries, texts, seed, progress, limit)
+    why = kind.gives_way(engine, limit) if limit is not None and kind.fallback else None
+    if why:  # e.g. an IVF without cluster structure to use: try the fallback kind, keep the better of the two
         try:
-            alt_plan = plan(n, store.dim, "pqfs", request.get("memory_budget"), why=why)
+            alt_plan: EnginePlan | None = plan(n, store.dim, str(kind.fallback), request.get("memory_budget"), why=why)
         except InputError:
             alt_plan = None
         if alt_plan is not None:
             if progress:
                 progress(why + f"; trying {alt_plan.factory}")
-            engine = _better(engine, _build_tuned(alt_plan, vectors, live, live_ids, queries, texts, seed, progress))
+            alt = _build_tuned(KINDS[alt_plan.kind], alt_plan, vectors, live, live_ids, queries, texts, seed, progress)
+            engine = _better(engine, alt)
     engine.meta.update({"total_s": round(time.perf_counter() - t0, 2), "tuned_n": n, "churn": 0})
     _save(store, engine)
     return (f"{engine.meta['factory']} built in {engine.meta['total_s']:.0f} s, recall@10 "
             f"{engine.meta['recall_at_10']:.3f} on held-back queries (nprobe {engine.meta.get('nprobe')}, rerank "
-            f"{engine.meta.get('k_factor')} x 10)")
+            f"{engine.meta.get('k_factor')} x 10)"), engine
 
 
-def _build_tuned(want: EnginePlan, vectors: np.ndarray, live: np.ndarray, live_ids: np.ndarray, queries: np.ndarray,
-                 texts: np.ndarray | None, seed: int, progress: Callable[[str], None] | None,
+def _saved(store: Store) -> FaissEngine | None:
+    """The saved engine the header records, or None (none, another format, unknown kind, unreadable file)."""
+    meta = store.meta.get("engine") or {}
+    kind = KINDS.get(str(meta.get("kind")))
+    engine = kind.open(store.root, meta) if kind is not None and kind.stored else None
+    return engine if isinstance(engine, FaissEngine) else None
+
+
+def _sync(store: Store, engine: FaissEngine, vectors: np.ndarray, live_ids: np.ndarray, seed: int,
+          text_queries: Callable[[], np.ndarray] | None) -> str:
+    """Bring a saved engine that still fits the collection up to date by id, re-tuned when enough changed."""
+    n, built_n = len(live_ids), int(engine.meta.get("built_n", 0))
+    if engine.meta.get("generation") == store.meta.get("generation"):
+        return f"{engine.meta['factory']} up to date ({n} vectors)"
+    added, removed = engine.sync(vectors, live_ids)
+    churn = int(engine.meta.get("churn", 0)) + added + removed
+    engine.meta["churn"] = churn
+    what = f"{engine.meta['factory']} updated (+{added}, -{removed} vectors; built at {built_n}, now {n})"
+    if churn > RETUNE_CHANGE * int(engine.meta.get("tuned_n", built_n)):
+        live = np.zeros(len(vectors), dtype=bool)  # [rows]
+        live[live_ids] = True
+        engine.meta.update(tune(engine, vectors, live, pick_queries(live_ids, seed), TARGET_RECALL,
+                                text_queries() if text_queries else None))
+        engine.meta.update({"tuned_n": n, "churn": 0})
+        what += f", re-tuned: recall@10 {engine.meta['recall_at_10']:.3f}"
+    _save(store, engine)
+    return what
+
+
+def _build_tuned(kind: EngineKind, want: EnginePlan, vectors: np.ndarray, live: np.ndarray, live_ids: np.ndarray,
+                 queries: np.ndarray, texts: np.ndarray | None, seed: int, progress: Callable[[str], None] | None,
                  max_nprobe: int | None = None) -> FaissEngine:
     if progress:
         progress(f"building {want.factory} for {len(live_ids)} vectors: {want.reason}")
-    engine = FaissEngine.build(want, vectors, live_ids, exclude=queries, seed=seed, progress=progress)
+    engine = kind.build(want, vectors, live_ids, exclude=queries, seed=seed, progress=progress)
+    if not isinstance(engine, FaissEngine):
+        raise TypeError(f"the {kind.name} engine kind is stored but built a {type(engine).__name__}")
     if progress:
         progress(f"tuning the search depth on {len(queries)} held-back queries")
     engine.meta.update(tune(engine, vectors, live, queries, TARGET_RECALL, texts, max_nprobe))

@@ -39,6 +39,9 @@ FORMAT = "clip-rt-index"
 FORMAT_VERSION = 2
 DB = "index.sqlite"
 LOCK = ".write.lock"
+LEGACY_HEADER = "header.json"  # a clip-rt 0.1 index folder has this and no DB (clip_rt.search.legacy reads it)
+ITEM_KINDS = ("images", "texts")  # what an index holds: image files or a text pool (meta "kind")
+ENCODER_OF = {"images": "image", "texts": "text"}  # which encoder made an index's vectors
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);  -- JSON values
@@ -68,6 +71,11 @@ class Item:
     model: str  # embedding key
     size: int | None = None  # images: bytes
     mtime_ns: int | None = None  # images: modification time
+
+
+def is_legacy(root: Path) -> bool:
+    """True for a clip-rt 0.1 index folder (read-only until converted: clip-rt index --convert)."""
+    return (root / LEGACY_HEADER).is_file() and not (root / DB).is_file()
 
 
 def vector_crc(vectors: np.ndarray) -> list[int]:
@@ -157,6 +165,14 @@ class Store:
         for p in self.root.iterdir():
             if (p.name.startswith("vectors.") and p.suffix == ".f32" and p.name != keep) or p.name.endswith(".tmp"):
                 p.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Stop writing: the write lock goes back, the connection stays open for reading (an update hands back the
+        index it just wrote this way, instead of opening it again)."""
+        self.writable = False
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def close(self) -> None:
         self.conn.close()

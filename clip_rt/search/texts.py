@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..errors import InputError
 from .index import Index
-from .maintain import UpdateReport, open_for_update, refresh_engine
+from .maintain import UpdateReport, open_for_update, refresh
 from .plan import parse_memory
 from .store import Item
 
@@ -60,7 +60,7 @@ def update_texts(path: str | os.PathLike, model: "ClipModel", texts_file: str | 
                  progress: Callable[[int, int], None] | None = None,
                  log: Callable[[str], None] | None = None) -> tuple[Index, UpdateReport]:
     """Make the text pool at `path` (created when absent) hold exactly the texts of `texts_file`.
-    Returns the pool (opened read-only) and what changed."""
+    Returns the pool (the one just written, handed back for reading, not opened again) and what changed."""
     root = Path(path)
     texts = read_texts(texts_file)
     budget = parse_memory(memory_budget) if memory_budget is not None else None
@@ -82,7 +82,9 @@ def update_texts(path: str | os.PathLike, model: "ClipModel", texts_file: str | 
         if gone:
             store.commit(remove=gone)
         report.added, report.removed = len(new), len(gone)
-        report.engine = refresh_engine(store, index_type, budget, log)
-    finally:
+        report.engine, engine = refresh(store, index_type, budget, log)
+        store.release()  # the write lock goes; the pool handed back reads on through the same connection
+        return Index(store, engine), report
+    except BaseException:
         store.close()
-    return Index.open(root), report
+        raise

@@ -1,16 +1,17 @@
 """Build-time tuning of an approximate engine: recall@10 against exact search on held-back queries.
 
-The queries are indexed vectors held back from training (FaissEngine.build leaves them out of the k-means and
-PQ sample); each query's own row is excluded from both result lists, so recall is measured on its other neighbours.
+The queries are indexed vectors held back from training (the kind's build leaves them out of the k-means and PQ
+sample); each query's own row is excluded from both result lists, so recall is measured on its other neighbours.
 An image index built with a model is also tuned with text queries (queries.txt: everyday photo searches, embedded
 with the index's text encoder): text embeddings sit apart from image embeddings (CLIP's modality gap), so their
 neighbours can need deeper probing than an image's. A setting must reach the target on both sets.
-For every nprobe (1, 2, 4, ... nlist; the fast-scan PQ without IVF has none) one candidate search at the deepest
-rerank depth gives the recall of each shallower depth too (each shard's prefix). The cheapest (nprobe, k_factor)
-whose recall reaches the target on every set wins: its mean at least the target, and its mean less CONFIDENCE_Z
-standard errors at least PROMISED_RECALL (a small or uneven set gets a wider margin). Cost is the code bytes scanned
-plus the vectors gathered for reranking. If no setting reaches the target, the most accurate one wins, and the
-header says what it reached.
+What is tried is the engine kind's (clip_rt.search.kinds): its breadth settings, cheapest first (nprobe 1, 2, 3,
+4, 6, ... nlist for the IVF kinds, efSearch for HNSW, a single one for the fast-scan PQ), and at each one its rerank
+depths, all measured from one candidate search at the deepest (each shard's prefix). The cheapest (setting,
+k_factor) whose recall reaches the target on every set wins: its mean at least the target, and its mean less
+CONFIDENCE_Z standard errors at least PROMISED_RECALL (a small or uneven set gets a wider margin). Cost is the
+kind's estimate (code bytes scanned plus vectors gathered for reranking). If no setting reaches the target, the
+most accurate one wins, and the header says what it reached.
 """
 
 from __future__ import annotations
@@ -23,25 +24,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .engine import exact_search, rerank
-from .plan import CONFIDENCE_Z, HNSW_M, PROMISED_RECALL
+from .kinds.base import K
+from .ops import exact_search, rerank
 
 if TYPE_CHECKING:
     from .engine import FaissEngine
 
 log = logging.getLogger("clip_rt.search")
 
-K = 10  # recall@K
+TARGET_RECALL = 0.96  # recall@10 against exact that tuning aims for on held-back queries: 0.95 is the promise, plus a
+# margin for 256 tuning queries (their recall's standard error is ~0.004)
+PROMISED_RECALL = 0.95  # ... and each tuning set's mean minus CONFIDENCE_Z standard errors must stay above this: a
+CONFIDENCE_Z = 2.0  # small or uneven set (119 text phrases) needs more than the fixed margin (measured at 1M photos:
+# text tuning 0.961 at nprobe 64, held-out captions 0.948)
 QUERIES = 256  # held-back queries (fewer for small collections: a twentieth of them, but at least MIN_QUERIES)
 MIN_QUERIES = 64  # below this a tuned recall moves by whole percents with one missed neighbour
-K_FACTORS = (2, 4, 8, 16, 32, 64)  # rerank depths tried: K * factor candidates per shard (IVF kinds)
-K_FACTORS_PQFS = (16, 32, 64, 128, 192, 256, 384, 512, 768, 1024)  # pqfs: coarse codes of every vector, deep rerank
-# Relative cost per byte, measured at 1M x 512 on one core (Zen 3): a fast-scan PQ code byte 1 (64 MB of PQ128x4fs
-# codes in ~9 ms), an SQ8 code byte ~1.4 (IVF1024,SQ8 at nprobe 128: 64 MB in ~13 ms), a reranked vector's byte
-# ~4 (2,560 rows of 2 KB read at random from the memory map in ~3 ms).
-SCAN_COST = {"ivfsq": 1.4, "ivfpq": 1.0, "pqfs": 1.0}
-GATHER_COST = 4
-EF_SEARCH = (16, 32, 64, 128, 256, 512, 1024)  # HNSW
 
 
 def pick_queries(live_ids: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -119,49 +116,32 @@ def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids
     if text_queries is not None and len(text_queries):
         tq = np.ascontiguousarray(text_queries, dtype=np.float32)
         sets.append((tq, exact_top(vectors, live, tq), np.full(len(tq), -1, np.int64)))
-    dim = vectors.shape[1]
+    dim, spec, shards = vectors.shape[1], engine.spec, len(engine.shards)
     results: list[_Tried] = []
-    if engine.kind != "hnsw":
-        nlist, code_bytes = max(1, engine.nlist), code_size(engine.meta, dim)
-        n = len(engine.ids)
-        factors = K_FACTORS_PQFS if engine.kind == "pqfs" else K_FACTORS
-        settings = nprobe_steps(nlist) if engine.ivf else [1]
-        deepest = K * (factors[-1] + 1)  # + 1: the query's own row takes a candidate slot
-
-        def cost_of(nprobe: int, kf: int) -> float:
-            return (SCAN_COST[engine.kind] * nprobe / nlist * n * code_bytes
-                    + GATHER_COST * len(engine.shards) * K * kf * 4 * dim)
-
-        if max_nprobe is not None:
-            settings = [p for p in settings if p <= max_nprobe] or settings[:1]
-        for i, nprobe in enumerate(settings):
-            engine.configure(nprobe)
-            shards = len(engine.shards)
-            cands = [engine.candidates(q, deepest).reshape(len(q), shards, deepest)  # [nq, shards, deepest] per set
-                     for q, _, _ in sets]
-            for kf in factors:  # each shard's best K * kf + 1: what a search at that depth gets
-                hits = [recall_per_query(_without_self(q, c[:, :, :K * kf + 1].reshape(len(q), -1), vectors, live,
-                                                       own), t) for (q, t, own), c in zip(sets, cands)]
-                results.append(_Tried(cost_of(nprobe, kf), {"nprobe": nprobe, "k_factor": kf}, hits, target))
-            if min(x.worst for x in results if x.setting["nprobe"] == nprobe) >= 0.999:
-                break  # deeper probing cannot do better
-            reaching = [x.cost for x in results if x.ok]  # costs of the settings that reach the target
-            if reaching and (i + 1 == len(settings) or cost_of(settings[i + 1], factors[0]) >= min(reaching)):
-                break  # every deeper probe costs more than a setting that already reaches the target
-    else:  # hnsw
-        for ef in EF_SEARCH:
-            engine.configure(1, ef)
-            depth = max(ef, K * 4 + 1)
-            hits = [recall_per_query(_without_self(q, engine.candidates(q, depth), vectors, live, own), t)
-                    for q, t, own in sets]
-            results.append(_Tried(ef * HNSW_M * 4 * dim, {"ef_search": ef, "k_factor": depth // K}, hits, target))
+    settings = spec.probe_settings(engine, max_nprobe)  # cheapest first: nprobe, efSearch, ... (the kind's)
+    for i, setting in enumerate(settings):
+        engine.configure(setting)
+        depths = spec.depths(setting)  # [(k_factor, candidates per shard)]
+        deepest = max(d for _, d in depths)
+        cands = [engine.candidates(q, deepest).reshape(len(q), shards, deepest)  # [nq, shards, deepest] per set
+                 for q, _, _ in sets]
+        for kf, depth in depths:  # each shard's best `depth`: what a search at that k_factor gets
+            hits = [recall_per_query(_without_self(q, c[:, :, :depth].reshape(len(q), -1), vectors, live, own), t)
+                    for (q, t, own), c in zip(sets, cands)]
+            results.append(_Tried(spec.cost(engine, setting, kf, dim), {**setting, "k_factor": kf}, hits, target))
+        if min(x.worst for x in results[-len(depths):]) >= 0.999:
+            break  # a broader search cannot do better
+        reaching = [x.cost for x in results if x.ok]  # costs of the settings that reach the target
+        if reaching and (i + 1 == len(settings) or spec.cost(engine, settings[i + 1], spec.depths(settings[i + 1])[0][0],
+                                                             dim) >= min(reaching)):
+            break  # every broader search costs more than a setting that already reaches the target
     good = [x for x in results if x.ok]
     best = min(good, key=lambda x: x.cost) if good else max(results, key=lambda x: (x.worst, -x.cost))
     if not good:
         log.warning("search: tuning reached recall@10 %.3f, below the target %.2f: the memory budget leaves too "
                     "coarse codes; raise --memory-budget", best.worst, target)
     engine.meta.update(best.setting)
-    engine.configure(int(engine.meta.get("nprobe", 1)), int(engine.meta.get("ef_search", 64)))
+    engine.configure(engine.meta)
     tried = [{"recall": [round(r, 4) for r in x.means], **x.setting} for x in results]
     out = {"recall_at_10": round(best.means[0], 4), "target_recall": target, "tuning_queries": int(len(query_ids)),
            "recall_lower_bound": [round(lower_bound(h), 4) for h in best.hits], "promised_recall": PROMISED_RECALL,
@@ -171,21 +151,6 @@ def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids
     if len(sets) > 1:
         out.update({"recall_at_10_text": round(best.means[1], 4), "tuning_text_queries": int(len(sets[1][0]))})
     return out
-
-
-def nprobe_steps(nlist: int) -> list[int]:
-    """1, 2, 3, 4, 6, 8, 12, 16, ... nlist: powers of two and the halfway steps between (a factor of 2 in nprobe is
-    a factor of 2 in latency, too coarse a choice at the depths text queries need)."""
-    steps = {min(nlist, 2 ** i) for i in range(int(np.log2(max(1, nlist))) + 1)}
-    steps |= {3 * 2 ** i for i in range(int(np.log2(max(1, nlist)))) if 3 * 2 ** i < nlist}
-    return sorted(steps | {nlist})
-
-
-def code_size(meta: dict[str, Any], dim: int) -> int:
-    """Bytes of one vector's code (engines saved before code_bytes was recorded were all IVF-PQ)."""
-    if meta.get("code_bytes"):
-        return int(meta["code_bytes"])
-    return int(str(meta["factory"]).split("PQ")[1].split("x")[0]) // 2
 
 
 def exact_top(vectors: np.ndarray, live: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray:

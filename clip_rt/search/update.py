@@ -13,7 +13,6 @@ on from there); the drops are committed last, then the engine is brought up to d
 
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,11 +21,12 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from ..errors import ImageError, InputError
+from ..fsutil import sha256_file
 from ..preprocess import check_decode, iter_image_files
 from .index import Index
-from .maintain import UpdateReport, as_vectors, open_for_update, refresh_engine, scoped
+from .maintain import UpdateReport, as_vectors, open_for_update, refresh, refresh_engine, scoped
 from .plan import parse_memory
-from .store import IndexFileError, Item, Store
+from .store import IndexFileError, Item, Store, is_legacy
 from .tune import tuning_texts
 
 if TYPE_CHECKING:
@@ -34,14 +34,6 @@ if TYPE_CHECKING:
 
 COMMIT_EVERY = 1024  # files embedded per transaction
 HASH_WORKERS = 4  # threads hashing files (hashlib releases the GIL on large buffers)
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _stat(path: str) -> tuple[int, int] | ImageError:
@@ -54,7 +46,7 @@ def _stat(path: str) -> tuple[int, int] | ImageError:
 
 def _hash(path: str) -> str | ImageError:
     try:
-        return file_sha256(path)
+        return sha256_file(path)
     except PermissionError:
         return ImageError(path, "permission denied")
     except OSError as e:
@@ -70,7 +62,7 @@ def update_images(path: str | os.PathLike, model: "ClipModel", paths: Sequence[s
     decode: "fast" or "exact" (see clip_rt.preprocess); None: the index's recorded choice ("fast" for a new one).
     index_type / memory_budget: see clip_rt.search.plan; None keeps the recorded choice. progress(done, total) is
     called as images are embedded; log(message) for the engine's steps. Returns the index (opened read-only) and
-    the report. Raises InputError when the scan finds no image file at all (an unmounted folder must not empty
+    the report (the index is the one just written, handed back for reading, not opened again). Raises InputError when the scan finds no image file at all (an unmounted folder must not empty
     the index).
     """
     root = Path(path)
@@ -88,11 +80,13 @@ def update_images(path: str | os.PathLike, model: "ClipModel", paths: Sequence[s
                              f"mix the two in one index (rebuild it into a new folder to switch)")
         report = _update(store, model, roots, [os.path.abspath(f) for f in found], errors, recorded, batch_size,
                          progress)
-        report.engine = refresh_engine(store, index_type, budget, log,
-                                       text_queries=lambda: model.encode_texts(tuning_texts()))
-    finally:
+        report.engine, engine = refresh(store, index_type, budget, log,
+                                        text_queries=lambda: model.encode_texts(tuning_texts()))
+        store.release()  # the write lock goes; the index handed back reads on through the same connection
+        return Index(store, engine), report
+    except BaseException:
         store.close()
-    return Index.open(root), report
+        raise
 
 
 def _update(store: Store, model: "ClipModel", roots: list[str], files: list[str], errors: list[ImageError],
@@ -165,8 +159,6 @@ def _update(store: Store, model: "ClipModel", roots: list[str], files: list[str]
 def remove_items(path: str | os.PathLike, items: Sequence[str | os.PathLike],
                  log: Callable[[str], None] | None = None) -> UpdateReport:
     """Drop files (or every file under a folder) from an image index, or texts from a text pool. No model needed."""
-    from .legacy import is_legacy
-
     root = Path(path)
     if is_legacy(root):
         raise IndexFileError(f"{root} is a clip-rt 0.1 index folder; convert it first with: clip-rt index --convert {root}")
