@@ -101,11 +101,13 @@ def main() -> int:
     import torch
 
     import clip_rt
-    from clip_rt.export.load import load_source
+    from clip_rt.export.families import load_source
     from clip_rt.export.validate import load_eval_texts
     from clip_rt.export.wrappers import reference_image_embeds, reference_text_embeds
     from clip_rt.package import Package
-    from clip_rt.preprocess import PreprocessConfig, iter_image_files, prepare_batch
+    from clip_rt.files import iter_image_files
+    from clip_rt.prepare import prepare_batch
+    from clip_rt.preprocess import PreprocessConfig
 
     torch.set_num_threads(args.threads)
     pkg = Package.open(args.package)

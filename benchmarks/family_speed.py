@@ -32,7 +32,8 @@ CAPTION_ZH = "一只黑色的狗沿着海边的沙滩奔跑"
 
 def measure(package: Path, iters: int, warmup: int, threads: int | None) -> dict[str, Any]:
     import clip_rt
-    from clip_rt.preprocess import PreprocessConfig, prepare
+    from clip_rt.prepare import prepare
+    from clip_rt.preprocess import PreprocessConfig
     from clip_rt.tokenizer import Tokenizer
 
     backends: dict[str, Any] = {"eager": clip_rt.load(package, backend="torch", threads=threads),

@@ -118,7 +118,7 @@ def model_part(package: str, precision: str, work: Any, seconds: float) -> dict[
     """The model's own batching gain, in-process on prepared inputs: wall and CPU time per item at batch 1 and 32,
     per encoder. Dynamic batching cannot make the service gain more than this."""
     import clip_rt
-    from clip_rt.preprocess import prepare
+    from clip_rt.prepare import prepare
 
     model = clip_rt.load(package, precision=precision, spinning=False)  # as clip-rt serve runs it
     crops = np.stack([prepare(d, model.preprocess_config) for _, d in work.images[:32]])  # [32, S, S, 3] uint8

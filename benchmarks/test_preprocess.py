@@ -12,7 +12,8 @@ BATCHES = (1, 32)
 
 @pytest.mark.parametrize("batch", BATCHES)
 def test_preprocess_clip_rt(benchmark, package, dataset, batch):
-    from clip_rt.preprocess import PreprocessConfig, prepare_batch
+    from clip_rt.prepare import prepare_batch
+    from clip_rt.preprocess import PreprocessConfig
 
     cfg = PreprocessConfig.from_manifest(package.preprocess)
     files = dataset.files[:batch]

@@ -54,7 +54,9 @@ def _cosines(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
 
 
 def _inputs(pkg: Package, images: Sequence[str], texts: Sequence[str]) -> dict[str, list[np.ndarray]]:
-    from .preprocess import PreprocessConfig, iter_image_files, prepare_batch
+    from .files import iter_image_files
+    from .prepare import prepare_batch
+    from .preprocess import PreprocessConfig
     from .tokenizer import Tokenizer
 
     files, errors = iter_image_files(images)

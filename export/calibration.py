@@ -99,7 +99,8 @@ def load_calibration(calib_dir: str | Path, calib_texts: str | Path | None, imag
                      max_images: int = 128, max_texts: int = 512, need_texts: bool = True) -> CalibrationSet:
     """Real photos (and captions) for calibration, minus anything that is also evaluation data. image_size: the
     package's PreprocessConfig (or CLIP's image size, with resize)."""
-    from clip_rt.preprocess import iter_image_files, prepare_batch
+    from clip_rt.files import iter_image_files
+    from clip_rt.prepare import prepare_batch
 
     from .validate import as_preprocess
 

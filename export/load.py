@@ -1,9 +1,8 @@
 """Where an export's model comes from: a Hugging Face hub id or local HF folder (config.json decides the family), or
 an open_clip architecture ("open_clip:ARCH"), with real weights or a deterministic random init.
 
-The family adapters (export/families/) build their models with the helpers here; `load_source` rebuilds exactly the
-model a package was exported from, from the manifest's `source` block, and checks its weights fingerprint (the torch
-reference backend uses it). `load_clip` is the CLIP family's loader, kept under its old name.
+The family adapters (export/families/) build their models with the helpers here. Picking the family, and rebuilding
+exactly the model a package was exported from (load_source / rebuild), live above them in export/families/__init__.py.
 """
 
 from __future__ import annotations
@@ -18,8 +17,6 @@ from clip_rt.errors import ModelSourceError, missing_dependency
 
 if TYPE_CHECKING:
     import torch
-
-    from .families.base import LoadedModel
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
@@ -130,41 +127,3 @@ def hf_source(model: str | os.PathLike, folder: Path, kind: str, revision: str |
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
-
-
-def load_clip(model: str | os.PathLike, random_init: bool = False, seed: int = 0,
-              revision: str | None = None) -> "LoadedModel":
-    """Load a Hugging Face CLIPModel for export (the CLIP family; see families.load for any family).
-
-    model: a local HF folder (config.json + weights + tokenizer files) or a hub id ("openai/clip-vit-base-patch32").
-    random_init: build the architecture from config.json with weights drawn from `seed` (tests, benchmarks).
-    """
-    from .families import get_family
-
-    return get_family("clip").load(str(model), random_init=random_init, seed=seed, revision=revision)
-
-
-def load_source(source: dict[str, Any]) -> Any:
-    """Rebuild the exact eager model a package was exported from (its family's own model: transformers' CLIPModel,
-    SiglipModel, ChineseCLIPModel or open_clip's CLIP), checked against its weights fingerprint."""
-    return rebuild(source).model
-
-
-def rebuild(source: dict[str, Any]) -> "LoadedModel":
-    """load_source, returning the whole LoadedModel (the family adapter's reference embeddings need it)."""
-    from .families import get_family
-
-    model = source["model"]
-    if source.get("kind") == "local" and not Path(model).exists():
-        raise ModelSourceError(f"the package was exported from the local folder {model}, which no longer exists; "
-                               f"the torch backend needs that folder (or re-export from where it lives now)")
-    family = get_family(str(source.get("family", "clip")))
-    loaded = family.load(model, random_init=bool(source.get("random_init")), seed=int(source.get("seed") or 0),
-                         revision=source.get("revision"), pretrained=source.get("pretrained"))
-    want = source.get("weights_sha256")
-    if want and loaded.source["weights_sha256"] != want:
-        raise ModelSourceError(f"the weights rebuilt from {model} (random_init={source.get('random_init')}) differ from "
-                               f"the ones the package was exported from (fingerprint {loaded.source['weights_sha256'][:12]} "
-                               f"!= {want[:12]}); the folder changed, or torch {loaded.source['torch']} initializes "
-                               f"differently from torch {source.get('torch')}; re-export the package")
-    return loaded

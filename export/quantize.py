@@ -26,7 +26,7 @@ from . import int8 as q8
 
 if TYPE_CHECKING:
     from .calibration import CalibrationSet
-    from .pipeline import ExportContext
+    from .context import ExportContext
     from .zeroshot_eval import LabeledSet
 
 # Kept in fp32 by the fp16 builder: normalization, softmax, the final L2 normalization (ReduceL2 + Div), and the

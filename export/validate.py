@@ -125,7 +125,8 @@ def load_eval_images(folder: str | Path | None, image_size: "int | PreprocessCon
     cfg = as_preprocess(image_size, resize)
     if folder is None:
         return synthetic_images(24, cfg.image_size), "synthetic"
-    from clip_rt.preprocess import iter_image_files, prepare_batch
+    from clip_rt.files import iter_image_files
+    from clip_rt.prepare import prepare_batch
 
     files, _ = iter_image_files([folder])
     if not files:

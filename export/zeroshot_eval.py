@@ -39,7 +39,7 @@ def load_labeled(folder: str | Path, image_size: "int | PreprocessConfig", resiz
                  limit: int = 200) -> LabeledSet:
     """Up to `limit` labeled images (evenly spread over labels.csv), preprocessed by the runtime's CPU path as the
     package's PreprocessConfig says (or CLIP's at image_size / resize)."""
-    from clip_rt.preprocess import prepare_batch
+    from clip_rt.prepare import prepare_batch
 
     from .validate import as_preprocess
 

@@ -151,7 +151,7 @@ def reference_for(source: dict[str, Any], folder: str | Path | None = None) -> F
     Hugging Face ones are loaded from their folder)."""
     family = source.get("family", "clip")
     if family == "open_clip":
-        from clip_rt.export.load import load_source
+        from clip_rt.export.families import load_source
 
         return OpenClipReference(load_source(source), source["architecture"])
     folder = folder or source["model"]

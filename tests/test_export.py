@@ -48,11 +48,12 @@ def real_crops(data_dir: Path, processor, n: int, start: int = 0) -> tuple[np.nd
     """uint8 crops from clip-rt's CPU path, and transformers' own pixel_values for the same photos."""
     from transformers.image_utils import load_image
 
-    from clip_rt.preprocess import PreprocessConfig, prepare
+    from clip_rt.export.families.hf_preprocess import preprocess_from_hf
+    from clip_rt.prepare import prepare
 
     files = sorted((data_dir / "imagenet_sample" / "images").iterdir())[start:start + n]
     ip = processor.image_processor
-    cfg = PreprocessConfig.from_hf(ip.to_dict())
+    cfg = preprocess_from_hf(ip.to_dict())
     crops = np.stack([prepare(f, cfg) for f in files])  # [N, S, S, 3] uint8
     # load_image is what transformers does with a file path (EXIF orientation applied, like clip-rt).
     pixel_values = processor(images=[load_image(str(f)) for f in files], return_tensors="pt")["pixel_values"]
@@ -174,14 +175,14 @@ def test_newer_manifest_refused(tiny_package: Path, tmp_path: Path) -> None:
 
 # -- sources and errors ----------------------------------------------------------------------------------------
 def test_missing_folder(tmp_path: Path) -> None:
-    from clip_rt.export.load import load_clip
+    from clip_rt.export.families import load_clip
 
     with pytest.raises(ModelSourceError, match="does not exist"):
         load_clip(tmp_path / "nope")
 
 
 def test_folder_without_weights(tiny_source: Path, tmp_path: Path) -> None:
-    from clip_rt.export.load import load_clip
+    from clip_rt.export.families import load_clip
 
     folder = tmp_path / "noweights"
     shutil.copytree(tiny_source, folder)
@@ -193,7 +194,7 @@ def test_folder_without_weights(tiny_source: Path, tmp_path: Path) -> None:
 
 
 def test_non_clip_config(tiny_source: Path, tmp_path: Path) -> None:
-    from clip_rt.export.load import load_clip
+    from clip_rt.export.families import load_clip
 
     folder = tmp_path / "bert"
     shutil.copytree(tiny_source, folder)
@@ -214,7 +215,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_random_init_is_deterministic_and_loud(tiny_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from clip_rt.cli import main
-    from clip_rt.export.load import load_clip, load_source
+    from clip_rt.export.families import load_clip, load_source
 
     a, b = load_clip(tiny_source, random_init=True, seed=7), load_clip(tiny_source, random_init=True, seed=7)
     c = load_clip(tiny_source, random_init=True, seed=8)
@@ -237,12 +238,12 @@ def test_random_init_is_deterministic_and_loud(tiny_source: Path, tmp_path: Path
 def test_failing_gate_writes_nothing_unless_forced(tiny_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An artifact below threshold is refused; --force writes it and says so in the manifest."""
     from clip_rt.errors import ValidationFailed
-    from clip_rt.export import pipeline
+    from clip_rt.export import context, pipeline
     from clip_rt.tolerances import Tolerance
 
     # A gate nothing can pass (min cosine above 1) stands in for a broken artifact.
     impossible = Tolerance(min_cosine=1.5, mean_cosine=1.5, top1_agreement=1.0)
-    monkeypatch.setattr(pipeline, "tolerance", lambda backend, precision: impossible)
+    monkeypatch.setattr(context, "tolerance", lambda backend, precision: impossible)
     out = tmp_path / "gated"
     with pytest.raises(ValidationFailed, match="fails its accuracy gate"):
         pipeline.export_package(tiny_source, out, log=lambda m: None)

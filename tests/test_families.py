@@ -306,7 +306,8 @@ def test_squash_and_half_even_crop_are_pixel_exact(data_dir: Path) -> None:
     from transformers import SiglipImageProcessorPil
     from transformers.image_utils import load_image
 
-    from clip_rt.preprocess import PreprocessConfig, prepare
+    from clip_rt.prepare import prepare
+    from clip_rt.preprocess import PreprocessConfig
 
     files = [str(p) for p in sorted((data_dir / "imagenet_sample" / "images").iterdir())[::30]]
     squash = PreprocessConfig(image_size=64, resize=64, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode="squash")

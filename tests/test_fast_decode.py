@@ -14,7 +14,9 @@ from PIL import Image
 import faults
 from clip_rt.cli import main
 from clip_rt.errors import InputError
-from clip_rt.preprocess import PreprocessConfig, open_image, prepare, prepare_batch
+from clip_rt.decode import open_image
+from clip_rt.prepare import prepare, prepare_batch
+from clip_rt.preprocess import PreprocessConfig
 from runtime_reference import cosines, flickr
 
 CFG = PreprocessConfig(image_size=224, resize=224)

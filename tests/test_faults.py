@@ -27,7 +27,7 @@ from clip_rt.backends.onnxruntime import OnnxRuntimeBackend
 from clip_rt.cli import main
 from clip_rt.errors import EngineMismatch, ImageError, PackageError
 from clip_rt.package import FORMAT_VERSION, Artifact, Package, add_artifact
-from clip_rt.preprocess import open_image
+from clip_rt.decode import open_image
 from clip_rt.tokenizer import TextTruncatedWarning
 from clip_rt.tolerances import RUNTIME_MIN_COSINE
 from runtime_reference import cosines, labelled_images, run_lean_cli

@@ -70,7 +70,7 @@ def ort_cuda() -> None:
 @pytest.fixture(scope="session")
 def photos(data_dir: Path) -> list[np.ndarray]:
     """Decoded photos of varied sizes: 64 full-size ImageNet ones and 32 Caltech ones."""
-    from clip_rt.preprocess import open_image
+    from clip_rt.decode import open_image
 
     files = image_files(data_dir, 64, DATA[:1]) + image_files(data_dir, 32, DATA[1:])
     return [np.asarray(open_image(f)) for f in files]
@@ -179,7 +179,8 @@ def references(tensorrt: None, fp16_package: Path, data_dir: Path) -> dict[str, 
     """Real crops and token ids, and eager fp32 PyTorch embeddings of them."""
     from clip_rt.backends import open_backend
     from clip_rt.package import Package
-    from clip_rt.preprocess import PreprocessConfig, open_image, resize_crop
+    from clip_rt.decode import open_image
+    from clip_rt.preprocess import PreprocessConfig, resize_crop
     from clip_rt.tokenizer import Tokenizer
 
     pkg = Package.open(fp16_package)

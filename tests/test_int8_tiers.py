@@ -99,7 +99,8 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def held_out(data_dir: Path, tiny_q_package: Path) -> dict[str, list[np.ndarray]]:
     """Photos and captions the calibration (flickr8k) and the gate (caltech101) never saw, at odd batch sizes."""
-    from clip_rt.preprocess import PreprocessConfig, prepare_batch
+    from clip_rt.prepare import prepare_batch
+    from clip_rt.preprocess import PreprocessConfig
     from clip_rt.tokenizer import Tokenizer
 
     pkg = Package.open(tiny_q_package)

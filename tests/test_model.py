@@ -66,7 +66,7 @@ def test_images_match_transformers(model, ref, photos):
 
 
 def test_every_input_kind_gives_the_same_embedding(model, photos):
-    from clip_rt.preprocess import prepare
+    from clip_rt.prepare import prepare
 
     path = photos[-1]
     pil = Image.open(path).convert("RGB")

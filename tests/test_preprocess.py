@@ -20,17 +20,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clip_rt.decode import open_image
 from clip_rt.errors import ImageError, InputError, ModelSourceError, PackageError
-from clip_rt.preprocess import (
-    PreprocessConfig,
-    crop_box,
-    iter_image_files,
-    open_image,
-    prepare,
-    prepare_batch,
-    resize_crop,
-    resized_size,
-)
+from clip_rt.export.families.hf_preprocess import preprocess_from_hf
+from clip_rt.files import iter_image_files
+from clip_rt.prepare import prepare, prepare_batch
+from clip_rt.preprocess import PreprocessConfig, crop_box, resize_crop, resized_size
 from clip_rt.tolerances import PREPROCESS_MAX_LEVELS
 from runtime_reference import pil_backend
 
@@ -42,7 +37,7 @@ CLIP_PREPROCESSOR = {"crop_size": {"height": 224, "width": 224}, "do_center_crop
                      "image_std": [0.26862954, 0.26130258, 0.27577711],
                      "image_processor_type": "CLIPImageProcessor", "resample": 3,
                      "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": 224}}
-CFG = PreprocessConfig.from_hf(CLIP_PREPROCESSOR)
+CFG = preprocess_from_hf(CLIP_PREPROCESSOR)
 TOL = PREPROCESS_MAX_LEVELS / 255 / min(CFG.std) + 1e-5  # normalized units; 1e-5 absorbs float32 rounding
 DATASETS = ("cifar10", "caltech101", "imagenet_sample", "flickr8k")
 
@@ -102,7 +97,7 @@ def reopen(data: bytes) -> Image.Image:
 
 # -- config --------------------------------------------------------------------------------------------------
 def test_config_from_hf_manifest_roundtrip(shared_dir: Path):
-    cfg = PreprocessConfig.from_hf(json.loads((shared_dir / "models/clip-tokenizer/preprocessor_config.json").read_text()))
+    cfg = preprocess_from_hf(json.loads((shared_dir / "models/clip-tokenizer/preprocessor_config.json").read_text()))
     assert cfg == CFG
     assert (cfg.image_size, cfg.resize, cfg.interpolation) == (224, 224, "bicubic")
     m = cfg.to_manifest()
@@ -112,7 +107,7 @@ def test_config_from_hf_manifest_roundtrip(shared_dir: Path):
     assert m["crop"] == "center" and m["rescale"] == pytest.approx(1 / 255)
     assert PreprocessConfig.from_manifest(json.loads(json.dumps(m))) == cfg
     # Old-style configs: bare ints for size and crop_size, and a non-CLIP resize/crop pair.
-    old = PreprocessConfig.from_hf({"size": 256, "crop_size": 224, "resample": 2})
+    old = preprocess_from_hf({"size": 256, "crop_size": 224, "resample": 2})
     assert (old.resize, old.image_size, old.interpolation) == (256, 224, "bilinear")
 
 
@@ -124,15 +119,15 @@ def test_config_rejects_what_it_cannot_reproduce():
     with pytest.raises(InputError, match="std"):
         PreprocessConfig(image_size=224, resize=224, std=(0.2, 0.0, 0.2))
     with pytest.raises(ModelSourceError, match="without a center crop"):
-        PreprocessConfig.from_hf({**CLIP_PREPROCESSOR, "do_center_crop": False})
+        preprocess_from_hf({**CLIP_PREPROCESSOR, "do_center_crop": False})
     with pytest.raises(ModelSourceError, match="square"):
-        PreprocessConfig.from_hf({**CLIP_PREPROCESSOR, "crop_size": {"height": 224, "width": 192}})
+        preprocess_from_hf({**CLIP_PREPROCESSOR, "crop_size": {"height": 224, "width": 192}})
     with pytest.raises(PackageError, match="invalid"):
         PreprocessConfig.from_manifest({"image_size": 224})
     with pytest.raises(PackageError, match="crop"):
         PreprocessConfig.from_manifest({**CFG.to_manifest(), "crop": "random"})
     # do_normalize=false is representable: identity mean/std.
-    plain = PreprocessConfig.from_hf({**CLIP_PREPROCESSOR, "do_normalize": False})
+    plain = preprocess_from_hf({**CLIP_PREPROCESSOR, "do_normalize": False})
     assert plain.mean == (0.0, 0.0, 0.0) and plain.std == (1.0, 1.0, 1.0)
 
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_rt.preprocess import PreprocessConfig, open_image, resize_crop
+from clip_rt.decode import open_image
+from clip_rt.preprocess import PreprocessConfig, resize_crop
 from clip_rt.gpu.resample import (
     axis_table,
     crop_offset,

@@ -24,10 +24,11 @@ pytest.importorskip("ray.data", reason="batch embedding needs clip-rt[scale]")
 pytest.importorskip("pyarrow", reason="batch embedding needs clip-rt[scale]")
 
 import clip_rt  # noqa: E402
+import clip_rt.files  # noqa: E402
 import clip_rt.ray  # noqa: E402
 import clip_rt.search  # noqa: E402
 from clip_rt.errors import ImageError, InputError  # noqa: E402
-from clip_rt.preprocess import prepare  # noqa: E402
+from clip_rt.prepare import prepare  # noqa: E402
 from clip_rt.scale.shards import ShardError, errors_path, part_path  # noqa: E402
 
 EXACT = tolerance("onnxruntime", "fp32").min_cosine
@@ -79,7 +80,7 @@ def test_embeddings_equal_in_process_and_broken_files_are_listed(first_run, tiny
     out, run = first_run
     model = clip_rt.load(tiny_package)
     emb, files = clip_rt.ray.read_embeddings(out)
-    listed, _ = clip_rt.preprocess.iter_image_files([photo_dir[0]])
+    listed, _ = clip_rt.files.iter_image_files([photo_dir[0]])
     broken = {str(p) for p in photo_dir[1]}
     assert files == [f for f in listed if f not in broken]  # input order, nothing dropped but the broken
     assert emb.shape == (70, 32) and cosines(emb, model.encode_images(files)).min() >= EXACT

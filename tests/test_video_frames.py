@@ -10,7 +10,8 @@ import pytest
 
 pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
 
-from clip_rt.preprocess import PreprocessConfig, prepare  # noqa: E402
+from clip_rt.prepare import prepare  # noqa: E402
+from clip_rt.preprocess import PreprocessConfig  # noqa: E402
 from clip_rt.video.embed import classify_video, embed_video, is_video_path, segments_of  # noqa: E402
 from clip_rt.video.frames import FrameConverter, frame_rgb  # noqa: E402
 from clip_rt.video.sample import Sampler  # noqa: E402

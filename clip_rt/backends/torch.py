@@ -26,6 +26,20 @@ if TYPE_CHECKING:
     from ..package import Package
 
 
+def rebuild_source(source: dict[str, Any]) -> Any:
+    """The eager model a package was exported from, rebuilt from its manifest's `source` block and checked against the
+    weights fingerprint there: clip_rt.export.families.rebuild's LoadedModel (.model is the family's own torch module,
+    .family its adapter). ModelSourceError when the weights differ; needs the `export` extra.
+
+    The one door from the runtime into the build-time code (clip_rt.export, the layer above the runtime): nothing
+    else under clip_rt/ (outside the CLI's export commands) imports clip_rt.export; what needs the eager model, the
+    benchmarks' end-to-end reference included, comes through here.
+    """
+    from ..export.families import rebuild  # type: ignore[import-not-found]  # clip_rt.export = export/ (package-dir)
+
+    return rebuild(source)
+
+
 class TorchBackend:
     """The family's eager model, fp32, on CPU or one CUDA device."""
 
@@ -39,8 +53,6 @@ class TorchBackend:
         kind, device_id = parse_device(device)
         try:
             import torch
-
-            from ..export.load import rebuild
         except ImportError as e:
             raise missing_dependency(e.name or "torch", "export", "the torch backend") from e
         if kind == "cuda" and not torch.cuda.is_available():
@@ -59,7 +71,7 @@ class TorchBackend:
         self._contracts: dict[str, EncoderContract] = {e: package.contract(e) for e in ("image", "text")}
         cfg = PreprocessConfig.from_manifest(package.preprocess)
         with _no_transformers_progress_bar():  # a runtime backend opening: no "Loading weights" bar on stderr
-            loaded = rebuild(package.source)  # ModelSourceError if the weights' fingerprint differs from the manifest's
+            loaded = rebuild_source(package.source)  # ModelSourceError if the fingerprint differs from the manifest's
         loaded.model = loaded.model.to(self._device).eval()
         self.family = loaded.family.name
         self.model = loaded.model

@@ -100,7 +100,7 @@ def make_photos(data: Path, folder: Path, n: int, width: int, height: int, seed:
 
 def decode_ms(files: list[Path], cfg: Any, decode: str) -> float:
     """Median ms to decode + resize + crop one photo on one thread."""
-    from ..preprocess import prepare
+    from ..prepare import prepare
 
     times = []
     for f in files:
@@ -113,7 +113,7 @@ def decode_ms(files: list[Path], cfg: Any, decode: str) -> float:
 def encoder_only_rate(model: Any, files: list[Path], batch_size: int, runs: int = 3) -> float:
     """Images/s of the encoder alone on one batch decoded beforehand: what indexing would reach if decoding cost
     nothing, so the most any decode path can give on this machine."""
-    from ..preprocess import prepare_batch
+    from ..prepare import prepare_batch
 
     batch = np.stack(prepare_batch([str(f) for f in files[:batch_size]], model.preprocess_config, decode="fast"))
     model.backend.encode_images(batch)  # warm-up

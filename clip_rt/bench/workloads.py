@@ -53,7 +53,7 @@ class Dataset:
 
 
 def read_dataset(root: str | Path) -> Dataset:
-    from ..preprocess import iter_image_files
+    from ..files import iter_image_files
 
     root = Path(root)
     if not root.is_dir():
@@ -91,7 +91,8 @@ class Inputs:
 
 def build_inputs(package: "Package", tokenizer: "Tokenizer", dataset: Dataset | None, parity_items: int) -> Inputs:
     """The parity crops, the token stream and the class prompts, built once and shared by every backend."""
-    from ..preprocess import PreprocessConfig, prepare_batch
+    from ..prepare import prepare_batch
+    from ..preprocess import PreprocessConfig
 
     if parity_items < 1:
         raise InputError(f"parity items must be >= 1, got {parity_items}")
@@ -183,11 +184,11 @@ class Tutorial:
         try:
             self.processor = CLIPProcessor.from_pretrained(where, revision=revision)
             if src.get("random_init"):
-                from ..export.load import load_source  # type: ignore[import-not-found]
+                from ..backends.torch import rebuild_source
 
                 # No weights to from_pretrained: rebuild them, then use transformers' default attention as
                 # from_pretrained would (sdpa), not the exporter's eager attention.
-                model = load_source(src)
+                model = rebuild_source(src).model
                 model.set_attn_implementation("sdpa")
                 self.loaded_with = "load_source(package.source) + sdpa attention (random-init source)"
             else:

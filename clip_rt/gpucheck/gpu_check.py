@@ -88,7 +88,7 @@ def load_photos(ctx: Context) -> list[Any]:
     import numpy as np
 
     from ..errors import ImageError
-    from ..preprocess import open_image
+    from ..decode import open_image
 
     frames = []
     for f in photo_files(ctx.shared, ctx.max_photos):

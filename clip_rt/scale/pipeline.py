@@ -24,7 +24,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import ImageError, InputError, missing_dependency
-from ..preprocess import PreprocessConfig, iter_image_files, prepare
+from ..files import iter_image_files
+from ..prepare import prepare
+from ..preprocess import PreprocessConfig
 from .shards import FAILED, SUMMARY, Plan, finished, open_plan, read_failures, write_shard
 
 log = logging.getLogger("clip_rt.scale")

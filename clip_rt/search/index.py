@@ -48,7 +48,7 @@ def not_an_index_message(root: Path) -> str:
     """Why `root` cannot be opened as an index, with the command that makes one (never one writing into a photo
     folder)."""
     if root.is_dir():
-        from ..preprocess import IMAGE_EXTENSIONS
+        from ..files import IMAGE_EXTENSIONS
 
         images = sum(1 for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if images:

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import ImageError, InputError
 from ..fsutil import sha256_file
-from ..preprocess import check_decode, iter_image_files
+from ..decode import check_decode
+from ..files import iter_image_files
 from .index import Index
 from .maintain import UpdateReport, as_vectors, open_for_update, refresh, refresh_engine, scoped
 from .plan import parse_memory

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from ..errors import ImageError
-from ..preprocess import PreprocessConfig, prepare
+from ..prepare import prepare
+from ..preprocess import PreprocessConfig
 from ..zeroshot import builtin_template_sets
 from . import schemas
 from .limits import ApiError

@@ -62,7 +62,7 @@ class HFFamily(Family):
     def preprocess(self, loaded: LoadedModel) -> "PreprocessConfig":
         """The folder's image processor settings, resolved by transformers (class defaults included), as clip-rt's
         PreprocessConfig; without a preprocessor_config.json, the family processor's defaults at the model's size."""
-        from clip_rt.preprocess import PreprocessConfig
+        from .hf_preprocess import preprocess_from_hf
 
         assert loaded.folder is not None
         image_size = int(loaded.model.config.vision_config.image_size)
@@ -71,7 +71,7 @@ class HFFamily(Family):
             settings = self.image_processor(loaded.folder).to_dict()
         else:
             settings = self.default_processor(image_size).to_dict()
-        cfg = PreprocessConfig.from_hf(settings)
+        cfg = preprocess_from_hf(settings)
         if cfg.image_size != image_size:
             raise ModelSourceError(f"{pp} makes {cfg.image_size}px inputs but the vision model expects {image_size}")
         return cfg
