@@ -1,21 +1,22 @@
-"""The serving and scale bench: `clip-rt serve` under concurrent clients, and `clip-rt embed --ray` against the
-single-process command, on this machine.
+"""Every hop of `clip-rt serve`, measured in one run on this machine.
 
-    python benchmarks/serving.py PKG --precision int8 [--data ../shared/data] [--out benchmarks/results/serving]
-           [--parts model,must-show,sweep,scale] [--duration 30] [--sweep-duration 15] [--clients 1,4,16,64]
+    python benchmarks/serving.py PKG --precision int8 --out DIR [--duration 30] [--runners one,ray,ray2]
+           [--clients 1,4,16,64] [--data ../shared/data]
 
-- model: the encoders in-process at batch 1 and batch 32 (wall and CPU per item): the most that dynamic batching
-  can gain on this machine.
-- must-show: 64 clients for --duration seconds with 200 malformed requests mixed in, against `clip-rt serve` with
-  dynamic batching (--max-batch-size 32, --batch-wait-ms 10) and then with --max-batch-size 1: throughput, p50/p99,
-  failed / lost / mismatched requests (every answer is compared with in-process clip_rt), malformed answers.
-- sweep: throughput and p50/p99 against 1, 4, 16 and 64 clients, batching on and off, and the same requests made
-  in-process one at a time on one thread (and 32 at a time: the model's own ceiling).
-- scale: images/s of `clip-rt embed --images caltech101 --ray` with 1 and 2 actors against plain `clip-rt embed`
-  (wall time of each command, Ray start-up included, and the Ray pipeline's own rate).
+1. In-process, `clip_rt.load(PKG)` in this process: encode_texts (1 caption) and encode_image_files (1 caltech101
+   JPEG, decode included), 200 sequential calls after warm-up: p50/p99. The encoder's best throughput on images,
+   decode included (encode_image_files at batch 1..32).
+2. The stacks' floors: a no-op handler returning 512 floats on uvicorn + FastAPI, on Ray Serve (one deployment)
+   and on Ray Serve gateway -> encoder (benchmarks/serving_floors.py), 1 client, 300 sequential requests.
+3. Per runner (one: `clip-rt serve`; ray: `--ray`; ray2: `--ray --ray-deployments 2`): start-up to the first 200;
+   1 client, the same caption and JPEG as in part 1 through HTTP: p50/p99; then 1, 4, ... clients sending one
+   JPEG each per request for --duration seconds (64 clients: with 200 malformed requests mixed in): requests/s,
+   p50/p99, model batch sizes (GET /info), failed / lost / mismatched (cosine against in-process < 0.99999),
+   malformed answered 4xx; then SIGTERM under 64-client load: was every request sent before the signal answered,
+   exit code, seconds to exit, processes left.
 
-Every request is one image (a caltech101 file) or one caption (flickr8k), alternating per client. Writes OUT.json,
-OUT.md and OUT.png (matplotlib). Timings on a shared machine are noisy: run it alone (flock /work/bench.lock ...).
+Writes DIR/serving.json, DIR/serving.md (with the issue's must-show checks computed) and DIR/serving.png. Run it
+alone on a quiet machine: every number here is wall time.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import argparse
 import asyncio
 import csv
 import json
+import os
 import platform
-import shutil
+import re
+import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,8 +39,11 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCHED = ["--max-batch-size", "32", "--batch-wait-ms", "10"]
-UNBATCHED = ["--max-batch-size", "1"]
+RUNNERS = {"one": [], "ray": ["--ray"], "ray2": ["--ray", "--ray-deployments", "2"]}
+LABELS = {"one": "clip-rt serve (one process)", "ray": "clip-rt serve --ray (one deployment)",
+          "ray2": "clip-rt serve --ray --ray-deployments 2", "asgi": "no-op uvicorn + FastAPI",
+          "noop-ray": "no-op Ray Serve, one deployment", "noop-ray2": "no-op Ray Serve, gateway -> encoder"}
+CAPTION = "a photo of a dog running on the beach"
 
 
 def free_port() -> int:
@@ -47,129 +52,252 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def workload(package: str, precision: str, data: Path) -> Any:
-    import clip_rt
-    from clip_rt.serve.loadgen import Workload
-
-    files = sorted(str(p) for p in (data / "caltech101" / "images").iterdir())[::9][:64]
-    with open(data / "flickr8k" / "captions.csv", newline="", encoding="utf-8") as f:
-        texts = [row["caption"] for row in csv.DictReader(f)][:128]
-    return Workload.from_model(clip_rt.load(package, precision=precision), texts, files)
+def pct(seconds: list[float]) -> dict[str, Any]:
+    ms = np.asarray(seconds) * 1000.0
+    return {"n": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2)}
 
 
-def batch_counters(url: str) -> dict[str, Any]:
-    """The encoder replica's model-call counters (GET /info): calls and items per kind."""
-    import httpx
-
-    return httpx.get(url + "/info", timeout=60).json()["replica"]["batches"]
-
-
-def load_run(package: str, server_args: list[str], work: Any, clients: list[int], duration: float,
-             malformed: int = 0, log: Path | None = None) -> list[dict[str, Any]]:
-    """One `clip-rt serve` process, then a load run per client count; the load summaries."""
-    from clip_rt.serve.loadgen import LoadSpec, ServerProcess, run_load
-
-    out = []
-    with ServerProcess(package, server_args, port=free_port(), log=log) as srv:
-        for n in clients:
-            spec = LoadSpec(clients=n, duration_s=duration, malformed=malformed)
-            before = batch_counters(srv.url)
-            summary = asyncio.run(run_load(srv.url, work, spec, server=srv)).summary()
-            after = batch_counters(srv.url)
-            summary["model_batch_mean"] = {k: round((after[k]["items"] - before[k]["items"]) /
-                                                    max(1, after[k]["calls"] - before[k]["calls"]), 2) for k in after}
-            print(f"  {' '.join(server_args)} clients={n}: {summary['throughput_per_s']} req/s, p50 "
-                  f"{summary['p50_ms']} ms, p99 {summary['p99_ms']} ms, failed {summary['failed']}, lost "
-                  f"{summary['lost']}, min cosine {summary['min_cosine']}, server CPU "
-                  f"{summary['server_cpu_ms_per_ok']} ms/request, images/texts per model call "
-                  f"{summary['model_batch_mean']}", file=sys.stderr, flush=True)
-            out.append(summary)
-    return out
+def timed(call: Any, n: int, warm: int = 20) -> dict[str, Any]:
+    for _ in range(warm):
+        call()
+    lat = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        lat.append(time.perf_counter() - t0)
+    return pct(lat)
 
 
-def in_process(package: str, precision: str, work: Any, duration: float) -> dict[str, Any]:
-    """The requests of the load (one image file or one caption each, alternating) made by one thread in-process,
-    and the same inputs 32 at a time: requests/s and latency."""
+def in_process(package: str, precision: str, jpeg: Path, files: list[str], seconds: float) -> dict[str, Any]:
+    """Part 1: one caption, one JPEG; and the image encoder's best throughput, decode included."""
     import clip_rt
 
     model = clip_rt.load(package, precision=precision)
-    lat: list[float] = []
-    end, n = time.perf_counter() + duration, 0
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        if n % 2:
-            model.encode_images([work.images[n % len(work.images)][1]])
-        else:
-            model.encode_texts([work.texts[n % len(work.texts)]])
-        lat.append(time.perf_counter() - t0)
-        n += 1
-    single = {"per_s": round(len(lat) / sum(lat), 2), "p50_ms": round(1000 * float(np.median(lat)), 2),
-              "p99_ms": round(1000 * float(np.percentile(lat, 99)), 2)}
-    blobs = [d for _, d in work.images[:32]]
-    t0, items = time.perf_counter(), 0
-    while time.perf_counter() - t0 < duration:
-        model.encode_images(blobs, batch_size=32)
-        model.encode_texts(work.texts[:32], batch_size=32)
-        items += 64
-    return {"one_at_a_time": single, "batch_32_items_per_s": round(items / (time.perf_counter() - t0), 2)}
-
-
-def model_part(package: str, precision: str, work: Any, seconds: float) -> dict[str, Any]:
-    """The model's own batching gain, in-process on prepared inputs: wall and CPU time per item at batch 1 and 32,
-    per encoder. Dynamic batching cannot make the service gain more than this."""
-    import clip_rt
-    from clip_rt.prepare import prepare
-
-    model = clip_rt.load(package, precision=precision, spinning=False)  # as clip-rt serve runs it
-    crops = np.stack([prepare(d, model.preprocess_config) for _, d in work.images[:32]])  # [32, S, S, 3] uint8
-    calls = {"image": lambda b: model.encode_images(crops[:b], batch_size=b),
-             "text": lambda b: model.encode_texts(work.texts[:b], batch_size=b)}
-    out: dict[str, Any] = {}
-    for kind, call in calls.items():
-        call(1)
-        for b in (1, 32):
-            wall0, cpu0, n = time.perf_counter(), time.process_time(), 0
-            while time.perf_counter() - wall0 < seconds:
-                call(b)
-                n += b
-            out.setdefault(kind, {})[f"batch_{b}"] = {
-                "wall_ms_per_item": round(1000 * (time.perf_counter() - wall0) / n, 2),
-                "cpu_ms_per_item": round(1000 * (time.process_time() - cpu0) / n, 2)}
-        one, many = out[kind]["batch_1"], out[kind]["batch_32"]
-        out[kind]["gain_wall"] = round(one["wall_ms_per_item"] / many["wall_ms_per_item"], 2)
-        out[kind]["gain_cpu"] = round(one["cpu_ms_per_item"] / many["cpu_ms_per_item"], 2)
-        print(f"  model {kind}: {out[kind]}", file=sys.stderr, flush=True)
+    out: dict[str, Any] = {"text": timed(lambda: model.encode_texts([CAPTION]), 200),
+                           "image": timed(lambda: model.encode_image_files([jpeg]), 200)}
+    rates = {}
+    for b in (1, 2, 4, 8, 16, 32):
+        model.encode_image_files(files[:b], batch_size=b)
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            model.encode_image_files(files[:b], batch_size=b)
+            n += b
+        rates[b] = round(n / (time.perf_counter() - t0), 2)
+    best = max(rates, key=rates.__getitem__)
+    out["encoder_images_per_s"] = {"by_batch": rates, "best": rates[best], "best_batch": best}
+    print(f"  in-process: {out}", file=sys.stderr, flush=True)
     return out
 
 
-def scale_part(package: str, precision: str, data: Path, actors: list[int]) -> list[dict[str, Any]]:
-    """`clip-rt embed` plain and with --ray (1 and 2 actors) over caltech101: wall time and images/s."""
-    images = data / "caltech101" / "images"
-    n = sum(1 for _ in images.iterdir())
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="clip-rt-scale-bench-") as tmp:
-        runs = [("single process", ["-o", f"{tmp}/plain.npy"], None)]
-        for a in actors:  # actors share the CPUs with the decode tasks: half a CPU is kept for decoding
-            cpus = f"{max(0.25, (2 - 0.5) / a):g}" if a > 1 else "1"
-            runs.append((f"ray, {a} actor(s)", ["-o", f"{tmp}/ray{a}", "--ray", "--ray-actors", str(a),
-                                                 "--ray-actor-cpus", cpus, "--ray-shard-size", "128"], f"{tmp}/ray{a}"))
-        for label, args, out in runs:
-            cmd = [sys.executable, "-m", "clip_rt.cli", "embed", package, "--images", str(images), "--precision",
-                   precision, "--batch-size", "32", *args]
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-            wall = time.perf_counter() - t0
-            if proc.returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-            row = {"run": label, "images": n, "wall_s": round(wall, 2), "images_per_s_wall": round(n / wall, 2)}
-            if out is not None:
-                summary = json.loads(Path(out, "summary.json").read_text())
-                row.update(pipeline_s=summary["pipeline_seconds"], images_per_s_pipeline=summary["images_per_s"])
-            print(f"  {label}: {row}", file=sys.stderr, flush=True)
-            rows.append(row)
-            if out is not None:
-                shutil.rmtree(out)
+def one_client(url: str, jpeg: Path, n: int, image: bool = True) -> dict[str, Any]:
+    """1 client, sequential: the caption to /embed/text and the JPEG to /embed/image."""
+    import httpx
+
+    data = jpeg.read_bytes()
+    with httpx.Client(base_url=url, timeout=60) as http:
+        out = {"text": timed(lambda: http.post("/embed/text", json={"texts": [CAPTION]}).raise_for_status(), n)}
+        if image:
+            out["image"] = timed(lambda: http.post("/embed/image", files=[("files", (jpeg.name, data))])
+                                 .raise_for_status(), n)
+    return out
+
+
+def floor(kind: str, jpeg: Path, log_dir: Path) -> dict[str, Any]:
+    """Part 2: a no-op server of `kind` (asgi, ray, ray2), 300 sequential requests of each route."""
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "serving_floors.py"), kind, str(port)]
+    with open(log_dir / f"floor-{kind}.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        t0 = time.monotonic()
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() - t0 > 300:
+                raise RuntimeError(f"{' '.join(cmd)} did not start; see {log_dir}/floor-{kind}.log")
+            time.sleep(0.2)
+        out = one_client(f"http://127.0.0.1:{port}", jpeg, 300)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+    print(f"  floor {kind}: {out}", file=sys.stderr, flush=True)
+    return out
+
+
+def batches(url: str) -> dict[str, Any]:
+    import httpx
+
+    return httpx.get(url + "/info", timeout=60).json()["replica"]["batches"]["images"]
+
+
+def load_point(url: str, work: Any, clients: int, duration: float, malformed: int, srv: Any) -> dict[str, Any]:
+    from clip_rt.serve.loadgen import LoadSpec, run_load
+
+    before = batches(url)
+    spec = LoadSpec(clients=clients, duration_s=duration, kinds=("image",), malformed=malformed)
+    summary = asyncio.run(run_load(url, work, spec, server=srv)).summary()
+    after = batches(url)
+    sizes = {int(k): v - before["sizes"].get(k, 0) for k, v in after["sizes"].items() if v > before["sizes"].get(k, 0)}
+    calls = sum(sizes.values())
+    summary["model_batches"] = {"calls": calls, "mean": round(sum(k * v for k, v in sizes.items()) / max(calls, 1), 2),
+                                "largest": max(sizes, default=0), "sizes": sizes}
+    print(f"  {clients} clients: {summary['throughput_per_s']} req/s, p50 {summary['p50_ms']} p99 {summary['p99_ms']} "
+          f"ms, failed {summary['failed']} lost {summary['lost']} mismatched {summary['mismatched']}, batches "
+          f"{summary['model_batches']['mean']} (largest {summary['model_batches']['largest']}), malformed 4xx "
+          f"{summary['malformed']['answered_4xx']}/{summary['malformed']['sent']}", file=sys.stderr, flush=True)
+    return summary
+
+
+async def _sigterm_load(srv: Any, work: Any, clients: int, after_s: float) -> dict[str, Any]:
+    import httpx
+
+    records: list[tuple[float, float, str]] = []
+    stop = asyncio.Event()
+    limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
+    async with httpx.AsyncClient(base_url=srv.url, timeout=60, limits=limits) as http:
+        async def client(c: int) -> None:
+            n = 0
+            while not stop.is_set():
+                name, data = work.images[(c * 7919 + n) % len(work.images)]
+                n += 1
+                t0 = time.monotonic()
+                try:
+                    r = await http.post("/embed/image", files=[("files", (name, data))])
+                    outcome = str(r.status_code)
+                except httpx.TransportError as e:
+                    outcome = type(e).__name__
+                records.append((t0, time.monotonic(), outcome))
+                if outcome[0].isalpha():
+                    await asyncio.sleep(0.05)
+
+        tasks = [asyncio.create_task(client(c)) for c in range(clients)]
+        await asyncio.sleep(after_s)
+        stopped = await asyncio.get_running_loop().run_in_executor(None, srv.signal, signal.SIGTERM, 60.0)
+        stop.set()
+        await asyncio.gather(*tasks)
+    signalled = stopped["sent_at"]
+    before = [r for r in records if r[0] < signalled]
+    settled = [r for r in before if r[0] < signalled - 0.5]  # a request written to an idle keep-alive connection
+    # in the instant the server closes it is never read (not accepted): the last 0.5 s are reported, not judged
+    count = re.search(r"answered (\d+) of the (\d+) requests accepted", stopped["tail"])
+    return {"clients": clients, "sent_before_signal": len(before),
+            "answered_200_before_signal": sum(r[2] == "200" for r in before),
+            "sent_until_half_a_second_before": len(settled),
+            "answered_200_until_half_a_second_before": sum(r[2] == "200" for r in settled),
+            "outcomes_before_signal": {o: sum(r[2] == o for r in before) for o in {r[2] for r in before}},
+            "in_flight_at_signal": sum(r[0] < signalled < r[1] for r in records),
+            "exit_code": stopped["rc"], "seconds_to_exit": stopped["seconds"], "processes_left": stopped["left"],
+            "server_count": {"answered": int(count.group(1)), "accepted": int(count.group(2))} if count else None}
+
+
+def runner(name: str, package: str, precision: str, work: Any, jpeg: Path, clients: list[int], duration: float,
+           log_dir: Path) -> dict[str, Any]:
+    """Part 3 for one runner."""
+    from clip_rt.serve.loadgen import ServerProcess
+
+    args = ["--precision", precision, "--max-body-mb", "1", *RUNNERS[name]]
+    out: dict[str, Any] = {"args": args}
+    with ServerProcess(package, args, port=free_port(), log=log_dir / f"{name}.log") as srv:
+        out["startup_s"] = round(srv.startup_s or 0.0, 2)
+        out["one_client"] = one_client(srv.url, jpeg, 200)
+        print(f"  {name}: start-up {out['startup_s']} s, 1 client {out['one_client']}", file=sys.stderr, flush=True)
+        out["load"] = [load_point(srv.url, work, n, duration, 200 if n == max(clients) else 0, srv) for n in clients]
+    with ServerProcess(package, args, port=free_port(), log=log_dir / f"{name}-sigterm.log") as srv:
+        out["sigterm"] = asyncio.run(_sigterm_load(srv, work, 64, min(5.0, duration)))
+    print(f"  {name} SIGTERM: {out['sigterm']}", file=sys.stderr, flush=True)
+    return out
+
+
+def checks(doc: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """The issue's must-show lines, computed from this run."""
+    ip, rows = doc["in_process"], []
+    one = doc["runners"].get("one")
+    if one:
+        for kind in ("text", "image"):
+            got, ref = one["one_client"][kind]["p50_ms"], ip[kind]["p50_ms"]
+            rows.append((f"one process, 1 client, {kind}: p50 within 3 ms of in-process", got - ref <= 3.0,
+                         f"{got} vs {ref} ms"))
+        top = one["load"][-1]
+        share = top["throughput_per_s"] / ip["encoder_images_per_s"]["best"]
+        rows.append((f"one process, {top['clients']} clients: >= 85% of the encoder's best", share >= 0.85,
+                     f"{top['throughput_per_s']} / {ip['encoder_images_per_s']['best']} images/s = {share:.0%}"))
+        rows.append(("one process, load: no failed, lost or mismatched request", all(
+            not p["failed"] and not p["lost"] and not p["mismatched"] for p in one["load"]),
+            f"min cosine {min(p['min_cosine'] for p in one['load'])}"))
+        m = top["malformed"]
+        rows.append(("one process: every malformed request answered 4xx with a reason",
+                     m["sent"] == m["answered_4xx"] > 0 and m["without_reason"] == 0,
+                     f"{m['answered_4xx']}/{m['sent']}"))
+    if "ray" in doc["runners"] and "noop-ray" in doc["floors"]:
+        for kind in ("text", "image"):
+            got = doc["runners"]["ray"]["one_client"][kind]["p50_ms"]
+            bound = doc["floors"]["noop-ray"][kind]["p50_ms"] + ip[kind]["p50_ms"]
+            rows.append((f"ray, 1 client, {kind}: p50 within 3 ms of the no-op deployment + in-process",
+                         got - bound <= 3.0, f"{got} vs {bound:.2f} ms"))
+    for name, r in doc["runners"].items():
+        s = r["sigterm"]
+        counted = s["server_count"]
+        ok = (s["answered_200_until_half_a_second_before"] == s["sent_until_half_a_second_before"]
+              and (counted is None or counted["answered"] == counted["accepted"])
+              and s["exit_code"] == 0 and s["seconds_to_exit"] < 10 and not s["processes_left"])
+        rows.append((f"{name}: SIGTERM under 64-client load", ok,
+                     f"{s['answered_200_until_half_a_second_before']}/{s['sent_until_half_a_second_before']} sent "
+                     f"until 0.5 s before answered 200 ({s['outcomes_before_signal']} for all sent before), server's "
+                     f"count {counted}, exit {s['exit_code']} after {s['seconds_to_exit']} s, "
+                     f"{len(s['processes_left'])} processes left"))
     return rows
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    ip = doc["in_process"]
+    lines = [f"# Serving hops: {doc['package']} {doc['precision']}", "", f"Machine: {doc['machine']}. Command: "
+             f"`{doc['command']}`.", "", "## 1 client, sequential (p50 / p99 ms)", "",
+             "| stack | one caption | one JPEG (decode included) | start-up to first 200 |", "| --- | --- | --- | --- |",
+             f"| in-process clip_rt | {ip['text']['p50_ms']} / {ip['text']['p99_ms']} | {ip['image']['p50_ms']} / "
+             f"{ip['image']['p99_ms']} | |"]
+    for name, r in [*doc["floors"].items(), *((k, v["one_client"]) for k, v in doc["runners"].items())]:
+        startup = doc["runners"][name]["startup_s"] if name in doc["runners"] else ""
+        lines.append(f"| {LABELS[name]} | {r['text']['p50_ms']} / {r['text']['p99_ms']} | {r['image']['p50_ms']} / "
+                     f"{r['image']['p99_ms']} | {startup} |")
+    enc = ip["encoder_images_per_s"]
+    lines += ["", f"In-process image encoder, decode included (encode_image_files), images/s by batch: "
+              + ", ".join(f"{b}: {v}" for b, v in enc["by_batch"].items()) + f"; best {enc['best']}.", "",
+              "## Clients sending one JPEG each per request", "",
+              "| runner | clients | requests/s | % of encoder best | p50 / p99 ms | model batch mean (largest) | "
+              "failed / lost / mismatched | min cosine | malformed 4xx |", "|" + " --- |" * 9]
+    for name, r in doc["runners"].items():
+        for p in r["load"]:
+            m = p["malformed"]
+            lines.append(f"| {name} | {p['clients']} | {p['throughput_per_s']} | "
+                         f"{100 * p['throughput_per_s'] / enc['best']:.0f}% | {p['p50_ms']} / {p['p99_ms']} | "
+                         f"{p['model_batches']['mean']} ({p['model_batches']['largest']}) | "
+                         f"{sum(p['failed'].values())} / {p['lost']} / {p['mismatched']} | {p['min_cosine']} | "
+                         f"{m['answered_4xx']}/{m['sent']} |")
+    lines += ["", "## SIGTERM under 64-client load", "", "| runner | sent before the signal | answered 200 | "
+              "in flight at the signal | exit code | seconds to exit | processes left | server's own count |",
+              "|" + " --- |" * 8]
+    for name, r in doc["runners"].items():
+        s = r["sigterm"]
+        lines.append(f"| {name} | {s['sent_before_signal']} | {s['answered_200_before_signal']} | "
+                     f"{s['in_flight_at_signal']} | {s['exit_code']} | {s['seconds_to_exit']} | "
+                     f"{len(s['processes_left'])} | {s['server_count']} |")
+    lines += ["", "## The issue's must-show checks", ""]
+    lines += [f"- {'PASS' if ok else 'FAIL'}: {what} ({detail})" for what, ok, detail in checks(doc)]
+    return "\n".join(lines) + "\n"
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
@@ -179,147 +307,78 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    sweep = doc.get("sweep")
-    if sweep:
-        for key, style in (("batching", "-o"), ("no batching", "--s")):
-            rows = sweep[key]
-            x = [r["clients"] for r in rows]
-            axes[0].plot(x, [r["throughput_per_s"] for r in rows], style, label=f"serve, {key}")
-            axes[1].plot(x, [r["p50_ms"] for r in rows], style, label=f"p50, {key}")
-            axes[1].plot(x, [r["p99_ms"] for r in rows], style, alpha=0.5, label=f"p99, {key}")
-        one = sweep["in_process"]["one_at_a_time"]["per_s"]
-        axes[0].axhline(one, color="gray", ls=":", label="in-process, one request at a time")
-        axes[0].axhline(sweep["in_process"]["batch_32_items_per_s"], color="black", ls=":",
-                        label="in-process, 32 at a time")
-        for ax, ylabel in ((axes[0], "requests/s"), (axes[1], "latency, ms")):
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("concurrent clients")
-            ax.set_ylabel(ylabel)
-            ax.legend(fontsize=7)
-        axes[1].set_yscale("log")
-        axes[0].set_title("throughput (1 image or 1 caption per request)")
-        axes[1].set_title("latency")
-    if doc.get("scale"):
-        rows = doc["scale"]
-        axes[2].bar([r["run"] for r in rows], [r["images_per_s_wall"] for r in rows], label="whole command")
-        piped = [(r["run"], r["images_per_s_pipeline"]) for r in rows if "images_per_s_pipeline" in r]
-        axes[2].bar([p[0] for p in piped], [p[1] for p in piped], alpha=0.5, label="Ray pipeline only")
-        axes[2].set_ylabel("images/s")
-        axes[2].set_title("caltech101, clip-rt embed")
-        axes[2].legend(fontsize=7)
-        axes[2].tick_params(axis="x", labelsize=7)
-    fig.suptitle(f"clip-rt serve / embed --ray: {doc['package_name']} {doc['precision']}, {doc['machine']}", fontsize=9)
+    names = ["in-process", *doc["floors"], *doc["runners"]]
+    sources = [doc["in_process"], *doc["floors"].values(), *(r["one_client"] for r in doc["runners"].values())]
+    x = np.arange(len(names))
+    for i, kind in enumerate(("text", "image")):
+        axes[0].bar(x + (i - 0.5) * 0.4, [s[kind]["p50_ms"] for s in sources], 0.4, label=f"{kind} p50")
+    axes[0].set_xticks(x, names, rotation=30, fontsize=7)
+    axes[0].set_ylabel("ms")
+    axes[0].set_title("1 client: one caption, one JPEG")
+    axes[0].legend(fontsize=7)
+    for name, r in doc["runners"].items():
+        c = [p["clients"] for p in r["load"]]
+        axes[1].plot(c, [p["throughput_per_s"] for p in r["load"]], "-o", label=name)
+        axes[2].plot(c, [p["p50_ms"] for p in r["load"]], "-o", label=f"{name} p50")
+        axes[2].plot(c, [p["p99_ms"] for p in r["load"]], "--", alpha=0.6, label=f"{name} p99")
+    axes[1].axhline(doc["in_process"]["encoder_images_per_s"]["best"], color="black", ls=":",
+                    label="in-process encoder, best batch")
+    for ax, title in ((axes[1], "images/s"), (axes[2], "latency, ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"clip-rt serve: {doc['package']} {doc['precision']}, {doc['machine']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-
-
-def markdown(doc: dict[str, Any]) -> str:
-    lines = [f"# Serving and scale bench: {doc['package_name']} {doc['precision']}", "",
-             f"Machine: {doc['machine']}. Commands: " + "; ".join(f"`{c}`" for c in doc.get("commands", [])) + ".",
-             ""]
-    if "must_show" in doc:
-        ms = doc["must_show"]
-        lines += ["## 64 clients, 30 s, 200 malformed requests mixed in", "",
-                  "| server | requests/s | p50 ms | p99 ms | ok | failed | lost | mismatched | min cosine "
-                  "| malformed 4xx | server CPU ms / request |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for key in ("batching", "no batching"):
-            r = ms[key]
-            lines.append(f"| {key} | {r['throughput_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['ok']} | "
-                         f"{sum(r['failed'].values())} | {r['lost']} | {r['mismatched']} | {r['min_cosine']} | "
-                         f"{r['malformed']['answered_4xx']}/{r['malformed']['sent']} | {r['server_cpu_ms_per_ok']} |")
-        lines += ["", f"Throughput ratio, batching / no batching: **{ms['ratio']:.2f}x**. Server CPU is the CPU time "
-                      f"of every process of the service (proxy, gateway, encoder, Ray) per answered request: unlike "
-                      f"wall time, other jobs on the machine inflate it little.", "",
-                  "Reasons the server gave: " + "; ".join(f"{k}: {v}" for k, v in
-                                                          ms["batching"]["malformed"]["examples"].items()), ""]
-    if "sweep" in doc:
-        sw = doc["sweep"]
-        lines += ["## Throughput and latency against concurrent clients", "",
-                  "| clients | batching req/s | p50 ms | p99 ms | CPU ms/req | images, texts per model call "
-                  "| no batching req/s | p50 ms | p99 ms | CPU ms/req |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for on, off in zip(sw["batching"], sw["no batching"]):
-            per_call = on.get("model_batch_mean", {})
-            lines.append(f"| {on['clients']} | {on['throughput_per_s']} | {on['p50_ms']} | {on['p99_ms']} | "
-                         f"{on['server_cpu_ms_per_ok']} | {per_call.get('images', '')}, {per_call.get('texts', '')} | "
-                         f"{off['throughput_per_s']} | {off['p50_ms']} | {off['p99_ms']} | "
-                         f"{off['server_cpu_ms_per_ok']} |")
-        ip = sw["in_process"]
-        lines += ["", f"In-process, the same requests one at a time on one thread: {ip['one_at_a_time']['per_s']} "
-                      f"req/s (p50 {ip['one_at_a_time']['p50_ms']} ms, p99 {ip['one_at_a_time']['p99_ms']} ms); "
-                      f"32 at a time: {ip['batch_32_items_per_s']} items/s.", ""]
-    if "model" in doc:
-        lines += ["## The model's own batching gain (in-process, prepared inputs)", "",
-                  "| encoder | batch 1 ms/item (wall, CPU) | batch 32 ms/item (wall, CPU) | gain (wall, CPU) |",
-                  "| --- | --- | --- | --- |"]
-        for kind, r in doc["model"].items():
-            one, many = r["batch_1"], r["batch_32"]
-            lines.append(f"| {kind} | {one['wall_ms_per_item']}, {one['cpu_ms_per_item']} | "
-                         f"{many['wall_ms_per_item']}, {many['cpu_ms_per_item']} | {r['gain_wall']}x, {r['gain_cpu']}x |")
-        lines.append("")
-    if "scale" in doc:
-        lines += ["## clip-rt embed over caltech101: one process against Ray Data", "",
-                  "| run | images | wall s | images/s (whole command) | images/s (Ray pipeline only) |",
-                  "| --- | --- | --- | --- | --- |"]
-        for r in doc["scale"]:
-            lines.append(f"| {r['run']} | {r['images']} | {r['wall_s']} | {r['images_per_s_wall']} | "
-                         f"{r.get('images_per_s_pipeline', '')} |")
-        lines.append("")
-    return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("package", help="model package (ViT-B/32 with int8 for the must-show)")
-    ap.add_argument("--precision", choices=("fp32", "int8"), default="int8", help="artifact precision served")
+    ap.add_argument("package", help="model package (ViT-B/32 with int8 for the issue's must-show)")
+    ap.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="int8", help="artifact precision")
+    ap.add_argument("--out", required=True, help="folder for serving.json, serving.md, serving.png and server logs")
+    ap.add_argument("--duration", type=float, default=30.0, help="seconds per load point")
+    ap.add_argument("--runners", default="one,ray,ray2", help="comma-separated, of: " + ", ".join(RUNNERS))
+    ap.add_argument("--clients", default="1,4,16,64", help="load points (the largest gets the malformed requests)")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="../shared/data")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serving"), help="OUT.json/.md/.png")
-    ap.add_argument("--parts", default="model,must-show,sweep,scale",
-                    help="comma-separated: model, must-show, sweep, scale (OUT.json keeps the parts not rerun)")
-    ap.add_argument("--duration", type=float, default=30.0, help="seconds of the must-show load runs")
-    ap.add_argument("--sweep-duration", type=float, default=15.0, help="seconds per sweep point")
-    ap.add_argument("--clients", default="1,4,16,64", help="sweep client counts")
-    ap.add_argument("--actors", default="1,2", help="scale part: Ray actor counts")
     args = ap.parse_args()
-    parts = set(args.parts.split(","))
+    names = args.runners.split(",")
+    unknown = sorted(set(names) - set(RUNNERS))
+    if unknown:
+        ap.error(f"--runners: unknown {unknown}; choose from {', '.join(RUNNERS)}")
+    import clip_rt
+    from clip_rt.cputier import detect
+    from clip_rt.serve.loadgen import Workload
+
     data, out = Path(args.data), Path(args.out)
-    command = " ".join(["python", "benchmarks/serving.py", *sys.argv[1:]])
-    doc: dict[str, Any] = {"package_name": Path(args.package).name, "precision": args.precision,
-                           "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} "
-                                      f"CPUs, Python {platform.python_version()}"}
-    previous = Path(f"{out}.json")
-    if previous.is_file():  # a partial rerun keeps the other parts of the last run
-        doc = {**json.loads(previous.read_text()), **doc}
-    earlier = doc.get("commands") or ([doc.pop("command")] if "command" in doc else [])
-    doc["commands"] = [*earlier, command]
-    work = workload(args.package, args.precision, data) if parts & {"model", "must-show", "sweep"} else None
-    if "model" in parts:
-        print("model: batch 1 against batch 32, in-process", file=sys.stderr)
-        doc["model"] = model_part(args.package, args.precision, work, 8.0)
-    serve_args = ["--precision", args.precision, "--max-body-mb", "1"]
-    if "must-show" in parts:
-        print("must-show: 64 clients, batching on / off", file=sys.stderr)
-        on = load_run(args.package, serve_args + BATCHED, work, [64], args.duration, malformed=200)[0]
-        off = load_run(args.package, serve_args + UNBATCHED, work, [64], args.duration, malformed=200)[0]
-        doc["must_show"] = {"batching": on, "no batching": off,
-                            "ratio": on["throughput_per_s"] / max(off["throughput_per_s"], 1e-9)}
-    if "sweep" in parts:
-        clients = [int(c) for c in args.clients.split(",")]
-        print("sweep: clients", clients, file=sys.stderr)
-        doc["sweep"] = {"batching": load_run(args.package, serve_args + BATCHED, work, clients, args.sweep_duration),
-                        "no batching": load_run(args.package, serve_args + UNBATCHED, work, clients,
-                                                args.sweep_duration),
-                        "in_process": in_process(args.package, args.precision, work, args.sweep_duration)}
-    if "scale" in parts:
-        print("scale: clip-rt embed, plain and --ray", file=sys.stderr)
-        doc["scale"] = scale_part(args.package, args.precision, data, [int(a) for a in args.actors.split(",")])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    Path(f"{out}.md").write_text(markdown(doc))
-    plot(doc, Path(f"{out}.png"))
-    print(f"wrote {out}.json, {out}.md, {out}.png", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    files = sorted(str(p) for p in (data / "caltech101" / "images").iterdir() if p.suffix.lower() == ".jpg")[::9][:64]
+    with open(data / "flickr8k" / "captions.csv", newline="", encoding="utf-8") as f:
+        texts = [row["caption"] for row in csv.DictReader(f)][:16]
+    jpeg = Path(files[0])
+    doc: dict[str, Any] = {"package": Path(args.package).name, "precision": args.precision,
+                           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, CPU tier {detect().describe()}, "
+                                      f"Python {platform.python_version()}",
+                           "command": " ".join(["python", "benchmarks/serving.py", *sys.argv[1:]]),
+                           "jpeg": {"file": jpeg.name, "bytes": jpeg.stat().st_size}}
+    print("in-process", file=sys.stderr)
+    doc["in_process"] = in_process(args.package, args.precision, jpeg, files, min(5.0, args.duration))
+    work = Workload.from_model(clip_rt.load(args.package, precision=args.precision), texts, files)
+    print("floors", file=sys.stderr)
+    kinds = ["asgi"] + (["ray", "ray2"] if any(n.startswith("ray") for n in names) else [])
+    doc["floors"] = {("noop-" + k if k != "asgi" else k): floor(k, jpeg, out) for k in kinds}
+    clients = [int(c) for c in args.clients.split(",")]
+    doc["runners"] = {}
+    for name in names:
+        print(f"runner {name}", file=sys.stderr)
+        doc["runners"][name] = runner(name, args.package, args.precision, work, jpeg, clients, args.duration, out)
+    doc["checks"] = [{"check": w, "pass": ok, "detail": d} for w, ok, d in checks(doc)]
+    (out / "serving.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / "serving.md").write_text(markdown(doc))
+    plot(doc, out / "serving.png")
+    print(f"wrote {out}/serving.json, serving.md, serving.png", file=sys.stderr)
     return 0
 
 

@@ -74,18 +74,24 @@ def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(runner, t
     with ServerProcess(str(tiny_package), args, port=free_port(), log=log, startup_timeout_s=240) as server:
         with Load(server.url, 16, photos) as load:
             time.sleep(3.0)
-            signalled = time.monotonic()
             stopped = server.signal(signal.SIGTERM, timeout_s=60)
+            signalled = stopped["sent_at"]
         answered = [r for r in load.records if r[2][0].isdigit()]
-        before = [r for r in load.records if r[0] < signalled - 0.5]  # sent well before the signal
+        # Sent well before the signal: a request written to an idle keep-alive connection in the instant the server
+        # closes it was never read (not accepted), so the last moments before the signal are left out here; the
+        # one-process server's own count below covers every request it read.
+        before = [r for r in load.records if r[0] < signalled - 0.5]
+        near = [r for r in load.records if signalled - 0.5 <= r[0] < signalled]
         print(f"\n{runner}: {len(load.records)} requests, {len(answered)} answered, exit {stopped['rc']} after "
-              f"{stopped['seconds']} s; outcomes after the signal: "
-              f"{sorted({r[2] for r in load.records if r[0] >= signalled - 0.5})}")
+              f"{stopped['seconds']} s; in the 0.5 s before the signal: "
+              f"{ {o: sum(r[2] == o for r in near) for o in {r[2] for r in near}} }; after it: "
+              f"{sorted({r[2] for r in load.records if r[0] >= signalled})}")
         assert stopped["rc"] == 0, stopped["tail"]
         assert stopped["seconds"] < 10, stopped
         assert stopped["left"] == [], stopped["left"]
         assert len(before) > 16 and all(r[2] == "200" for r in before), sorted({r[2] for r in before})
-        assert {r[2] for r in answered} == {"200"}, "a request the server read was answered with an error"
+        # After the signal: refused connections, or (Ray) the proxy's 404 once the application is gone; never a 5xx.
+        assert not [r for r in answered if r[2].startswith("5")], "a request was answered with a server error"
         assert any(r[1] > signalled for r in answered), "no request was in flight at the signal: nothing was tested"
         if runner == "one-process":  # the server's own count: every request it read got its answer
             m = re.search(r"answered (\d+) of the (\d+) requests accepted", stopped["tail"])

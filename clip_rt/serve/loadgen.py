@@ -274,14 +274,16 @@ class ServerProcess:
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
+        self.startup_s: float | None = None
 
     def cpu_seconds(self) -> float:
         """CPU time used so far by the server and every process it started (Ray's included)."""
         return tree_cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
 
     def signal(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> dict[str, Any]:
-        """Send `sig` and wait for the exit: {"rc", "seconds" (signal to exit), "left" (processes of its session
-        still running 2 s after the exit: Ray's, if any), "tail" (its last output)}."""
+        """Send `sig` and wait for the exit: {"rc", "sent_at" (time.monotonic() when sent), "seconds" (signal to
+        exit), "left" (processes it started or of its session still running 2 s after the exit: Ray's, if any),
+        "tail" (its last output)}."""
         assert self.proc is not None, "not started"
         tree = process_tree(self.proc.pid)
         t0 = time.monotonic()
@@ -293,7 +295,7 @@ class ServerProcess:
         seconds = time.monotonic() - t0
         time.sleep(2.0)
         left = still_running(tree, session=self.proc.pid)
-        return {"rc": rc, "seconds": round(seconds, 2), "left": left, "tail": self._tail()}
+        return {"rc": rc, "sent_at": t0, "seconds": round(seconds, 2), "left": left, "tail": self._tail()}
 
     def _tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log is not None and self.log.exists() else ""
@@ -304,6 +306,7 @@ class ServerProcess:
         from .client import ServeError
 
         out = open(self.log, "wb") if self.log is not None else subprocess.DEVNULL
+        t0 = time.monotonic()
         self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + self.startup_timeout_s
         while True:
@@ -311,6 +314,7 @@ class ServerProcess:
                 raise ServeError(0, f"clip-rt serve exited with code {self.proc.returncode}: {self._tail()}")
             try:
                 if httpx.get(self.url + "/healthz", timeout=10).status_code == 200:
+                    self.startup_s = time.monotonic() - t0  # process start to the first 200
                     return self
             except httpx.TransportError:
                 pass
@@ -318,7 +322,7 @@ class ServerProcess:
                 self.__exit__()
                 raise ServeError(0, f"clip-rt serve did not answer /healthz within {self.startup_timeout_s:.0f} s: "
                                     f"{self._tail()}")
-            time.sleep(1.0)
+            time.sleep(0.1)
 
     def __exit__(self, *exc: Any) -> None:
         if self.proc is None:

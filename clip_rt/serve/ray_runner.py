@@ -98,8 +98,9 @@ def start(config: ServeConfig, address: str | None = None, name: str = APP_NAME,
 
 
 def stop(name: str = APP_NAME) -> None:
-    """Delete the application (its replicas answer what they hold first); if start() started Ray, shut Serve and
-    Ray down as well, so that no Ray process is left."""
+    """Delete the application: its replicas stop taking requests and answer those they hold (up to
+    config.graceful_timeout_s) before they exit. Then, if start() started Ray, shut Serve and Ray down, so that no
+    Ray process is left (Serve's shutdown alone would stop the proxies with answers still on their way)."""
     global _started_ray
     try:
         import ray
@@ -108,12 +109,11 @@ def stop(name: str = APP_NAME) -> None:
         return
     if not ray.is_initialized():
         return
+    serve.delete(name)
     if _started_ray:
         serve.shutdown()
         ray.shutdown()
         _started_ray = False
-    else:
-        serve.delete(name)
 
 
 def serve_forever(config: ServeConfig, address: str | None = None, ready: Any = None) -> None:

@@ -93,14 +93,13 @@ def _check_type(request: Request) -> str:
     return kind
 
 
-async def _images(request: Request) -> tuple[list[tuple[str, bytes]], Any]:
-    """The request's images as (name, bytes) pairs, and the parsed body (a JSON model or a Form)."""
+async def _images(request: Request, model: type[schemas._Strict]) -> tuple[list[tuple[str, bytes]], Any]:
+    """The request's images as (name, bytes) pairs, and the parsed body (a `model` from JSON, or a Form)."""
     config = request.app.state.service.config
     if _check_type(request) == "multipart/form-data":
         form = await read_form(request, config.max_items, config.max_body_bytes)
         return form.files, form
-    routes: dict[str, type[schemas._Strict]] = {"/classify": schemas.ClassifyRequest, "/search": schemas.SearchRequest}
-    body = await json_body(request, routes.get(request.url.path, schemas.ImagesRequest))
+    body = await json_body(request, model)
     if isinstance(body, schemas.SearchRequest):
         return ([("image", b64(body.image, "image"))] if body.image is not None else []), body
     names = names_for(body.names, len(body.images))
@@ -133,7 +132,7 @@ async def embed_image(request: Request) -> Response:
     _check_type(request)
     async with service.admitted():
         async with service.images.coming():
-            items, _ = await _images(request)
+            items, _ = await _images(request, schemas.ImagesRequest)
             pixels, names, errors = await service.decode(items)
         emb = await service.images.submit(pixels)  # [N, D]
     return JSONResponse({"embeddings": emb.tolist(), "files": names, "errors": errors})
@@ -147,7 +146,7 @@ async def classify(request: Request) -> Response:
     _check_type(request)
     async with service.admitted():
         async with service.images.coming():
-            items, body = await _images(request)
+            items, body = await _images(request, schemas.ClassifyRequest)
             if isinstance(body, Form):
                 labels = body.fields.get("labels", [])
                 raw = body.fields.get("templates", ["simple"])
@@ -176,7 +175,7 @@ async def search(request: Request) -> Response:
         raise ApiError(404, "this server has no index: start clip-rt serve with --index INDEX to serve /search")
     _check_type(request)
     async with service.admitted():
-        items, body = await _images(request)
+        items, body = await _images(request, schemas.SearchRequest)
         if isinstance(body, Form):
             text, top_k = body.one("text"), int_field(body, "top_k", 10)
             raw = body.one("text_weight", "0.5")
