@@ -173,7 +173,7 @@ class ClipModel:
     def encode_file_list(self, files: Sequence[str | os.PathLike], batch_size: int = 32, workers: int | None = None,
                          progress: Callable[[int, int], None] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                          decode: str = "exact") -> tuple[np.ndarray, list[str], list[ImageError]]:
-        """Image files exactly as listed, no folder walk (e.g. the files clip_rt.preprocess.iter_image_files found)
+        """Image files exactly as listed, no folder walk (e.g. the files clip_rt.files.iter_image_files found)
         -> (float32 [N, D], the N files embedded, per-file errors). Otherwise as encode_image_files."""
         check_int(batch_size, "batch_size")
         names = [str(f) for f in files]
