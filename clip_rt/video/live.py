@@ -12,7 +12,8 @@ frame once a newer one exists: a put into a full slot replaces the waiting frame
 with realtime=False is read as fast as the stages go, and a full slot blocks the stage before it: nothing is dropped.
 
 Times: a file in real time releases each frame at its presentation time (start + pts: the frame's due time);
-decoding runs at most one frame ahead of that. A live frame is due when the decoder returns it (its arrival).
+decoding runs at most one frame ahead of that. A live frame is due when the decoder returns it (its arrival); a stream URL is always taken as live, so a file
+served over HTTP, which arrives faster than real time, is mostly dropped (watch the file itself instead).
 Latency is from due to the encoder's result, so it holds every wait: a slow decoder, the scaler, the slots, the
 model. Per-second Stats (fps in, fps encoded, dropped, latency p50 / p99) go to on_stats.
 """

@@ -10,9 +10,10 @@ it is reopened up to `retries` times with a doubling delay, and the frame times 
 that, or for a file that breaks, a VideoError says what happened in one line. A live source that ends cleanly
 (FFmpeg's end of file) simply ends.
 
-Errors are VideoError (an InputError: bad input, reported as `clip-rt CMD: error: ...`). Known limit: an MPEG-TS
-file cut short decodes cleanly up to the cut (the format has no index to compare against); an MP4 cut short is
-reported (no moov index when it was written at the end, a broken packet when it was written first).
+Errors are VideoError (an InputError: bad input, reported as `clip-rt CMD: error: ...`). A file cut short: an MP4
+without its index (written at the end) cannot be opened; one whose index came first, or a Matroska file, ends before
+the duration its header declares, which is reported. Known limit: an MPEG-TS file cut short decodes cleanly up to
+the cut (the format has no index to compare against).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 KINDS = ("file", "device", "stream")
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
+INDEXED_FORMATS = ("mov", "mp4", "matroska", "webm")  # containers whose header declares the video's duration
 MAX_RETRY_DELAY = 8.0  # seconds: the reconnect delay doubles up to this
 
 
@@ -134,6 +136,7 @@ class VideoSource:
         self.reconnects = 0  # successful reopenings after a drop
         self._container: Any = None
         self._info: StreamInfo | None = None
+        self._declared: float | None = None  # seconds of video the file's index declares (files only)
 
     @property
     def live(self) -> bool:
@@ -186,8 +189,12 @@ class VideoSource:
             self._container = self._open_container()
             stream = self._container.streams.video[0]
             rate = stream.average_rate
-            duration = (float(stream.duration * stream.time_base) if stream.duration is not None and stream.time_base
-                        else (self._container.duration / 1e6 if self._container.duration else None))
+            # the video stream's own duration where an index declares it (MP4 / MOV, Matroska / WebM); MPEG-TS and
+            # others only estimate it from the bitrate, which cannot tell a cut file from a whole one
+            indexed = any(name in INDEXED_FORMATS for name in self._container.format.name.split(","))
+            self._declared = (float(stream.duration * stream.time_base)
+                              if self.kind == "file" and indexed and stream.duration and stream.time_base else None)
+            duration = self._declared or (self._container.duration / 1e6 if self._container.duration else None)
             self._info = StreamInfo(width=stream.codec_context.width, height=stream.codec_context.height,
                                     fps=float(rate) if rate else None, duration=duration if self.kind == "file" else None,
                                     codec=stream.codec_context.name)
@@ -232,8 +239,10 @@ class VideoSource:
                     yield DecodedFrame(index, now, frame, time.monotonic())
                     index += 1
                 self.close()
+                if self.kind == "file":
+                    self._check_complete(last)
                 return  # a clean end of file, for files and live sources alike
-            except av.FFmpegError as e:
+            except av.FFmpegError as e:  # with slice threading, or a container-level failure
                 self.close()
                 at = f"at {last:.2f} s" if last is not None else "before the first frame"
                 if not self.live:
@@ -242,6 +251,17 @@ class VideoSource:
             if last is not None:
                 offset = last + 1.0 / (self._info.fps if self._info and self._info.fps else 30.0)
             self._reconnect(failure)
+
+    def _check_complete(self, last: float | None) -> None:
+        """A file whose index declares more video than was decoded was cut short (with threaded decoding FFmpeg
+        ends quietly at the broken packet instead of failing)."""
+        declared, fps = self._declared, (self._info.fps if self._info else None) or 30.0
+        if declared is None:
+            return
+        shown = 0.0 if last is None else last + 1.0 / fps  # the last frame lasts one interval
+        if shown < declared - 1.0 / fps - 0.05:
+            raise VideoError(f"{self.spec}: truncated: the video ends at {shown:.2f} s of the {declared:.2f} s its "
+                             f"index declares (a file cut short, or corrupt data there)")
 
     def _reconnect(self, failure: str) -> None:
         """Reopen a live source, waiting retry_delay (doubling) before each attempt; VideoError when all fail."""
