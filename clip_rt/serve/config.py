@@ -69,9 +69,9 @@ class ServeConfig:
                 raise InputError(f"{flag} must be a positive integer, got {value!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise InputError(f"--threads must be a positive integer, got {self.threads!r}")
-        for flag, value in (("--max-ongoing", self.max_ongoing), ("--decode-threads", self.decode_threads)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise InputError(f"{flag} must be a positive integer, got {value!r}")
+        for flag, optional in (("--max-ongoing", self.max_ongoing), ("--decode-threads", self.decode_threads)):
+            if optional is not None and (not isinstance(optional, int) or optional < 1):
+                raise InputError(f"{flag} must be a positive integer, got {optional!r}")
         if self.ray_deployments not in RAY_DEPLOYMENTS:
             raise InputError(f"--ray-deployments must be 1 or 2, got {self.ray_deployments!r}")
         if self.proxy_location not in PROXY_LOCATIONS:

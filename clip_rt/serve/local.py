@@ -10,6 +10,7 @@ thread in this process, batching on the event loop.
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import socket
 import threading
@@ -20,16 +21,13 @@ from ..errors import InputError, missing_dependency
 from .config import ServeConfig
 
 
-def _imports() -> Any:
-    """uvicorn, with the install hint when it or FastAPI is missing."""
+def _imports() -> None:
+    """ClipRtError with the install hint when uvicorn, FastAPI or python-multipart is missing."""
     for module, name in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("python_multipart", "python-multipart")):
         try:
             __import__(module)
         except ImportError:
             raise missing_dependency(name, "serve", "clip-rt serve") from None
-    import uvicorn
-
-    return uvicorn
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -49,12 +47,17 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+DRAIN_READ_S = 0.25  # after a stop signal: time to read requests already written to open connections
+
+
 class LocalServer:
     """`config` served by uvicorn in this process. Everything that can be refused (the index against the package,
     the port, the model) is checked in the constructor, before any request can arrive."""
 
     def __init__(self, config: ServeConfig):
-        uvicorn = _imports()
+        _imports()
+        import uvicorn
+
         from .encoder import Encoder, check_index
         from .routes import make_app
         from .service import Service
@@ -81,9 +84,17 @@ class LocalServer:
                     self.force_exit = True  # a second Ctrl-C: stop waiting for requests
                 self.should_exit = True
 
+            async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+                # Stop accepting connections, then let the loop read what clients already wrote to their open
+                # connections before uvicorn closes the idle ones (a request in a socket buffer would be lost).
+                for server in getattr(self, "servers", []):
+                    server.close()
+                await asyncio.sleep(DRAIN_READ_S)
+                await super().shutdown(sockets)
+
         self.server = Server(uvicorn.Config(
             self.app, lifespan="off", access_log=config.access_log, log_level="info" if config.access_log else "warning",
-            timeout_graceful_shutdown=config.graceful_timeout_s, server_header=False))
+            timeout_graceful_shutdown=math.ceil(config.graceful_timeout_s), server_header=False))
         self._thread: threading.Thread | None = None
 
     async def _serve(self, ready: Callable[[str], Any] | None) -> None:

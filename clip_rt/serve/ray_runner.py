@@ -49,10 +49,10 @@ def build_app(config: ServeConfig) -> Any:
 
     # A log line per request costs CPU on every replica; with config.access_log False only warnings are logged.
     logs = LoggingConfig(enable_access_log=config.access_log, log_level="INFO" if config.access_log else "WARNING")
-    model_actor = {"num_cpus": config.replica_cpus, "num_gpus": config.replica_gpus}
-    common = {"graceful_shutdown_timeout_s": config.graceful_timeout_s, "graceful_shutdown_wait_loop_s": 0.5,
+    model_actor: dict[str, Any] = {"num_cpus": config.replica_cpus, "num_gpus": config.replica_gpus}
+    common: dict[str, Any] = {"graceful_shutdown_timeout_s": config.graceful_timeout_s, "graceful_shutdown_wait_loop_s": 0.5,
               "logging_config": logs, "health_check_period_s": 2.0, "health_check_timeout_s": 30.0}
-    ingress_opts = {"max_ongoing_requests": config.ongoing(ingress=True), "max_queued_requests": GATEWAY_QUEUED}
+    ingress_opts: dict[str, Any] = {"max_ongoing_requests": config.ongoing(ingress=True), "max_queued_requests": GATEWAY_QUEUED}
     if config.ray_deployments == 1:
         ingress = serve.deployment(name="Ingress", num_replicas=config.replicas, ray_actor_options=model_actor,
                                    **ingress_opts, **common)(Ingress)
