@@ -122,7 +122,7 @@ def tune(engine: "FaissEngine", vectors: np.ndarray, live: np.ndarray, query_ids
     for i, setting in enumerate(settings):
         engine.configure(setting)
         depths = spec.depths(setting)  # [(k_factor, candidates per shard)]
-        deepest = max(d for _, d in depths)
+        deepest = spec.candidate_depth(setting)  # >= every depth: one search, each depth its prefix
         cands = [engine.candidates(q, deepest).reshape(len(q), shards, deepest)  # [nq, shards, deepest] per set
                  for q, _, _ in sets]
         for kf, depth in depths:  # each shard's best `depth`: what a search at that k_factor gets

@@ -175,10 +175,14 @@ class FaissKind(EngineKind):
         """(k_factor, candidates per shard) tuning measures at one setting; +1: the query's own row takes a slot."""
         return [(kf, K * kf + 1) for kf in self.k_factors]
 
+    def candidate_depth(self, setting: Mapping[str, int]) -> int:
+        """Candidates per shard of the one search whose prefixes give every depth's recall at this setting."""
+        return K * (self.k_factors[-1] + 1)
+
     def cost(self, engine: FaissEngine, setting: Mapping[str, int], k_factor: int, dim: int) -> float:
         """Relative cost of a search: the code bytes scanned plus the vectors gathered for reranking."""
-        scanned = setting.get("nprobe", 1) / max(1, engine.nlist) * len(engine.ids) * code_size(engine.meta, dim)
-        return self.scan_cost * scanned + GATHER_COST * len(engine.shards) * K * k_factor * 4 * dim
+        return (self.scan_cost * setting.get("nprobe", 1) / max(1, engine.nlist) * len(engine.ids)
+                * code_size(engine.meta, dim) + GATHER_COST * len(engine.shards) * K * k_factor * 4 * dim)
 
 
 class IvfKind(FaissKind):

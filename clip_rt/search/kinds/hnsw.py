@@ -45,8 +45,11 @@ class Hnsw(FaissKind):
         return [{"ef_search": ef} for ef in EF_SEARCH]
 
     def depths(self, setting: Mapping[str, int]) -> list[tuple[int, int]]:
-        depth = max(setting["ef_search"], K * 4 + 1)  # what the graph search returns at this efSearch
+        depth = self.candidate_depth(setting)
         return [(depth // K, depth)]
+
+    def candidate_depth(self, setting: Mapping[str, int]) -> int:
+        return max(setting["ef_search"], K * 4 + 1)  # what the graph search returns at this efSearch
 
     def cost(self, engine: FaissEngine, setting: Mapping[str, int], k_factor: int, dim: int) -> float:
         return setting["ef_search"] * HNSW_M * 4 * dim  # the vectors visited
