@@ -19,7 +19,7 @@ __all__ = ["COMMAND_MODULES", "HelpFormatter", "build_parser", "main"]
 # The command modules, each adding its subcommands with register(subparsers): a new command is one module (importing
 # only clip_rt.cli.common and the library) plus its name here. A name is a module of this package or a full dotted
 # path. Their heavy imports happen inside the handlers, so that `clip-rt info` never pays for what `export` needs.
-COMMAND_MODULES = ("export", "run", "index", "validate", "engine", "bench", "bench_search", "serve", "video")
+COMMAND_MODULES = ("export", "run", "index", "validate", "engine", "bench", "bench_search", "serve", "video", "ui")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="JPEG decoding: fast (DCT-scaled to the smallest size >= the model's resize edge, ~10x "
                         "faster on phone photos) or exact (full size, the parity reference). Default: fast for a new "
                         "index, the recorded choice for --update")
+    p.add_argument("--thumbnails", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep a ~256 px JPEG thumbnail of each photo in the index, for the search page (clip-rt ui); "
+                        "made from the decode that embeds the photo. Default: yes for a new index, the recorded "
+                        "choice for --update")
     p.add_argument("--index-type", choices=index_types(), default=None,
                    help="vector engine: auto (exact below ~65k x 512 vectors, else IVF-SQ8 if it fits the memory "
                         "budget, switching to pqfs where the vectors have no cluster structure, else IVF-PQ), flat "
@@ -58,6 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-weight", type=unit_float, default=None,
                    help="weight of the text when --text and --image are both given (default: 0.5)")
     p.add_argument("--top-k", type=positive_int, default=10, help="results to show")
+    p.add_argument("--folder", default=None, help="only photos in this folder or below it")
+    p.add_argument("--after", default=None, metavar="YYYY-MM-DD",
+                   help="only photos taken on or after this day (EXIF DateTimeOriginal, else the file's time)")
+    p.add_argument("--before", default=None, metavar="YYYY-MM-DD", help="only photos taken on or before this day")
+    p.add_argument("--camera", default=None, help='only photos from this camera (EXIF make and model, e.g. "Canon '
+                                                  'EOS 5D"; clip-rt ui lists them)')
     p.add_argument("--package", default=None, help="model package (default: the one recorded in the index)")
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: the backend's choice)")
     p.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
@@ -119,7 +129,8 @@ def run_index(args: argparse.Namespace) -> int:
         return 0
     from ..search.update import update_images
 
-    index, report = update_images(out, model, args.paths, decode=args.decode, index_type=args.index_type,
+    index, report = update_images(out, model, args.paths, decode=args.decode, thumbnails=args.thumbnails,
+                                  index_type=args.index_type,
                                   memory_budget=args.memory_budget, batch_size=args.batch_size, progress=bar, log=say)
     print(f"indexed {len(index)} image(s) into {out} ({report.summary()})", flush=True)
     report_errors(report.errors, len(index) + len(report.errors))
@@ -135,16 +146,22 @@ def run_search(args: argparse.Namespace) -> int:
     if args.text_weight is not None and (args.text is None or args.image is None):
         raise InputError("--text-weight mixes a --text query with an --image query; give both, or leave it out")
     text_weight = 0.5 if args.text_weight is None else args.text_weight
+    from ..search.photo_store import PhotoFilter
+
+    where = PhotoFilter(folder=args.folder, after=args.after, before=args.before, camera=args.camera)  # checks dates
     setup_logging(args.verbose)
     index = Index.open(args.index)
     model = index.open_model(args.package, threads=args.threads)
     log_model(model)
     logging.getLogger("clip_rt.cli").info("index: %s (%d %s, dim %d)", args.index, len(index),
                                           "images" if index.kind == "images" else "texts", index.dim)
-    hits = index.search(model, text=args.text, image=args.image, text_weight=text_weight, top_k=args.top_k)
+    hits = index.search(model, text=args.text, image=args.image, text_weight=text_weight, top_k=args.top_k,
+                        where=where)
     if args.json:
         query = {"text": args.text, "image": args.image,
-                 "text_weight": text_weight if args.text is not None and args.image is not None else None}
+                 "text_weight": text_weight if args.text is not None and args.image is not None else None,
+                 **({k: v for k, v in (("folder", where.folder), ("after", args.after), ("before", args.before),
+                                        ("camera", args.camera)) if v is not None})}
         key = "file" if index.kind == "images" else "text"
         print(json.dumps({"query": query, "results": [{"item": h.item, key: h.item, "score": h.score} for h in hits]},
                          ensure_ascii=False))

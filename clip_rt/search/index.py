@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from ..errors import InputError, PackageError
+from .filtered import filtered_search
 from .engine import ExactEngine, FaissEngine
 from .kinds import KINDS
 from .legacy import LegacyStore
@@ -28,6 +29,7 @@ from .ops import faiss_available
 from .store import DB, IndexFileError, Store, is_legacy
 
 if TYPE_CHECKING:
+    from .photo_store import PhotoFilter
     from ..model import ClipModel, ImageInput
 
 log = logging.getLogger("clip_rt.search")
@@ -37,6 +39,7 @@ log = logging.getLogger("clip_rt.search")
 class Hit:
     item: str  # the file's absolute path (image index) or the text (text pool)
     score: float  # cosine similarity between the query and the item
+    id: int = field(default=-1, compare=False)  # the item's vector id (the page's /thumb/{id}, "more like this")
 
     @property
     def file(self) -> str:
@@ -228,8 +231,11 @@ class Index:
         return np.asarray(q / norm, dtype=np.float32)  # [D]
 
     # -- searching ------------------------------------------------------------------------------------------------
-    def search_vectors(self, queries: np.ndarray, top_k: int = 10) -> list[list[Hit]]:
-        """Query embeddings [nq, D] (normalized here) -> per query, the top_k items by cosine, best first."""
+    def search_vectors(self, queries: np.ndarray, top_k: int = 10,
+                       where: "PhotoFilter | None" = None) -> list[list[Hit]]:
+        """Query embeddings [nq, D] (normalized here) -> per query, the top_k items by cosine, best first.
+        where: only photos it allows (folder, date range, camera; clip_rt.search.photo_store.PhotoFilter), with
+        the top_k an exact search over just those would give (clip_rt.search.filtered)."""
         if not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be an int >= 1, got {top_k!r}")
         q = np.asarray(queries, dtype=np.float32)
@@ -239,21 +245,38 @@ class Index:
         if not np.all(np.isfinite(norms)) or np.any(norms == 0):
             raise InputError("a query embedding is zero or not finite")
         q = np.ascontiguousarray(q / norms)
-        scores, ids = self.engine.search(q, top_k, self._vectors, self.live)  # [nq, k] each
+        if where is not None and where.active:
+            if self.kind != "images":
+                raise InputError(f"{self.root} is a text pool; folder, date and camera filters apply to photos")
+            if not hasattr(self.store, "photo_ids"):
+                raise IndexFileError(f"{self.root} is a clip-rt 0.1 index folder, without photo metadata; convert it "
+                                     f"with: clip-rt index --convert {self.root}")
+            allowed = self.store.photo_ids(where)  # vector ids the filter allows, from SQLite: int64 [n]
+            scores, ids = filtered_search(self.engine, q, top_k, self._vectors, self.live, allowed)  # [nq, k] each
+        else:
+            scores, ids = self.engine.search(q, top_k, self._vectors, self.live)  # [nq, k] each
         names = self.store.items_by_id(np.unique(ids[ids >= 0]))
-        return [[Hit(names[int(i)], float(s)) for s, i in zip(srow, irow) if i >= 0 and int(i) in names]
+        return [[Hit(names[int(i)], float(s), int(i)) for s, i in zip(srow, irow) if i >= 0 and int(i) in names]
                 for srow, irow in zip(scores, ids)]
 
-    def search_vector(self, query: np.ndarray, top_k: int = 10) -> list[Hit]:
-        """One query embedding [D] -> the top_k items by cosine, best first."""
-        return self.search_vectors(np.asarray(query, dtype=np.float32).reshape(1, -1), top_k)[0]
+    def search_vector(self, query: np.ndarray, top_k: int = 10, where: "PhotoFilter | None" = None) -> list[Hit]:
+        """One query embedding [D] -> the top_k items by cosine, best first (where: as in search_vectors)."""
+        return self.search_vectors(np.asarray(query, dtype=np.float32).reshape(1, -1), top_k, where)[0]
+
+    def item_vector(self, item_id: int) -> np.ndarray:
+        """The stored vector [D] of the item with this vector id ("more like this": nothing is re-embedded)."""
+        if not isinstance(item_id, (int, np.integer)) or not 0 <= int(item_id) < len(self.live) \
+                or not self.live[int(item_id)]:
+            raise InputError(f"no item with id {item_id!r} in the index {self.root}")
+        return np.array(self._vectors[int(item_id)], dtype=np.float32)  # [D]
 
     search_embedding = search_vector  # clip-rt 0.1's name
 
     def search(self, model: "ClipModel", text: str | None = None, image: "ImageInput | None" = None,
-               text_weight: float = 0.5, top_k: int = 10) -> list[Hit]:
-        """Search by text, by image (path, PIL image or array), or by both mixed with text_weight in [0, 1]."""
-        return self.search_vector(self.query_embedding(model, text, image, text_weight), top_k)
+               text_weight: float = 0.5, top_k: int = 10, where: "PhotoFilter | None" = None) -> list[Hit]:
+        """Search by text, by image (path, PIL image or array), or by both mixed with text_weight in [0, 1]; where:
+        only the photos a PhotoFilter allows (folder, date range, camera)."""
+        return self.search_vector(self.query_embedding(model, text, image, text_weight), top_k, where)
 
 
 def open_index(path: str | os.PathLike) -> Index:

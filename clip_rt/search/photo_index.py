@@ -4,12 +4,13 @@
     # emb [len(ok), D] float32; extras[i] = (PhotoMeta, JPEG bytes or None) for ok[i]
 
 Each file is opened once: Pillow parses its header (size and EXIF, read here before a reduced-scale decode shrinks
-the size), decodes the pixels once (at the DCT scale decode="fast" picks, as clip_rt.preprocess does), turns them
+the size), decodes the pixels once (at the DCT scale decode="fast" picks, as clip_rt.decode does), turns them
 upright by the EXIF orientation, and from that one image come both the model's crop (clip_rt.preprocess.resize_crop,
 the same call the plain path makes, so the embeddings are identical) and the thumbnail. A file this path cannot read
-is handed to clip_rt.preprocess.open_image, whose checks and messages are the reference: the error a user sees is
+is handed to clip_rt.decode.open_image, whose checks and messages are the reference: the error a user sees is
 the one `clip-rt embed` would print.
 
+backfill_photos() gives the photos of an index built before metadata and thumbnails theirs (a decode, no embedding).
 Batches are decoded on a thread pool (Pillow releases the GIL) one batch ahead of the encoder, as
 ClipModel.encode_image_files does.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -28,6 +29,7 @@ from ..errors import ImageError
 from ..decode import DEFAULT_MAX_PIXELS, check_decode, open_image
 from ..preprocess import resize_crop, resized_size
 from .photo_meta import PhotoMeta, read_meta
+from .photo_store import write_photos
 from .thumbs import make_thumbnail
 
 if TYPE_CHECKING:
@@ -115,3 +117,27 @@ def encode_photo_files(model: "ClipModel", files: Sequence[str], batch_size: int
                 progress(done, len(files))
     emb = np.concatenate(outs) if outs else np.zeros((0, model.embed_dim), np.float32)
     return emb, ok, errors, extras
+
+
+def backfill_photos(store: Any, model: "ClipModel", decode: str = "fast", thumbnails: bool = True,
+                    batch: int = 256, workers: int | None = None) -> int:
+    """Metadata (and thumbnails) for the items of a writable index that have none: photos indexed before the photo
+    tables existed. Decodes those files (nothing is embedded); one transaction per batch. Returns how many were
+    looked at; a file that cannot be read now is left without (an update drops it when it is gone)."""
+    conn = store.conn
+    missing = conn.execute("SELECT i.vector_id, i.item FROM items i LEFT JOIN photos p ON p.vector_id = i.vector_id "
+                           "WHERE p.vector_id IS NULL ORDER BY i.vector_id").fetchall()
+    n_workers = min(8, os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    for start in range(0, len(missing), batch):
+        part = missing[start:start + batch]
+        decoded = _decode_batch([item for _, item in part], model.preprocess_config, decode, thumbnails,
+                                DEFAULT_MAX_PIXELS, n_workers)
+        rows = [(vid, r[1], r[2]) for (vid, _), r in zip(part, decoded) if not isinstance(r, ImageError)]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            write_photos(conn, rows)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    return len(missing)

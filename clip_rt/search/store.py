@@ -29,7 +29,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -78,6 +78,23 @@ def is_legacy(root: Path) -> bool:
     return (root / LEGACY_HEADER).is_file() and not (root / DB).is_file()
 
 
+def roll_back_hot_journal(path: Path) -> None:
+    """A writer killed inside a transaction leaves a hot journal, which a read-only connection cannot roll back
+    (SQLite answers "attempt to write a readonly database"): roll it back through a short read-write connection
+    when the file allows one. A journal of a writer still at work is not hot (it holds its lock): left alone."""
+    journal = path.with_name(path.name + "-journal")
+    if not journal.is_file() or journal.stat().st_size == 0 or not os.access(path, os.W_OK):
+        return
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True)
+    try:
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # the first read rolls a hot journal back
+    except sqlite3.DatabaseError:
+        pass  # the read-only open that follows says what is wrong
+    finally:
+        conn.close()
+
+
 def vector_crc(vectors: np.ndarray) -> list[int]:
     """zlib.crc32 of each row's little-endian float32 bytes."""
     data = np.ascontiguousarray(vectors, dtype="<f4")  # [n, D]
@@ -99,6 +116,8 @@ class Store:
     # -- opening ---------------------------------------------------------------------------------------------
     @staticmethod
     def _connect(path: Path, writable: bool) -> sqlite3.Connection:
+        if not writable:
+            roll_back_hot_journal(path)
         uri = f"{path.resolve().as_uri()}?mode={'rw' if writable else 'ro'}"
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA synchronous=FULL")  # a commit is on disk before it returns
@@ -229,6 +248,13 @@ class Store:
                                              part).fetchall())
         return out
 
+    def photo_ids(self, where: Any) -> np.ndarray:
+        """Vector ids of the photos a PhotoFilter allows (clip_rt.search.photo_store), ascending: int64 [n]."""
+        from .photo_store import allowed_ids
+
+        with self._read_lock:
+            return allowed_ids(self.conn, where)
+
     def check_key(self, model: Any, encoder: str) -> None:
         """IndexFileError unless `model`'s `encoder` makes the embeddings this index was keyed with
         (Package.embedding_key: artifact sha256, precision, backend, preprocessing or tokenizer)."""
@@ -273,9 +299,11 @@ class Store:
         self.conn.execute("COMMIT")
 
     def commit(self, add: Sequence[Item] = (), vectors: np.ndarray | None = None, remove: Sequence[str] = (),
-               meta: dict[str, Any] | None = None) -> list[int]:
+               meta: dict[str, Any] | None = None,
+               also: Callable[[sqlite3.Connection, list[int]], None] | None = None) -> list[int]:
         """One atomic change: drop the items named in `remove`, add `add` with `vectors` [len(add), D], update meta.
-        Returns the new items' vector ids. An item both removed and added is replaced."""
+        Returns the new items' vector ids. An item both removed and added is replaced. also(conn, ids): more writes
+        for the new items in the same transaction (their photo metadata and thumbnails, clip_rt.search.photo_store)."""
         n = len(add)
         vecs = np.zeros((0, self.dim), "<f4") if vectors is None else np.ascontiguousarray(vectors, dtype="<f4")
         if vecs.shape != (n, self.dim):
@@ -290,6 +318,8 @@ class Store:
                              "(?, ?, ?, ?, ?, ?, ?)",
                              [(i, it.item, it.size, it.mtime_ns, it.sha256, it.model, c)
                               for i, it, c in zip(ids, add, vector_crc(vecs))])
+            if also is not None:
+                also(conn, ids)
             updates = {"rows": first + n, "generation": int(self.meta["generation"]) + 1, "updated": _now(),
                        **(meta or {})}
             conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in updates.items()])

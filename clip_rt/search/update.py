@@ -25,6 +25,8 @@ from ..fsutil import sha256_file
 from ..decode import check_decode
 from ..files import iter_image_files
 from .index import Index
+from .photo_index import backfill_photos, encode_photo_files
+from .photo_store import ensure_schema, read_photos, write_photos
 from .maintain import UpdateReport, as_vectors, open_for_update, refresh, refresh_engine, scoped
 from .plan import parse_memory
 from .store import IndexFileError, Item, Store, is_legacy
@@ -55,12 +57,16 @@ def _hash(path: str) -> str | ImageError:
 
 
 def update_images(path: str | os.PathLike, model: "ClipModel", paths: Sequence[str | os.PathLike], *,
-                  decode: str | None = None, index_type: str | None = None, memory_budget: int | str | None = None,
+                  decode: str | None = None, thumbnails: bool | None = None,
+                  index_type: str | None = None, memory_budget: int | str | None = None,
                   batch_size: int = 32, progress: Callable[[int, int], None] | None = None,
                   log: Callable[[str], None] | None = None) -> tuple[Index, UpdateReport]:
     """Index the image files under `paths` into the index folder `path` (created when absent, else updated).
 
     decode: "fast" or "exact" (see clip_rt.preprocess); None: the index's recorded choice ("fast" for a new one).
+    thumbnails: keep a thumbnail of each photo in the index (clip_rt.search.thumbs); None: the recorded choice (True
+    for a new index). Photo metadata (EXIF date, camera, size) is always kept; both come from the one decode that
+    embeds the photo (clip_rt.search.photo_index), and an index from before them gets them on its next update.
     index_type / memory_budget: see clip_rt.search.plan; None keeps the recorded choice. progress(done, total) is
     called as images are embedded; log(message) for the engine's steps. Returns the index (opened read-only) and
     the report (the index is the one just written, handed back for reading, not opened again). Raises InputError when the scan finds no image file at all (an unmounted folder must not empty
@@ -73,14 +79,17 @@ def update_images(path: str | os.PathLike, model: "ClipModel", paths: Sequence[s
         what = "; ".join(f"{e.file}: {e.reason}" for e in errors[:3])
         raise InputError(f"no image files found under {', '.join(map(str, paths))}" + (f" ({what})" if what else ""))
     budget = parse_memory(memory_budget) if memory_budget is not None else None
-    store = open_for_update(root, model, "images", {"decode": check_decode(decode or "fast")})
+    store = open_for_update(root, model, "images", {"decode": check_decode(decode or "fast"),
+                                                     "thumbnails": True if thumbnails is None else bool(thumbnails)})
     try:
         recorded = store.meta.get("decode", "fast")
+        ensure_schema(store.conn)  # the photo tables (an index from before them is migrated here)
+        thumbs = bool(store.meta.get("thumbnails", True)) if thumbnails is None else bool(thumbnails)
         if decode is not None and decode != recorded:
             raise InputError(f"{root} was built with --decode {recorded}; updating it with --decode {decode} would "
                              f"mix the two in one index (rebuild it into a new folder to switch)")
         report = _update(store, model, roots, [os.path.abspath(f) for f in found], errors, recorded, batch_size,
-                         progress)
+                         progress, thumbs)
         report.engine, engine = refresh(store, index_type, budget, log,
                                         text_queries=lambda: model.encode_texts(tuning_texts()))
         store.release()  # the write lock goes; the index handed back reads on through the same connection
@@ -91,7 +100,8 @@ def update_images(path: str | os.PathLike, model: "ClipModel", paths: Sequence[s
 
 
 def _update(store: Store, model: "ClipModel", roots: list[str], files: list[str], errors: list[ImageError],
-            decode: str, batch_size: int, progress: Callable[[int, int], None] | None) -> UpdateReport:
+            decode: str, batch_size: int, progress: Callable[[int, int], None] | None,
+            thumbnails: bool = True) -> UpdateReport:
     report = UpdateReport(errors=list(errors))
     broken = store.verify()  # vectors lost or damaged (disk trouble, a hand-edited file): embedded again below
     if broken:
@@ -127,7 +137,9 @@ def _update(store: Store, model: "ClipModel", roots: list[str], files: list[str]
         def step(d: int, _n: int, base: int = done) -> None:
             if progress is not None:
                 progress(base + d, total)
-        emb, ok, bad = model.encode_image_files(chunk, batch_size=batch_size, decode=decode, progress=step)
+        # One decode per photo: the embedding, its EXIF facts and its thumbnail (same embeddings as encode_image_files)
+        emb, ok, bad, extras = encode_photo_files(model, chunk, batch_size=batch_size, decode=decode,
+                                                  thumbnails=thumbnails, progress=step)
         report.errors.extend(bad)
         items: list[Item | None] = []
         for f in ok:
@@ -139,7 +151,9 @@ def _update(store: Store, model: "ClipModel", roots: list[str], files: list[str]
             items.append(Item(f, hashes[f], image_key, st[0], st[1]))  # type: ignore[arg-type]
         keep = [i for i, it in enumerate(items) if it is not None]
         adds = [it for it in items if it is not None]
-        store.commit(adds, emb[keep], remove=[it.item for it in adds if it.item in known])
+        photos = [extras[i] for i in keep]  # (metadata, thumbnail) of each added item, in the same transaction
+        store.commit(adds, emb[keep], remove=[it.item for it in adds if it.item in known],
+                     also=lambda conn, ids, rows=photos: write_photos(conn, [(v, *r) for v, r in zip(ids, rows)]))
         report.embedded += len(ok)
         report.changed += sum(1 for it in adds if it.item in known)
         report.added += sum(1 for it in adds if it.item not in known)
@@ -148,9 +162,13 @@ def _update(store: Store, model: "ClipModel", roots: list[str], files: list[str]
         vectors = store.vectors()
         move_items = [Item(f, sha, image_key, st[0], st[1]) for f, st, sha, _ in moved]
         move_vecs = as_vectors([np.asarray(vectors[[known[old][0] for *_, old in moved]])], store.dim)
-        store.commit(move_items, move_vecs, remove=vanished)
+        carried = read_photos(store.conn, [known[old][0] for *_, old in moved])  # a moved photo keeps its facts
+        rows = [carried.get(known[old][0], (None, None)) for *_, old in moved]
+        store.commit(move_items, move_vecs, remove=vanished,
+                     also=lambda conn, ids: write_photos(conn, [(v, *r) for v, r in zip(ids, rows)]))
     if touched:
         store.touch(touched)
+    backfill_photos(store, model, decode, thumbnails)
     report.removed = len(vanished) - len(moved)
     report.moved, report.touched = len(moved), len(touched)
     report.unchanged += len(touched)

@@ -91,12 +91,19 @@ class Encoder:
         return {"predictions": [[{"label": p.label, "score": p.score} for p in row] for row in preds],
                 "cache": clf.cache_status}
 
-    def search(self, query: np.ndarray, top_k: int) -> list[dict[str, Any]]:
-        """A query embedding [D] (normalized here) -> the top_k files of the served index, best first."""
+    def search(self, query: np.ndarray | None, top_k: int, where: dict[str, str] | None = None,
+               like: int | None = None) -> list[dict[str, Any]]:
+        """A query embedding [D] (normalized here), or the stored vector of item `like` -> the top_k items of the
+        served index, best first, among the photos `where` allows (PhotoFilter fields)."""
+        from ..search.photo_store import PhotoFilter
+
         if self.index is None:
             raise InputError("this server has no index (start clip-rt serve with --index INDEX)")
-        hits = self.index.search_vector(np.asarray(query, dtype=np.float32), top_k)
-        return [{"file": h.file, "score": h.score} for h in hits]
+        if like is not None:
+            query = self.index.item_vector(int(like))  # [D], as indexed: nothing is embedded again
+        hits = self.index.search_vector(np.asarray(query, dtype=np.float32), top_k,
+                                        PhotoFilter(**where) if where else None)
+        return [{"id": h.id, "file": h.file, "score": h.score} for h in hits]
 
     def info(self) -> dict[str, Any]:
         """The model, and the index it serves."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import missing_dependency
-from ..search.store import IndexFileError
+from ..search.store import IndexFileError, roll_back_hot_journal
 
 STATIC = Path(__file__).with_name("static")
 _ID = re.compile(r"[0-9]{1,18}")  # an item id: digits only, within int64
@@ -42,6 +42,7 @@ class PhotoDB:
         if not (Path(root) / "index.sqlite").is_file():
             raise IndexFileError(f"{root} has no index.sqlite: the search page needs a clip-rt index (a clip-rt 0.1 "
                                  f"folder is converted with: clip-rt index --convert {root})")
+        roll_back_hot_journal(Path(root) / "index.sqlite")  # an update killed mid-commit: its journal first
         uri = f"{(Path(root) / 'index.sqlite').resolve().as_uri()}?mode=ro"
         self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
         self.conn.execute("PRAGMA busy_timeout=30000")
@@ -89,7 +90,12 @@ def install_page(app: Any, index_root: str | Path, token: str | None = None) -> 
     """Add the page's routes for the index at `index_root` to a FastAPI app, and the token guard when given."""
     app.include_router(page_router(index_root))
     if token:
-        app.add_middleware(TokenGuard, token=token)
+        require_token(app, token)
+
+
+def require_token(app: Any, token: str) -> None:
+    """Every route of `app` but the page and its static files answers 401 without `token` (before it starts)."""
+    app.add_middleware(TokenGuard, token=token)
 
 
 def static_files() -> dict[str, tuple[bytes, str]]:

@@ -6,7 +6,8 @@ as JSON with its reason; the work is the Service's (request.app.state.service).
                         -> {"embeddings", "files", "errors": [{"file", "error"}]}
     POST /classify      images as above + labels, templates, top_k
                         -> {"results": [{"file", "labels": [{"label", "score"}]}], "errors", "cache"}
-    POST /search        text and/or one image, text_weight, top_k -> {"results": [{"file", "score"}]}
+    POST /search        text and/or one image, text_weight, top_k, or like (an item id); filters folder, after,
+                        before, camera -> {"results": [{"id", "file", "score"}]}
     GET  /healthz, GET /info, GET /docs (OpenAPI)
 
 Status codes: 400 unreadable image, bad text or malformed body; 413 body over the limit; 415 a body that is
@@ -35,6 +36,7 @@ from .parsing import (Form, b64, check_templates, check_texts, image_body_openap
 log = logging.getLogger("clip_rt.serve")
 
 router = APIRouter()
+SEARCH_FILTERS = ("folder", "after", "before", "camera")  # /search fields that narrow a photo index
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": schemas.ErrorResponse, "description": "unreadable image, bad text or malformed request"},
@@ -59,6 +61,10 @@ def make_app(service: Any) -> FastAPI:
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _fault)
     app.include_router(router)
+    if service.config.index is not None:  # the search page (/, /thumb/{id}, /photo/{id}, /item/{id}, /facets)
+        from .page import install_page
+
+        install_page(app, service.config.index)
     return app
 
 
@@ -178,6 +184,8 @@ async def search(request: Request) -> Response:
         items, body = await _images(request, schemas.SearchRequest)
         if isinstance(body, Form):
             text, top_k = body.one("text"), int_field(body, "top_k", 10)
+            like = None if body.one("like") is None else int_field(body, "like", 0, low=0)
+            where = {k: body.one(k) for k in SEARCH_FILTERS if body.one(k)}
             raw = body.one("text_weight", "0.5")
             try:
                 weight = float(raw)
@@ -186,15 +194,18 @@ async def search(request: Request) -> Response:
             if not 0.0 <= weight <= 1.0:
                 raise ApiError(400, f"text_weight must be in [0, 1], got {weight}")
         else:
-            text, weight, top_k = body.text, body.text_weight, body.top_k
+            text, weight, top_k, like = body.text, body.text_weight, body.top_k, body.like
+            where = {k: getattr(body, k) for k in SEARCH_FILTERS if getattr(body, k)}
         if text is not None:
             check_texts([text], 1)
         if len(items) > 1:
             raise ApiError(400, f"/search takes one query image, got {len(items)}")
-        if text is None and not items:
-            raise ApiError(400, "give a text, an image, or both")
+        if like is not None and (text is not None or items):
+            raise ApiError(400, "like searches by a stored item's vector: send it without text or image")
+        if text is None and not items and like is None:
+            raise ApiError(400, "give a text, an image, both, or like (an item id)")
         pixels = (await service.decode(items))[0] if items else None
-        hits = await service.search(text, pixels, weight, top_k)
+        hits = await service.search(text, pixels, weight, top_k, where=where, like=like)
     return JSONResponse({"results": hits})
 
 

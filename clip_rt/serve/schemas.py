@@ -33,6 +33,12 @@ class SearchRequest(_Strict):
     image: Optional[str] = Field(None, description="query image, base64-encoded")
     text_weight: float = Field(0.5, ge=0.0, le=1.0, description="weight of the text when both are given")
     top_k: int = Field(10, ge=1, description="results returned")
+    like: Optional[int] = Field(None, ge=0, description="an item id from earlier results: search by that item's "
+                                                        "stored vector (more like this), without text or image")
+    folder: Optional[str] = Field(None, description="only photos in this folder or below it")
+    after: Optional[str] = Field(None, description="only photos taken on or after this day (YYYY-MM-DD)")
+    before: Optional[str] = Field(None, description="only photos taken on or before this day (YYYY-MM-DD)")
+    camera: Optional[str] = Field(None, description="only photos from this camera, as GET /facets lists it")
 
 
 class EmbeddingsResponse(BaseModel):
@@ -66,6 +72,7 @@ class ClassifyResponse(BaseModel):
 
 
 class Hit(BaseModel):
+    id: int = Field(description="the item's id: GET /thumb/{id}, /photo/{id}, /item/{id}; like={id}")
     file: str
     score: float = Field(description="cosine similarity with the query")
 

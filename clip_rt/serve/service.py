@@ -94,9 +94,12 @@ class Service:
         emb = await self.images.submit(pixels)  # [N, D]
         return await self._user_call("classify", emb, labels, templates, top_k)
 
-    async def search(self, text: str | None, pixels: np.ndarray | None, text_weight: float,
-                     top_k: int) -> list[dict[str, Any]]:
-        """A text, one crop [1, S, S, 3], or both mixed as normalize(w * text + (1 - w) * image) -> top_k hits."""
+    async def search(self, text: str | None, pixels: np.ndarray | None, text_weight: float, top_k: int,
+                     where: dict[str, str] | None = None, like: int | None = None) -> list[dict[str, Any]]:
+        """A text, one crop [1, S, S, 3], or both mixed as normalize(w * text + (1 - w) * image), or an item's own
+        stored vector (like) -> top_k hits among the photos `where` allows (folder, after, before, camera)."""
+        if like is not None:
+            return await self._user_call("search", None, top_k, where, like)
         parts: list[tuple[float, Any]] = []
         if text is not None:
             parts.append((text_weight if pixels is not None else 1.0, self.texts.submit([text])))
@@ -104,7 +107,7 @@ class Service:
             parts.append((1.0 - text_weight if text is not None else 1.0, self.images.submit(pixels)))
         vectors = await asyncio.gather(*(p for _, p in parts))
         query = sum(w * v[0] for (w, _), v in zip(parts, vectors))  # [D]; the index normalizes it
-        return await self._user_call("search", np.asarray(query, dtype=np.float32), top_k)
+        return await self._user_call("search", np.asarray(query, dtype=np.float32), top_k, where)
 
     async def health(self) -> None:
         try:
