@@ -305,3 +305,112 @@ def test_photo_files_embed_as_the_plain_path(model, data_dir: Path, tmp_path: Pa
         with Image.open(f) as im:
             assert {m.width, m.height} == set(im.size)
         assert t is not None
+
+
+# -- indexing keeps the photo rows in step ------------------------------------------------------------------------
+def _exif_folder(data_dir: Path, folder: Path, n: int = 8) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, src in enumerate(sorted((data_dir / "flickr8k" / "images").glob("*.jpg"))[:n]):
+        with Image.open(src) as im:
+            data = exif_jpeg(im.convert("RGB"), "Canon" if i % 2 else "Apple", "Canon EOS 5D" if i % 2 else "iPhone 12",
+                             6 if i == 0 else 1, f"201{i}:0{1 + i}:1{i} 08:00:00" if i < 6 else None)
+        path = folder / ("sub" if i >= 4 else "") / f"p{i}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        out.append(path)
+    return out
+
+
+def _rows(index_root: Path) -> dict[str, tuple]:
+    conn = sqlite3.connect(f"file:{index_root / 'index.sqlite'}?mode=ro", uri=True)
+    rows = {item: (taken, camera, w, h, orient, thumb is not None) for item, taken, camera, w, h, orient, thumb in
+            conn.execute("SELECT i.item, p.taken, p.camera, p.width, p.height, p.orientation, t.data FROM items i "
+                         "LEFT JOIN photos p USING (vector_id) LEFT JOIN thumbs t USING (vector_id)")}
+    conn.close()
+    return rows
+
+
+def test_update_keeps_photo_rows_in_step(model, data_dir: Path, tmp_path: Path) -> None:
+    import os
+
+    from clip_rt.search import update_images
+
+    files = _exif_folder(data_dir, tmp_path / "photos")
+    root = tmp_path / "p.index"
+    update_images(root, model, [tmp_path / "photos"])
+    rows = _rows(root)
+    assert len(rows) == 8 and all(r[5] for r in rows.values())  # every photo has metadata and a thumbnail
+    first = rows[str(files[0])]
+    with Image.open(files[0]) as im:
+        assert (first[2], first[3], first[4]) == (im.height, im.width, 6)  # shown turned: width and height swap
+    assert first[:2] == (_utc(2010, 1, 10, 8), "Apple iPhone 12") and rows[str(files[7])][0] is None
+    moved = files[1].with_name("moved.jpg")
+    os.rename(files[1], moved)  # same content, new path: its vector and its facts move along
+    with Image.open(files[2]) as im:  # new content: re-read
+        files[2].write_bytes(exif_jpeg(im.convert("RGB"), "FUJIFILM", "X-T3", 1, "2022:02:02 10:00:00"))
+    files[3].unlink()
+    os.utime(files[7], ns=(0, _utc(2020, 5, 5) * 10**9))  # touched, no EXIF date: dated by the new mtime
+    _, report = update_images(root, model, [tmp_path / "photos"])
+    assert (report.moved, report.changed, report.removed, report.touched) == (1, 1, 1, 1)
+    after = _rows(root)
+    assert set(after) == set(rows) - {str(files[1]), str(files[3])} | {str(moved)}
+    assert after[str(moved)] == rows[str(files[1])]
+    assert after[str(files[2])][:2] == (_utc(2022, 2, 2, 10), "FUJIFILM X-T3")
+    from clip_rt.search.store import Store
+
+    store = Store.open(root)
+    vid = store.conn.execute("SELECT vector_id FROM items WHERE item = ?", (str(files[7]),)).fetchone()[0]
+    assert item_details(store.conn, vid)["date"] == "2020-05-05T00:00:00"
+    assert allowed_ids(store.conn, PhotoFilter(after="2020-05-05", before="2020-05-05")).tolist() == [vid]
+    store.close()
+
+
+def test_old_index_is_migrated_on_update(model, data_dir: Path, tmp_path: Path) -> None:
+    """An index from before the photo tables (dropped here): read-only it searches with folder filters and no
+    cameras; its next update adds every photo's facts and thumbnail without embedding anything."""
+    from clip_rt.search import Index, update_images
+
+    _exif_folder(data_dir, tmp_path / "photos")
+    root = tmp_path / "old.index"
+    update_images(root, model, [tmp_path / "photos"])
+    conn = sqlite3.connect(root / "index.sqlite")
+    conn.executescript("DROP TRIGGER photos_item_deleted; DROP TRIGGER photos_item_renumbered; DROP TABLE photos; "
+                       "DROP TABLE thumbs;")
+    conn.close()
+    with Index.open(root) as index:
+        q = index.item_vector(0)
+        sub = index.search_vector(q, 10, PhotoFilter(folder=str(tmp_path / "photos" / "sub")))
+        assert len(sub) == 4 and all("/sub/" in h.item for h in sub)
+        assert index.search_vector(q, 10, PhotoFilter(camera="Canon EOS 5D")) == []
+    _, report = update_images(root, model, [tmp_path / "photos"])
+    assert report.embedded == 0
+    rows = _rows(root)
+    assert len(rows) == 8 and all(r[5] and r[1] for r in rows.values())
+    with Index.open(root) as index:
+        hits = index.search_vector(index.item_vector(0), 10, PhotoFilter(camera="Canon EOS 5D"))
+        assert len(hits) == 4 and all(rows[h.item][1] == "Canon EOS 5D" for h in hits)
+
+
+def test_cli_search_filters(model, tiny_package: Path, data_dir: Path, tmp_path: Path, capsys) -> None:
+    import json
+
+    from clip_rt.cli import main
+    from clip_rt.search import Index
+
+    _exif_folder(data_dir, tmp_path / "photos")
+    root = tmp_path / "c.index"
+    assert main(["index", str(tiny_package), str(tmp_path / "photos"), "-o", str(root), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(root), "--text", "a dog", "--camera", "Canon EOS 5D", "--after", "2011-01-01",
+                 "--before", "2015-12-31", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["query"]["camera"] == "Canon EOS 5D"
+    with Index.open(root) as index:
+        want = index.search(model, text="a dog", top_k=10, where=PhotoFilter(camera="Canon EOS 5D",
+                                                                             after="2011-01-01", before="2015-12-31"))
+    assert [r["file"] for r in doc["results"]] == [h.file for h in want]
+    assert sorted(Path(h.file).name for h in want) == ["p1.jpg", "p3.jpg", "p5.jpg"]  # p7: no EXIF date, mtime now
+    assert main(["search", str(root), "--text", "a dog", "--before", "May 2019"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("clip-rt search: error: before must be a date")
