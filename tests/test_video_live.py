@@ -96,7 +96,7 @@ def test_live_stream_newest_frame_wins_and_a_stop_is_an_error_after_the_results(
         assert pipe.source.live
         stopper = threading.Thread(target=srv.stop)
         pipe.on_result = lambda r: (results.append(r), stopper.is_alive() or stopper.ident or stopper.start())
-        with pytest.raises(VideoError, match="stream dropped at .*; 1 reconnect attempts failed .*cannot connect"):
+        with pytest.raises(VideoError, match="stream dropped at .*; 1 reconnect attempts failed"):
             pipe.run()
         stopper.join(5)
     s = pipe.summary()

@@ -129,3 +129,23 @@ def test_connection_refused_at_open() -> None:
         port = s.getsockname()[1]
     with pytest.raises(VideoError, match="cannot connect"):
         VideoSource(f"http://127.0.0.1:{port}/a.ts", FAST).open()
+
+
+def test_stream_that_hangs_times_out_and_a_flapping_one_gives_up(clips: dict) -> None:
+    """Every connection sends half the stream and then nothing: each read times out (1 s, not the server's 60),
+    the reconnect works but drops again at once, which counts against the retries."""
+    with HttpVideoServer({"a.ts": clips["ts"].path}, cut_after=0.5, stall=True) as srv:
+        src = VideoSource(srv.url("a.ts"), SourceOptions(timeout=1.0, retries=2, retry_delay=0.05))
+        t0 = time.monotonic()
+        with pytest.raises(VideoError) as e:
+            for _ in src.frames():
+                pass
+        assert time.monotonic() - t0 < 20
+    msg = one_line(e.value)
+    assert "stream dropped at" in msg and "2 reconnect attempts failed (each reconnect dropped again" in msg
+    assert src.reconnects == 2
+
+
+def test_missing_camera() -> None:
+    with pytest.raises(VideoError, match="/dev/video97: no such device"):
+        VideoSource("/dev/video97", FAST).open()

@@ -168,6 +168,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             return
+        if stop and self.server.stall:  # a stream that hangs: the connection stays open, nothing more comes
+            self.server.stopping.wait(60)
         if stop:
             self.close_connection = True
 
@@ -180,6 +182,8 @@ class _Server(http.server.ThreadingHTTPServer):
     files: dict[str, bytes]
     cut_after: float | None
     cut_requests: int | None
+    stall: bool
+    stopping: threading.Event
     requests: int
 
 
@@ -188,13 +192,16 @@ class HttpVideoServer:
 
     cut_after: serve only this fraction of the bytes (while announcing the full length), then close: FFmpeg sees
     a premature end. cut_requests: cut only the first N requests (a dropped stream that comes back); None cuts all.
+    stall: after the cut, keep the connection open and send nothing (a hung stream) instead of closing it.
     stop() shuts the server down (a stream whose server is gone: reconnects are refused).
     """
 
-    def __init__(self, files: dict[str, Path], cut_after: float | None = None, cut_requests: int | None = None):
+    def __init__(self, files: dict[str, Path], cut_after: float | None = None, cut_requests: int | None = None,
+                 stall: bool = False):
         self._srv = _Server(("127.0.0.1", 0), _Handler)
         self._srv.files = {name: Path(p).read_bytes() for name, p in files.items()}
         self._srv.cut_after, self._srv.cut_requests, self._srv.requests = cut_after, cut_requests, 0
+        self._srv.stall, self._srv.stopping = stall, threading.Event()
         self._thread = threading.Thread(target=self._srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
@@ -210,6 +217,7 @@ class HttpVideoServer:
         return self
 
     def stop(self) -> None:
+        self._srv.stopping.set()
         if self._thread.is_alive():
             self._srv.shutdown()
             self._thread.join(timeout=5)

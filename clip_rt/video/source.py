@@ -6,8 +6,10 @@
 
 Kinds: a path is a "file"; /dev/video* (or v4l2:/dev/videoN) a "device"; a URL (rtsp, rtmp, http(s), udp, tcp,
 srt) a "stream". Devices and streams are live: when a stream drops (a read error, a premature end, a read timeout)
-it is reopened up to `retries` times with a doubling delay, and the frame times go on from where they were; after
-that, or for a file that breaks, a VideoError says what happened in one line. A live source that ends cleanly
+it is reopened with a doubling delay, and the frame times go on from where they were. `retries` reconnects in a row
+that fail, or that drop again within STABLE_SECONDS, end in a VideoError that says what happened in one line, as does
+a file that breaks; a source that then runs for STABLE_SECONDS has its retries back (a camera that drops once a day
+is reconnected every day). A live source that ends cleanly
 (FFmpeg's end of file) simply ends.
 
 Errors are VideoError (an InputError: bad input, reported as `clip-rt CMD: error: ...`). A file cut short: an MP4
@@ -33,6 +35,7 @@ KINDS = ("file", "device", "stream")
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
 INDEXED_FORMATS = ("mov", "mp4", "matroska", "webm")  # containers whose header declares the video's duration
 MAX_RETRY_DELAY = 8.0  # seconds: the reconnect delay doubles up to this
+STABLE_SECONDS = 10.0  # a live source that ran this long after a reconnect has its retry budget back
 
 
 class VideoError(InputError):
@@ -215,42 +218,50 @@ class VideoSource:
 
     def frames(self) -> Iterator[DecodedFrame]:
         """Decoded frames in presentation order. Raises VideoError when a file breaks mid-way, or when a live
-        source stays down after `retries` reconnect attempts."""
+        source cannot be kept up: `retries` reconnects in a row, each failing or dropping again within
+        STABLE_SECONDS. Stopping the iteration early closes the source."""
         import av
 
         index, offset, last = 0, 0.0, None  # offset: time added after a reconnect so that times go on
+        failures = 0  # reconnect attempts since the source last ran for STABLE_SECONDS
         self.open()
-        while True:
-            origin = None  # the first frame's own timestamp on this connection
-            try:
-                stream = self._container.streams.video[0]
-                for frame in self._container.decode(stream):
-                    t = frame.time
-                    if t is None:  # no timestamp: count frames at the nominal rate
-                        t = index / (self._info.fps or 30.0) if self._info else 0.0
-                    if origin is None:  # a file's clock starts at its stream's start time, a live one's at frame 1
-                        start = stream.start_time if self.kind == "file" else None
-                        origin = float(start * stream.time_base) if start is not None and stream.time_base else t
-                        origin = min(origin, t)
-                    now = offset + (t - origin)
-                    if last is not None and now < last:  # a timestamp going backwards (broken stream): keep order
-                        now = last
-                    last = now
-                    yield DecodedFrame(index, now, frame, time.monotonic())
-                    index += 1
-                self.close()
-                if self.kind == "file":
-                    self._check_complete(last)
-                return  # a clean end of file, for files and live sources alike
-            except av.FFmpegError as e:  # with slice threading, or a container-level failure
-                self.close()
-                at = f"at {last:.2f} s" if last is not None else "before the first frame"
-                if not self.live:
-                    raise VideoError(f"{self.spec}: corrupt or truncated video data {at} ({_reason(e)})") from None
-                failure = f"stream dropped {at} ({_reason(e)})"
-            if last is not None:
-                offset = last + 1.0 / (self._info.fps if self._info and self._info.fps else 30.0)
-            self._reconnect(failure)
+        try:
+            while True:
+                origin = None  # the first frame's own timestamp on this connection
+                connected = time.monotonic()
+                try:
+                    stream = self._container.streams.video[0]
+                    for frame in self._container.decode(stream):
+                        t = frame.time
+                        if t is None:  # no timestamp: count frames at the nominal rate
+                            t = index / (self._info.fps or 30.0) if self._info else 0.0
+                        if origin is None:  # a file's clock starts at its stream's start time, a live one's at frame 1
+                            start = stream.start_time if self.kind == "file" else None
+                            origin = float(start * stream.time_base) if start is not None and stream.time_base else t
+                            origin = min(origin, t)
+                        now = offset + (t - origin)
+                        if last is not None and now < last:  # a timestamp going backwards (broken stream): keep order
+                            now = last
+                        last = now
+                        yield DecodedFrame(index, now, frame, time.monotonic())
+                        index += 1
+                    self.close()
+                    if self.kind == "file":
+                        self._check_complete(last)
+                    return  # a clean end of file, for files and live sources alike
+                except av.FFmpegError as e:  # with slice threading, or a container-level failure
+                    self.close()
+                    at = f"at {last:.2f} s" if last is not None else "before the first frame"
+                    if not self.live:
+                        raise VideoError(f"{self.spec}: corrupt or truncated video data {at} ({_reason(e)})") from None
+                    failure = f"stream dropped {at} ({_reason(e)})"
+                if last is not None:
+                    offset = last + 1.0 / (self._info.fps if self._info and self._info.fps else 30.0)
+                if time.monotonic() - connected >= STABLE_SECONDS:
+                    failures = 0
+                failures = self._reconnect(failure, failures)
+        finally:
+            self.close()
 
     def _check_complete(self, last: float | None) -> None:
         """A file whose index declares more video than was decoded was cut short (with threaded decoding FFmpeg
@@ -263,19 +274,21 @@ class VideoSource:
             raise VideoError(f"{self.spec}: truncated: the video ends at {shown:.2f} s of the {declared:.2f} s its "
                              f"index declares (a file cut short, or corrupt data there)")
 
-    def _reconnect(self, failure: str) -> None:
-        """Reopen a live source, waiting retry_delay (doubling) before each attempt; VideoError when all fail."""
-        delay, last_error = self.options.retry_delay, ""
-        for _ in range(self.options.retries):
-            time.sleep(delay)
-            delay = min(MAX_RETRY_DELAY, max(delay * 2, 0.1))
+    def _reconnect(self, failure: str, failures: int) -> int:
+        """Reopen a live source, waiting retry_delay (doubling) before each attempt. Returns the failure count
+        (attempts so far, this one included); VideoError once `retries` attempts in a row have not held."""
+        delay, last_error = self.options.retry_delay * 2 ** min(failures, 6), ""
+        while failures < self.options.retries:
+            time.sleep(min(delay, MAX_RETRY_DELAY))
+            delay, failures = max(delay * 2, 0.1), failures + 1
             try:
                 self._container = self._open_container()
             except VideoError as e:
                 last_error = str(e).split(": ", 1)[-1]
                 continue
             self.reconnects += 1
-            return
+            return failures
         if not self.options.retries:
             raise VideoError(f"{self.spec}: {failure} (reconnects are off: retries=0)")
-        raise VideoError(f"{self.spec}: {failure}; {self.options.retries} reconnect attempts failed (last: {last_error})")
+        why = f"last: {last_error}" if last_error else f"each reconnect dropped again within {STABLE_SECONDS:g} s"
+        raise VideoError(f"{self.spec}: {failure}; {self.options.retries} reconnect attempts failed ({why})")
