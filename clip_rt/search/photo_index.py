@@ -45,7 +45,7 @@ def _open(path: str, max_pixels: int, draft_edge: int | None) -> tuple[Image.Ima
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise OSError("not a regular file")
         with open(path, "rb") as f:
-            img = Image.open(f)
+            img: Image.Image = Image.open(f)
             meta = read_meta(img)  # the header: full size and EXIF, before draft() shrinks the size
             width, height = img.size
             if width * height > max_pixels:

@@ -70,8 +70,9 @@ def parse_exif_date(value: object, offset: object = None) -> int | None:
     m = _DATE.match(_text(value))
     if not m:
         return None
+    year, month, day, hour, minute, second = (int(g) for g in m.groups())
     try:
-        when = dt.datetime(*(int(g) for g in m.groups()), tzinfo=dt.timezone.utc)
+        when = dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.timezone.utc)
     except ValueError:
         return None
     o = _OFFSET.match(_text(offset))

@@ -22,7 +22,7 @@ import datetime as dt
 import os
 import sqlite3
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -78,6 +78,15 @@ def write_photos(conn: sqlite3.Connection, rows: Iterable[tuple[int, PhotoMeta |
     put_thumbs(conn, [(vid, t) for vid, _, t in rows if t is not None])
 
 
+def photo_writer(rows: Sequence[tuple[PhotoMeta | None, bytes | None]]
+                 ) -> Callable[[sqlite3.Connection, list[int]], None]:
+    """The hook for Store.commit(also=...) that writes these (metadata, thumbnail) rows for the ids the commit gives
+    its new items, in its transaction."""
+    def write(conn: sqlite3.Connection, ids: list[int]) -> None:
+        write_photos(conn, [(vid, meta, thumb) for vid, (meta, thumb) in zip(ids, rows)])
+    return write
+
+
 def read_photos(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, tuple[PhotoMeta | None, bytes | None]]:
     """vector id -> (meta, thumbnail) as stored, for carrying them to a new id (a moved file keeps its vector)."""
     out: dict[int, tuple[PhotoMeta | None, bytes | None]] = {}
@@ -118,8 +127,8 @@ class PhotoFilter:
     """Which photos a search may return. Every given field must hold (AND); None fields do not filter."""
 
     folder: str | None = None  # an absolute folder: photos in it or any folder under it
-    after: dt.date | None = None  # photos dated on or after this day (see the module doc for the date)
-    before: dt.date | None = None  # photos dated on or before this day
+    after: dt.date | str | None = None  # photos dated on or after this day, a date or "YYYY-MM-DD" (module doc)
+    before: dt.date | str | None = None  # photos dated on or before this day
     camera: str | None = None  # the camera name exactly as facets() lists it
 
     def __post_init__(self) -> None:
@@ -129,7 +138,7 @@ class PhotoFilter:
             object.__setattr__(self, "folder", os.path.abspath(self.folder) if self.folder else None)
         if self.camera == "":
             object.__setattr__(self, "camera", None)
-        if self.after and self.before and self.after > self.before:
+        if isinstance(self.after, dt.date) and isinstance(self.before, dt.date) and self.after > self.before:
             raise InputError(f"the date range is empty: after {self.after} is later than before {self.before}")
 
     @property
@@ -144,12 +153,13 @@ class PhotoFilter:
             prefix = self.folder.rstrip(os.sep) + os.sep
             terms.append("i.item >= ? AND i.item < ?")  # a range on the item index: '0' sorts right after '/'
             params += [prefix, prefix[:-1] + chr(ord(os.sep) + 1)]
-        if self.after is not None:
+        after, before = parse_day(self.after, "after"), parse_day(self.before, "before")  # dates since __post_init__
+        if after is not None:
             terms.append(f"{DATE_SQL} >= ?")
-            params.append(_day_start(self.after))
-        if self.before is not None:
+            params.append(_day_start(after))
+        if before is not None:
             terms.append(f"{DATE_SQL} < ?")
-            params.append(_day_start(self.before + dt.timedelta(days=1)))
+            params.append(_day_start(before + dt.timedelta(days=1)))
         if self.camera is not None:
             terms.append("p.camera = ?")
             params.append(self.camera)

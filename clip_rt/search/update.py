@@ -26,7 +26,7 @@ from ..decode import check_decode
 from ..files import iter_image_files
 from .index import Index
 from .photo_index import backfill_photos, encode_photo_files
-from .photo_store import ensure_schema, read_photos, write_photos
+from .photo_store import ensure_schema, photo_writer, read_photos
 from .maintain import UpdateReport, as_vectors, open_for_update, refresh, refresh_engine, scoped
 from .plan import parse_memory
 from .store import IndexFileError, Item, Store, is_legacy
@@ -152,8 +152,7 @@ def _update(store: Store, model: "ClipModel", roots: list[str], files: list[str]
         keep = [i for i, it in enumerate(items) if it is not None]
         adds = [it for it in items if it is not None]
         photos = [extras[i] for i in keep]  # (metadata, thumbnail) of each added item, in the same transaction
-        store.commit(adds, emb[keep], remove=[it.item for it in adds if it.item in known],
-                     also=lambda conn, ids, rows=photos: write_photos(conn, [(v, *r) for v, r in zip(ids, rows)]))
+        store.commit(adds, emb[keep], remove=[it.item for it in adds if it.item in known], also=photo_writer(photos))
         report.embedded += len(ok)
         report.changed += sum(1 for it in adds if it.item in known)
         report.added += sum(1 for it in adds if it.item not in known)
@@ -164,8 +163,7 @@ def _update(store: Store, model: "ClipModel", roots: list[str], files: list[str]
         move_vecs = as_vectors([np.asarray(vectors[[known[old][0] for *_, old in moved]])], store.dim)
         carried = read_photos(store.conn, [known[old][0] for *_, old in moved])  # a moved photo keeps its facts
         rows = [carried.get(known[old][0], (None, None)) for *_, old in moved]
-        store.commit(move_items, move_vecs, remove=vanished,
-                     also=lambda conn, ids: write_photos(conn, [(v, *r) for v, r in zip(ids, rows)]))
+        store.commit(move_items, move_vecs, remove=vanished, also=photo_writer(rows))
     if touched:
         store.touch(touched)
     backfill_photos(store, model, decode, thumbnails)
