@@ -394,3 +394,30 @@ def test_token_and_warning(photo_set: dict, browser) -> None:
         _stop(proc)
         err = proc.stderr.read()
     assert "warning: --host 0.0.0.0" in err and "photos" in err
+
+
+def test_serve_with_an_index_serves_the_page(photo_set: dict, tiny_package: Path) -> None:
+    """`clip-rt serve PKG --index INDEX`: the page at / beside the API, and /search with filters and ids."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "clip_rt.cli", "serve", str(tiny_package), "--index",
+                             str(photo_set["index"]), "--port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for line in proc.stderr:  # "clip-rt serve: PKG at URL ..." once it accepts connections
+            seen.append(line)
+            if f"127.0.0.1:{port}" in line:
+                break
+        else:
+            raise AssertionError("clip-rt serve did not start: " + "".join(seen)[-2000:])
+        url = f"http://127.0.0.1:{port}"
+        page = httpx.get(url + "/")
+        assert page.status_code == 200 and "static/page.js" in page.text
+        assert httpx.get(url + "/facets").json()["count"] == N_PHOTOS
+        hits = httpx.post(url + "/search", json={"text": "a dog", "top_k": 5, "camera": "NIKON D750"}).json()["results"]
+        assert len(hits) == 5
+        for h in hits:
+            assert httpx.get(f"{url}/item/{h['id']}").json()["camera"] == "NIKON D750"
+        assert httpx.get(url + "/healthz").status_code == 200  # the API is still there
+    finally:
+        _stop(proc)
