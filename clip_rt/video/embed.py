@@ -3,6 +3,7 @@
     emb = embed_video(model, "clip.mp4", every=1.0)        # VideoEmbeddings(times [N], embeddings [N, D])
     preds = classify_video(clf, "clip.mp4", every=0.5)     # [FramePrediction(time, labels)]
     segments_of(preds)                                     # [Segment(label, start, end, frames, score)]
+    emb.embeddings[distinct_frames(emb.embeddings)]        # near-duplicate frames skipped (for an index)
 
 Frames are sampled by presentation time (clip_rt.video.sample), converted with clip_rt.video.frames, and encoded in
 batches; decoding and scaling of batch k+1 run on a thread while batch k is encoded. Every frame of the file is
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from ..errors import check_int
+from ..errors import check_int, check_real
 from .events import Segment, segments
 from .frames import FrameConverter
 from .sample import Sampler
@@ -147,6 +148,18 @@ def classify_video(classifier: "ZeroShotClassifier", source: str | os.PathLike, 
                       options=options)
     preds = classifier.predict_embeddings(emb.embeddings, top_k) if len(emb.times) else []
     return [FramePrediction(float(t), p) for t, p in zip(emb.times, preds)]
+
+
+def distinct_frames(embeddings: np.ndarray, max_cosine: float = 0.95) -> np.ndarray:
+    """Indices of the frames to keep in an index: the first, then each frame whose cosine with the last kept one is
+    below max_cosine (a static shot stores one vector, a pan or a cut stores more). embeddings: [N, D] normalized.
+    Returns int64 [K], ascending."""
+    check_real(max_cosine, "max_cosine", -1.0, 1.0)
+    keep: list[int] = []
+    for i in range(len(embeddings)):
+        if not keep or float(embeddings[i] @ embeddings[keep[-1]]) < max_cosine:
+            keep.append(i)
+    return np.asarray(keep, dtype=np.int64)
 
 
 def segments_of(predictions: list[FramePrediction]) -> list[Segment]:
