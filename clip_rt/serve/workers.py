@@ -47,7 +47,8 @@ class RayWorker:
 
     async def call(self, method: str, *args: Any) -> Any:
         from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+        from ray.serve.exceptions import (BackPressureError, DeploymentUnavailableError, RayServeException,
+                                          ReplicaUnavailableError)
 
         delay = 0.2
         for attempt in range(self.retry_attempts + 1):
@@ -59,7 +60,7 @@ class RayWorker:
                                     f"shortly", retry_after_s=1) from None
             except DeploymentUnavailableError as e:
                 raise ApiError(503, f"encoder unavailable ({e}); retry shortly", retry_after_s=2) from None
-            except (RayActorError, ActorUnavailableError) as e:
+            except (RayActorError, ActorUnavailableError, ReplicaUnavailableError) as e:
                 self.counters["replica_losses"] += 1
                 log.warning("encoder replica lost during %s (attempt %d): %s", method, attempt + 1, e)
                 if attempt < self.retry_attempts:
@@ -70,6 +71,9 @@ class RayWorker:
                 if isinstance(cause, Exception):
                     raise cause from None
                 raise
+            except RayServeException as e:  # e.g. the call was cancelled because the encoders are stopping
+                raise ApiError(503, f"encoder unavailable ({type(e).__name__}: {e}); retry shortly",
+                               retry_after_s=2) from None
         raise ApiError(503, "an encoder replica stopped during this request and no replacement answered yet; retry "
                             "shortly", retry_after_s=2)
 
