@@ -229,7 +229,8 @@ def test_detail_and_more_like_this(page, server: str) -> None:
     assert page.evaluate("document.getElementById('detail-img').naturalWidth") > 0 or \
         page.wait_for_function("document.getElementById('detail-img').naturalWidth > 0")
     settle(page, lambda: page.click("#like"))
-    assert f"like={third}" in page.url and page.is_hidden("#detail")
+    assert f"like={third}" in page.url and page.is_hidden("#detail") and page.is_visible("#like-banner")
+    page.wait_for_function(f"document.getElementById('like-name').textContent === {Path(item['file']).name!r}")
     hits = api(server, like=third, top_k=60)
     same(page, hits)
     assert hits[0]["id"] == third  # its own stored vector: itself first, nothing re-embedded

@@ -97,7 +97,10 @@
       const first = results.length;
       results = data.results;
       render(fresh, first);
-      if (s.like) $("like-name").textContent = data.like ? baseName(data.like) : "#" + s.like;
+      if (s.like && !more) {
+        $("like-name").textContent = "#" + s.like;
+        api("item/" + s.like).then((d) => { $("like-name").textContent = baseName(d.file); }).catch(() => null);
+      }
       setStatus(`${results.length}${exhausted ? "" : "+"} result${results.length === 1 ? "" : "s"} \u00b7 ` +
                 `${Math.round(performance.now() - t0)} ms`);
       if (!more) painted(mine);
