@@ -178,9 +178,9 @@ def broken_images(jpeg: bytes) -> dict[str, Broken]:
         # so clip-rt's header check refuses it; 30,000 x 30,000 is refused inside Image.open, before the header
         # check, and reported with the pixel count from Pillow's message.
         "bomb.png": Broken(bomb_png(10_000, 10_000), r"decompression bomb: 10000x10000 pixels exceeds the limit of "
-                                                     r"89,478,485; raise it with max_pixels= .*"),
+                                                     r"89,478,485; raise it with (max_pixels=|--max-pixels) .*"),
         "bomb_huge.png": Broken(bomb_png(30_000, 30_000), r"decompression bomb: 900,000,000 pixels exceeds the limit "
-                                                          r"of 89,478,485; raise it with max_pixels= .*"),
+                                                          r"of 89,478,485; raise it with (max_pixels=|--max-pixels) .*"),
         "photo.heic": Broken(heif_header(), r"unsupported image format: HEIF/HEIC \(Pillow cannot decode it; "
                                             r"convert the file to JPEG or PNG\)"),
         "jpeg_compressed.bmp": Broken(bytes(bmp), r"cannot read image header \(Unsupported BMP compression \(4\)\)"),

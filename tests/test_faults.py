@@ -88,9 +88,13 @@ def test_classify_folder_of_good_tricky_and_broken_files_without_torch(tiny_pack
                          "--json"], env={"CLIP_RT_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
-    # stderr holds only one-line warnings (Pillow's DecompressionBombWarning for the 10,000 x 10,000 header).
-    assert all(line.startswith("clip-rt classify: warning: ") for line in proc.stderr.splitlines()), proc.stderr
+    # stderr holds one-line warnings (Pillow's DecompressionBombWarning for the 10,000 x 10,000 header), then how many
+    # files failed (their reasons are in the document).
+    *warnings, count = proc.stderr.splitlines()
+    assert all(line.startswith("clip-rt classify: warning: ") for line in warnings), proc.stderr
     doc = json.loads(proc.stdout)
+    assert count == (f"clip-rt classify: {len(doc['errors'])} of {len(doc['errors']) + len(doc['results'])} file(s) "
+                     f"failed (listed with their reasons in the JSON document's \"errors\")")
     labelled = {r["file"]: r["labels"] for r in doc["results"]}
     assert sorted(labelled) == sorted(showcase["good"] + list(showcase["tricky"].values()))
     for file, labels in labelled.items():
@@ -125,8 +129,8 @@ def test_table_output_lists_every_error_after_the_results(tiny_package, showcase
     tail = [ln for ln in err.splitlines() if not ln.startswith("clip-rt classify: warning: ")]
     n_bad = len(showcase["reasons"])
     assert tail[-1] == f"{n_bad} of {len(rows) + n_bad} file(s) failed"
-    assert sorted(ln.split(": ", 2)[1] for ln in tail[:-1]) == sorted(showcase["reasons"])
-    assert all(ln.startswith("error: ") for ln in tail[:-1])
+    assert sorted(ln.split(": ", 3)[2] for ln in tail[:-1]) == sorted(showcase["reasons"])
+    assert all(ln.startswith("clip-rt classify: error: ") for ln in tail[:-1])  # the prefix of every CLI error
 
 
 def _classify_as_nobody(package: str, folder: str, cache: str) -> tuple[int, str, str]:

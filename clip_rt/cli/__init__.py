@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _one_line_warnings(args.command)
             return int(args.handler(args) or 0)
     except ClipRtError as e:
-        print(f"clip-rt {args.command}: error: {e}", file=sys.stderr)
+        from ..errors import ImageError
+        from .common import bomb_hint
+
+        message = f"{e.file}: {bomb_hint(e.reason, args)}" if isinstance(e, ImageError) else str(e)
+        print(f"clip-rt {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"clip-rt {args.command}: interrupted", file=sys.stderr)

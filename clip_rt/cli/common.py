@@ -21,9 +21,10 @@ if TYPE_CHECKING:
     from ..errors import ImageError
     from ..model import ClipModel
 
-__all__ = ["DECODES", "HELP", "HelpFormatter", "add_image_args", "add_model_args", "add_verbose_arg",
-           "check_device_flags", "errors_json", "find_image_files", "load_model", "log_model", "positive_int",
-           "print_table", "report_errors", "setup_logging", "show_progress", "unit_float"]
+__all__ = ["DECODES", "HELP", "HelpFormatter", "add_image_args", "add_max_pixels_arg", "add_model_args",
+           "add_progress_arg", "add_verbose_arg", "bomb_hint", "check_device_flags", "errors_json", "find_image_files",
+           "load_model", "log_model", "positive_int", "print_table", "report_errors", "setup_logging", "show_progress",
+           "unit_float"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -85,19 +86,38 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_image_args(p: argparse.ArgumentParser) -> None:
-    """Options of the commands that read image files themselves (classify, embed --images)."""
+    """Options of the commands that read many image files (classify, embed --images, index)."""
+    add_max_pixels_arg(p)
+    add_progress_arg(p)
+
+
+def add_max_pixels_arg(p: argparse.ArgumentParser) -> None:
+    """--max-pixels: every command that decodes an image file has it (the bomb hint names it: bomb_hint)."""
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help="larger images (width x height, read from the header) are refused as decompression bombs")
+
+
+def add_progress_arg(p: argparse.ArgumentParser) -> None:
+    """--progress: the one progress rule of every command (show_progress)."""
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars on stderr for long work (text encoding, image batches), shown after a second "
-                        "(default: on when stderr is a terminal and --json is off)")
+                   help="progress on stderr for long work (a bar per loop, shown after a second; never on stdout) "
+                        "(default: on when stderr is a terminal)")
 
 
 def show_progress(args: argparse.Namespace) -> bool:
-    """--progress as given, else on for a terminal that is not reading --json output."""
+    """The one progress rule: --progress / --no-progress as given, else on when stderr is a terminal. Progress
+    only ever goes to stderr, so a --json document on stdout is never in its way."""
     if args.progress is not None:
         return bool(args.progress)
-    return sys.stderr.isatty() and not getattr(args, "json", False)
+    return sys.stderr.isatty()
+
+
+def bomb_hint(reason: str, args: argparse.Namespace) -> str:
+    """A reason from the library, as the CLI says it: the decompression-bomb reason names the Python parameter
+    (max_pixels=), which a command with --max-pixels names as its flag."""
+    if reason.startswith("decompression bomb:") and hasattr(args, "max_pixels"):
+        return reason.replace("max_pixels=", "--max-pixels")
+    return reason
 
 
 def find_image_files(paths: Sequence[str]) -> tuple[list[str], list["ImageError"]]:
@@ -174,16 +194,17 @@ def load_model(args: argparse.Namespace, package: str | None = None, flags_check
     return model
 
 
-def report_errors(errors: Sequence["ImageError"], total: int) -> None:
-    """Per-file errors on stderr, after the results."""
+def report_errors(errors: Sequence["ImageError"], total: int, args: argparse.Namespace) -> None:
+    """Per-file errors on stderr, after the results: `clip-rt CMD: error: FILE: REASON` (the prefix of every
+    error the CLI prints), then how many failed."""
     for e in errors:
-        print(f"error: {e.file}: {e.reason}", file=sys.stderr)
+        print(f"clip-rt {args.command}: error: {e.file}: {bomb_hint(e.reason, args)}", file=sys.stderr)
     if errors:
         print(f"{len(errors)} of {total} file(s) failed", file=sys.stderr)
 
 
-def errors_json(errors: Sequence["ImageError"]) -> list[dict[str, str]]:
-    return [{"file": e.file, "error": e.reason} for e in errors]
+def errors_json(errors: Sequence["ImageError"], args: argparse.Namespace) -> list[dict[str, str]]:
+    return [{"file": e.file, "error": bomb_hint(e.reason, args)} for e in errors]
 
 
 def print_table(rows: list[list[str]], header: list[str]) -> None:

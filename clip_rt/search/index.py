@@ -50,6 +50,10 @@ class Hit:
 def not_an_index_message(root: Path) -> str:
     """Why `root` cannot be opened as an index, with the command that makes one (never one writing into a photo
     folder)."""
+    if (root / "manifest.json").is_file():  # a model package: the index is built from it, into a folder of its own
+        return (f"{root} is a model package, not a clip-rt index; build an index with it first, into a new folder: "
+                f"clip-rt index {root} PHOTOS_DIR -o photos.index, then search that: clip-rt search photos.index "
+                f"--text ...")
     if root.is_dir():
         from ..files import IMAGE_EXTENSIONS
 
@@ -211,8 +215,9 @@ class Index:
                                f"model for a query (it has: {', '.join(have)}); add it with: {fix}")
 
     def query_embedding(self, model: "ClipModel", text: str | None = None, image: "ImageInput | None" = None,
-                        text_weight: float = 0.5) -> np.ndarray:
-        """The normalized query vector [D]: the text's, the image's, or normalize(w * text + (1 - w) * image)."""
+                        text_weight: float = 0.5, max_pixels: int | None = None) -> np.ndarray:
+        """The normalized query vector [D]: the text's, the image's, or normalize(w * text + (1 - w) * image).
+        max_pixels: the image's decompression-bomb limit (None: the default, as in encode_images)."""
         if text is None and image is None:
             raise InputError("give a text, an image, or both")
         if not 0.0 <= text_weight <= 1.0:
@@ -223,7 +228,8 @@ class Index:
             parts.append((text_weight if image is not None else 1.0, model.encode_texts([text])[0]))  # [D]
         if image is not None:
             self.check_model(model, "image")
-            parts.append((1.0 - text_weight if text is not None else 1.0, model.encode_images([image])[0]))  # [D]
+            limit = {} if max_pixels is None else {"max_pixels": max_pixels}
+            parts.append((1.0 - text_weight if text is not None else 1.0, model.encode_images([image], **limit)[0]))
         q = sum(w * v for w, v in parts)
         norm = float(np.linalg.norm(q))
         if not np.isfinite(norm) or norm == 0.0:
@@ -273,10 +279,12 @@ class Index:
     search_embedding = search_vector  # clip-rt 0.1's name
 
     def search(self, model: "ClipModel", text: str | None = None, image: "ImageInput | None" = None,
-               text_weight: float = 0.5, top_k: int = 10, where: "PhotoFilter | None" = None) -> list[Hit]:
-        """Search by text, by image (path, PIL image or array), or by both mixed with text_weight in [0, 1]; where:
-        only the photos a PhotoFilter allows (folder, date range, camera)."""
-        return self.search_vector(self.query_embedding(model, text, image, text_weight), top_k, where)
+               text_weight: float = 0.5, top_k: int = 10, where: "PhotoFilter | None" = None,
+               max_pixels: int | None = None) -> list[Hit]:
+        """Search by text, by image (path, PIL image or array), or by both mixed with text_weight in [0, 1].
+        max_pixels: the query image's decompression-bomb limit (None: encode_images' default). where: only the
+        photos a PhotoFilter allows (folder, date range, camera)."""
+        return self.search_vector(self.query_embedding(model, text, image, text_weight, max_pixels), top_k, where)
 
 
 def open_index(path: str | os.PathLike) -> Index:

@@ -74,11 +74,11 @@ def update_texts(path: str | os.PathLike, model: "ClipModel", texts_file: str | 
         key = store.meta["keys"]["text"]
         for start in range(0, len(new), COMMIT_EVERY):
             chunk = new[start:start + COMMIT_EVERY]
-            emb = model.encode_texts(chunk, batch_size=batch_size)  # [n, D]
+            # progress per batch of the encoder (not per commit), so that a bar moves with the work
+            step = None if progress is None else (lambda done, _n, base=start: progress(base + done, len(new)))
+            emb = model.encode_texts(chunk, batch_size=batch_size, progress=step)  # [n, D]
             store.commit([Item(t, text_sha256(t), key) for t in chunk], emb)
             report.embedded += len(chunk)
-            if progress is not None:
-                progress(start + len(chunk), len(new))
         if gone:
             store.commit(remove=gone)
         report.added, report.removed = len(new), len(gone)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ImageError, InputError
 from ..fsutil import sha256_file
-from ..decode import check_decode
+from ..decode import DEFAULT_MAX_PIXELS, check_decode
 from ..files import iter_image_files
 from .index import Index
 from .photo_index import backfill_photos, encode_photo_files
@@ -60,7 +60,8 @@ def update_images(path: str | os.PathLike, model: "ClipModel", paths: Sequence[s
                   decode: str | None = None, thumbnails: bool | None = None,
                   index_type: str | None = None, memory_budget: int | str | None = None,
                   batch_size: int = 32, progress: Callable[[int, int], None] | None = None,
-                  log: Callable[[str], None] | None = None) -> tuple[Index, UpdateReport]:
+                  log: Callable[[str], None] | None = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Index, UpdateReport]:
     """Index the image files under `paths` into the index folder `path` (created when absent, else updated).
 
     decode: "fast" or "exact" (see clip_rt.preprocess); None: the index's recorded choice ("fast" for a new one).
@@ -68,7 +69,8 @@ def update_images(path: str | os.PathLike, model: "ClipModel", paths: Sequence[s
     for a new index). Photo metadata (EXIF date, camera, size) is always kept; both come from the one decode that
     embeds the photo (clip_rt.search.photo_index), and an index from before them gets them on its next update.
     index_type / memory_budget: see clip_rt.search.plan; None keeps the recorded choice. progress(done, total) is
-    called as images are embedded; log(message) for the engine's steps. Returns the index (opened read-only) and
+    called as images are embedded; log(message) for the engine's steps. max_pixels: larger images are refused
+    as decompression bombs (reported in report.errors). Returns the index (opened read-only) and
     the report (the index is the one just written, handed back for reading, not opened again). Raises InputError when the scan finds no image file at all (an unmounted folder must not empty
     the index).
     """
@@ -89,7 +91,7 @@ def update_images(path: str | os.PathLike, model: "ClipModel", paths: Sequence[s
             raise InputError(f"{root} was built with --decode {recorded}; updating it with --decode {decode} would "
                              f"mix the two in one index (rebuild it into a new folder to switch)")
         report = _update(store, model, roots, [os.path.abspath(f) for f in found], errors, recorded, batch_size,
-                         progress, thumbs)
+                         progress, max_pixels, thumbs)
         report.engine, engine = refresh(store, index_type, budget, log,
                                         text_queries=lambda: model.encode_texts(tuning_texts()))
         store.release()  # the write lock goes; the index handed back reads on through the same connection
@@ -101,7 +103,7 @@ def update_images(path: str | os.PathLike, model: "ClipModel", paths: Sequence[s
 
 def _update(store: Store, model: "ClipModel", roots: list[str], files: list[str], errors: list[ImageError],
             decode: str, batch_size: int, progress: Callable[[int, int], None] | None,
-            thumbnails: bool = True) -> UpdateReport:
+            max_pixels: int = DEFAULT_MAX_PIXELS, thumbnails: bool = True) -> UpdateReport:
     report = UpdateReport(errors=list(errors))
     broken = store.verify()  # vectors lost or damaged (disk trouble, a hand-edited file): embedded again below
     if broken:
@@ -139,7 +141,7 @@ def _update(store: Store, model: "ClipModel", roots: list[str], files: list[str]
                 progress(base + d, total)
         # One decode per photo: the embedding, its EXIF facts and its thumbnail (same embeddings as encode_image_files)
         emb, ok, bad, extras = encode_photo_files(model, chunk, batch_size=batch_size, decode=decode,
-                                                  thumbnails=thumbnails, progress=step)
+                                                  thumbnails=thumbnails, progress=step, max_pixels=max_pixels)
         report.errors.extend(bad)
         items: list[Item | None] = []
         for f in ok:
