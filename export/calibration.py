@@ -148,12 +148,15 @@ class BatchReader:
         self.input_name = input_name
         self.batches = batches
         self.start, self.end, self.pos = 0, len(batches), 0
+        self.progress: Callable[[int, int], None] | None = None  # (batches handed out, all batches), as they go
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.pos >= self.end:
             return None
         batch = self.batches[self.pos]
         self.pos += 1
+        if self.progress is not None:
+            self.progress(self.pos, len(self.batches))
         return {self.input_name: batch}
 
     def __iter__(self) -> "BatchReader":
@@ -190,7 +193,9 @@ def reader_for(encoder: str, input_name: str, data: CalibrationSet,
     """(reader, stride) for quantize_static: images 8 per batch in steps of 4 batches; texts one per step."""
     if encoder == "image":
         batches = image_batches(data.crops)
-        # quantize_static needs len(reader) to be a multiple of the stride
-        stride = max(d for d in range(1, STRIDE_IMAGES + 1) if len(batches) % d == 0)
+        # quantize_static needs len(reader) to be a multiple of the stride, and stacks the outputs of a stride's
+        # batches: a last, partial batch (photos not a multiple of IMAGE_BATCH) can only be a step of its own
+        stride = max(d for d in range(1, STRIDE_IMAGES + 1) if len(batches) % d == 0) \
+            if len(data.crops) % IMAGE_BATCH == 0 else 1
         return BatchReader(input_name, batches), stride
     return BatchReader(input_name, text_batches(tokenize, data.texts)), 1

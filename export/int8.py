@@ -249,11 +249,13 @@ class SearchResult:
 
 
 def search(src: Path, workdir: Path, recipe: Recipe, cache: Path, input_name: str, batches: Sequence[np.ndarray],
-           target_mean: float, target_min: float, log: Callable[[str], None], graph: Any = None) -> SearchResult:
+           target_mean: float, target_min: float, log: Callable[[str], None], graph: Any = None,
+           progress: Callable[[int, int], None] | None = None) -> SearchResult:
     """Exclude the costliest units until the whole model meets (target_mean, target_min) on `batches`.
 
     `batches` are held-out calibration inputs; the reference is the fp32 graph itself (= eager within 1e-6).
-    graph: `src` as load_graph gives it, when the caller holds it already.
+    graph: `src` as load_graph gives it, when the caller holds it already. progress(done, total): after each unit
+    measured alone (the search's long loop: one quantization and one run of the batches per unit).
     """
     t0 = time.perf_counter()
     graph = load_graph(src) if graph is None else graph
@@ -274,13 +276,17 @@ def search(src: Path, workdir: Path, recipe: Recipe, cache: Path, input_name: st
 
     mean, worst = whole(result.excluded)
     if recipe.sensitivity:
-        for unit, nodes in units.items():
-            alone = [n for n in nodes if n not in forced_nodes]
-            if unit in forced or not alone:
-                continue
+        todo = [(u, [n for n in nodes if n not in forced_nodes]) for u, nodes in units.items() if u not in forced]
+        todo = [(u, alone) for u, alone in todo if alone]
+        t1 = time.perf_counter()
+        log(f"    measuring {len(todo)} units quantized alone ...")
+        for i, (unit, alone) in enumerate(todo):
             quantize(src, trial, recipe, cache, nodes=alone, graph=graph)
             u_mean, u_min = cosine_stats(ref, embed(trial, input_name, batches))
             result.costs[unit] = {"mean_cos": u_mean, "min_cos": u_min}
+            if progress is not None:
+                progress(i + 1, len(todo))
+        log(f"    measured {len(todo)} units alone in {time.perf_counter() - t1:.1f} s")
         ranked = sorted(result.costs, key=lambda u: (result.costs[u]["mean_cos"], result.costs[u]["min_cos"]))
         log(f"    costliest units alone: " + ", ".join(f"{u} {1 - result.costs[u]['mean_cos']:.2e}" for u in ranked[:4]))
         for unit in ranked:

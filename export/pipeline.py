@@ -131,6 +131,9 @@ def export_package(model: str | os.PathLike, out: str | os.PathLike, options: Ex
     if missing:
         raise ValidationFailed(f"precision {', '.join(missing)} cannot be built by this clip-rt "
                                f"(available: {', '.join(PRECISION_BUILDERS)})")
+    from .quantize import check_int8_inputs
+
+    check_int8_inputs(tuple(options.precisions), options.eval_images, options.extra)  # before any work starts
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise PackageError(f"{out} exists and is not a clip-rt package; choose an empty or new folder")

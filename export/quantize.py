@@ -49,6 +49,7 @@ class QuantizeOptions:
     recipe: q8.Recipe = q8.Recipe()
     eval_labeled: str | None = None  # labeled folder for zero-shot top-1 agreement
     eval_labeled_images: int = 200  # at most this many of its images
+    progress: bool = False  # tqdm bars on stderr for the calibration and sensitivity loops (the CLI's --progress)
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any]) -> "QuantizeOptions":
@@ -136,6 +137,37 @@ def _zero_shot_gate(ctx: "ExportContext", opts: QuantizeOptions, precision: str,
 
 
 # -- int8 -------------------------------------------------------------------------------------------------------------
+def check_int8_inputs(precisions: tuple[str, ...], eval_images: str | None, extra: dict[str, Any]) -> None:
+    """What a static INT8 build needs, checked before any work starts (the model is not loaded yet): calibration
+    photos (--calib), captions for the text encoder (--calib-texts, or captions.csv / classes.txt in the --calib
+    folder) and evaluation photos (--eval-images). InputError in one line with the fix, else nothing."""
+    opts = QuantizeOptions.from_extra(extra)
+    if "int8" not in precisions or opts.int8_mode != "static":
+        return
+    if opts.calib is None:
+        raise InputError("--precision int8 (static) needs calibration photos: pass --calib DIR (a folder of real "
+                         "photos, with captions.csv or classes.txt or --calib-texts for the text encoder), or use "
+                         "--int8-mode dynamic")
+    if not Path(opts.calib).is_dir():
+        raise InputError(f"--calib {opts.calib}: not a folder (INT8 calibration needs a folder of real photos)")
+    if opts.calib_texts is not None:
+        if not Path(opts.calib_texts).is_file():
+            raise InputError(f"--calib-texts {opts.calib_texts}: no such file (one caption per line, or a CSV with a "
+                             f"'caption' column)")
+    else:
+        from .calibration import folder_texts
+
+        if not folder_texts(Path(opts.calib))[0]:
+            raise InputError(f"--precision int8 also calibrates the text encoder, on captions, and {opts.calib} has "
+                             f"none (no captions.csv or classes.txt): add --calib-texts FILE, one caption per line "
+                             f"(a few hundred short descriptions of photos like yours, e.g. 'a dog running on a "
+                             f"beach'), or use --int8-mode dynamic")
+    if eval_images is None:
+        raise InputError("--precision int8 is validated on real photos that calibration never saw: pass "
+                         "--eval-images DIR (it may be the --calib folder; the images it picks are then left out "
+                         "of calibration)")
+
+
 def _calibration(ctx: "ExportContext", opts: QuantizeOptions) -> "CalibrationSet":
     from .calibration import load_calibration
 
@@ -163,8 +195,14 @@ def _static_int8(ctx: "ExportContext", opts: QuantizeOptions, encoder: str, data
     reader, stride = reader_for(encoder, name, calib, ctx.tokenize)
     cache = ctx.workdir / f"calib.{encoder}.{recipe.method}.json"
     t0 = time.perf_counter()
+    ctx.log(f"  calibrating {encoder} ranges ({recipe.method}, {len(reader)} batches) ...")
+    if opts.progress:
+        from clip_rt.progress import progress_callback
+
+        reader.progress = progress_callback(f"calibrating {encoder}", "batch")
     graph = q8.load_graph(src)  # once: every quantize/resolve/search call below reads the same file
     q8.quantize(src, dst, recipe, cache, reader=reader, stride=stride, graph=graph)
+    reader.progress = None
     ctx.log(f"  calibrated {encoder} ranges ({recipe.method}, {len(reader)} batches, {time.perf_counter() - t0:.1f} s)")
     tol = tolerance("onnxruntime", "int8")
     record: dict[str, Any] = {"recipe": recipe.to_json(), "calibration": calib.to_json()}
@@ -175,8 +213,13 @@ def _static_int8(ctx: "ExportContext", opts: QuantizeOptions, encoder: str, data
         target_min = 1 - SEARCH_MARGIN * (1 - tol.min_cosine)
         ctx.log(f"  sensitivity search for {encoder} (target mean {target_mean:.4f}, min {target_min:.3f} on "
                 f"{sum(len(b) for b in batches)} held-out calibration inputs)")
+        bar = None
+        if opts.progress:
+            from clip_rt.progress import progress_callback
+
+            bar = progress_callback(f"sensitivity {encoder}", "unit")
         result = q8.search(src, ctx.workdir, recipe, cache, name, batches, target_mean, target_min, ctx.log,
-                           graph=graph)
+                           graph=graph, progress=bar)
         record["sensitivity"] = {**result.to_json(), "target": {"mean_cos": target_mean, "min_cos": target_min},
                                  "held_out": {"images": int(len(held_out.crops)), "texts": len(held_out.texts)}}
         excluded = q8.resolve(src, [*result.excluded, *[n for n in recipe.exclude if n not in result.excluded]],

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..contract import PRECISIONS
-from .common import HELP
+from .common import HELP, add_progress_arg, show_progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action=argparse.BooleanOptionalAction, default=False,
                    help="write artifacts that fail their accuracy gate (recorded in the manifest)")
     _add_quantize_args(p)
+    add_progress_arg(p)
     p.set_defaults(handler=run_export)
 
     p = sub.add_parser("info", formatter_class=HELP, help="print a package's manifest as a readable table")
@@ -56,7 +57,7 @@ def run_export(args: argparse.Namespace) -> int:
         from ..export import quantize
         from ..export.pipeline import ExportOptions, export_package
 
-        extra: dict[str, Any] = quantize.options_from_cli(args)
+        extra: dict[str, Any] = {**quantize.options_from_cli(args), "progress": show_progress(args)}
         options = ExportOptions(precisions=tuple(args.precision), random_init=args.random_init, seed=args.seed,
                                 revision=args.revision, pretrained=args.pretrained,
                                 opset=args.opset, eval_images=args.eval_images,

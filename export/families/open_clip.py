@@ -20,10 +20,12 @@ TAG_OR_FILE, or --random-init from ARCH's config, which open_clip's wheel ships 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -38,6 +40,47 @@ from .base import Family, FusionPlan, LoadedModel, Reference, TokenizerPlan, l2,
 from .clip import clip_model_block
 
 PAD_ID = 0  # open_clip's tokenizer pads with 0
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """open_clip.create_model reports through the root logger (logging.warning, which also installs a stderr handler
+    on a root logger that has none): silenced for the call, and the root logger left as it was."""
+    root = logging.getLogger()
+    null, level = logging.NullHandler(), root.level
+    root.addHandler(null)  # a handler present: logging.warning() does not call basicConfig()
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.removeHandler(null)
+        root.setLevel(level)
+
+
+def _check_tag_reachable(oc: Any, arch: str, tag: str, timeout: float = 3.0) -> None:
+    """A pretrained tag's weights must be in the Hugging Face cache or the hub must answer: otherwise
+    ModelSourceError at once (a download without network retries for about a minute, then fails with a cut
+    message), saying that a local checkpoint file works."""
+    import os
+    import socket
+
+    hub = ((oc.get_pretrained_cfg(arch, tag) or {}).get("hf_hub") or "").strip("/")
+    repo = "/".join(hub.split("/")[:2])
+    if repo:
+        from huggingface_hub import constants
+
+        if (Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}").is_dir():
+            return  # downloaded before: open_clip reads it from the cache
+    if os.environ.get("HF_HUB_OFFLINE", "") in ("", "0"):
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+            return
+        except OSError:
+            pass
+    raise ModelSourceError(f"--pretrained {tag} means downloading {arch}'s weights from the Hugging Face hub "
+                           f"({repo or 'huggingface.co'}), which cannot be reached from here (no network, or "
+                           f"HF_HUB_OFFLINE=1); a local checkpoint file works offline: --pretrained "
+                           f"/path/to/open_clip_pytorch_model.bin (or .safetensors / .pt, as open_clip saves them)")
 
 
 def _open_clip() -> Any:
@@ -92,12 +135,17 @@ class OpenClipFamily(Family):
         if type(tokenizer).__name__ != "SimpleTokenizer":
             raise ModelSourceError(f"{arch} uses a {type(tokenizer).__name__}; clip-rt exports open_clip models with "
                                    f"open_clip's own CLIP tokenizer (SimpleTokenizer)")
+        if pretrained is not None and not Path(pretrained).expanduser().is_file():  # a tag: downloaded unless cached
+            _check_tag_reachable(oc, arch, pretrained)
         torch.manual_seed(seed)
         try:
-            eager = oc.create_model(arch, pretrained=where, require_pretrained=where is not None)
+            with _quiet_root_logger():  # "No pretrained weights loaded": --random-init asked for exactly that
+                eager = oc.create_model(arch, pretrained=where, require_pretrained=where is not None)
         except (RuntimeError, OSError, ValueError) as e:  # download, file format, missing keys
+            first = (str(e).strip().splitlines() or [""])[0]
             raise ModelSourceError(f"open_clip cannot build {arch} with pretrained={where!r} ({type(e).__name__}: "
-                                   f"{str(e).splitlines()[0][:200]})") from None
+                                   f"{first}); a local checkpoint file works too: --pretrained /path/to/file"
+                                   ) from None
         eager = eager.float().eval()
         import timm
 
