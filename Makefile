@@ -47,8 +47,14 @@ test-latest:
 	.venv-latest/bin/pip install -q -e '.[dev]'
 	.venv-latest/bin/python -m pytest $(PYTEST_ARGS)
 
-demo: $(VENV)/.installed
-	$(PY) scripts/demo.py --model '$(MODEL)' --package '$(DEMO_PKG)' --shared '$(SHARED)' $(if $(RANDOM_INIT),--random-init)
+# The preflight runs with the system Python before the venv build: a hub MODEL without network is refused at once,
+# with the offline command (make demo RANDOM_INIT=1 MODEL=$(SHARED)/models/clip-tokenizer). An up-to-date package
+# in $(DEMO_PKG) is reused, not exported again.
+DEMO_ARGS = --model '$(MODEL)' --package '$(DEMO_PKG)' --shared '$(SHARED)' $(if $(RANDOM_INIT),--random-init)
+demo:
+	$(PYTHON) scripts/demo.py --preflight $(DEMO_ARGS)
+	$(MAKE) --no-print-directory $(VENV)/.installed
+	$(PY) scripts/demo.py $(DEMO_ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
