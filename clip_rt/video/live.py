@@ -91,6 +91,7 @@ class Summary:
     latency_p99_ms: float | None
     latency_max_ms: float | None
     reconnects: int
+    corrupt_packets: int  # packets of a live source the decoder refused (skipped; see VideoSource)
     scaler: str
     realtime: bool
     live: bool
@@ -107,7 +108,8 @@ class Summary:
         rate = self.encoded / self.seconds if self.seconds > 0 else 0.0
         return (f"{self.frames_in} frames in {self.seconds:.1f} s ({self.source_seconds:.1f} s of video), "
                 f"{self.encoded} encoded ({rate:.1f} fps), {self.dropped} dropped, {lat}, "
-                f"{self.reconnects} reconnects, {self.scaler} scaler; stopped: {self.stopped}")
+                f"{self.reconnects} reconnects, {self.corrupt_packets} corrupt packets skipped, {self.scaler} scaler; "
+                f"stopped: {self.stopped}")
 
 
 class Mailbox:
@@ -299,5 +301,6 @@ class LivePipeline:
                        source_seconds=round(c.last_time, 3), latency_p50_ms=_ms(c.latencies, 50),
                        latency_p99_ms=_ms(c.latencies, 99),
                        latency_max_ms=round(max(c.latencies) * 1000.0, 2) if c.latencies else None,
-                       reconnects=self.source.reconnects, scaler=self.converter.scaler,
+                       reconnects=self.source.reconnects, corrupt_packets=self.source.corrupt_packets,
+                       scaler=self.converter.scaler,
                        realtime=self.config.realtime, live=self.source.live, stopped=self._stopped)

@@ -137,6 +137,7 @@ class VideoSource:
         self.kind = source_kind(self.spec)
         self.options = options
         self.reconnects = 0  # successful reopenings after a drop
+        self.corrupt_packets = 0  # packets of a live source the decoder refused and that were skipped
         self._container: Any = None
         self._info: StreamInfo | None = None
         self._declared: float | None = None  # seconds of video the file's index declares (files only)
@@ -181,7 +182,9 @@ class VideoSource:
             container.close()
             raise VideoError(f"{self.spec}: has no video stream")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # Files: frame + slice threads (throughput; frame threads hold a few frames back, which only shifts decoding
+        # earlier). Live sources: slice threads only, so that no frame waits in the decoder for the next ones.
+        stream.thread_type = "AUTO" if self.kind == "file" else "SLICE"
         if self.options.threads:
             stream.codec_context.thread_count = self.options.threads
         return container
@@ -231,7 +234,7 @@ class VideoSource:
                 connected = time.monotonic()
                 try:
                     stream = self._container.streams.video[0]
-                    for frame in self._container.decode(stream):
+                    for frame in self._decode(stream):
                         t = frame.time
                         if t is None:  # no timestamp: count frames at the nominal rate
                             t = index / (self._info.fps or 30.0) if self._info else 0.0
@@ -262,6 +265,21 @@ class VideoSource:
                 failures = self._reconnect(failure, failures)
         finally:
             self.close()
+
+    def _decode(self, stream: Any) -> Iterator[Any]:
+        """The stream's frames. On a live source a packet the decoder refuses (lost data) is skipped and counted in
+        corrupt_packets; the decoder conceals the damage in the frames after it. On a file it is an error."""
+        import av
+
+        for packet in self._container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                if not self.live:
+                    raise
+                self.corrupt_packets += 1
+                continue
+            yield from frames
 
     def _check_complete(self, last: float | None) -> None:
         """A file whose index declares more video than was decoded was cut short (with threaded decoding FFmpeg
