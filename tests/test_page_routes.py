@@ -124,3 +124,16 @@ def test_token(photo_index: Path) -> None:
         assert client.get(path, headers={"authorization": "Bearer wrong"}).status_code == 401
         assert client.get(path, params={"token": "s3cret"}).status_code == 200
         assert client.get(path, headers={"authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_thumbnails_revalidate_by_content(photo_index: Path) -> None:
+    """No stale thumbnail after ids are renumbered: each answer carries the content's sha256 as its ETag and
+    no-cache, and a matching If-None-Match gets a 304 without a body."""
+    client = _client(photo_index)
+    first = client.get("/thumb/0")
+    tag = first.headers["etag"]
+    assert first.headers["cache-control"] == "no-cache" and len(tag) == 66
+    again = client.get("/thumb/0", headers={"if-none-match": tag})
+    assert again.status_code == 304 and again.content == b""
+    other = client.get("/thumb/1", headers={"if-none-match": tag})
+    assert other.status_code == 200 and other.headers["etag"] != tag

@@ -107,7 +107,7 @@ def static_files() -> dict[str, tuple[bytes, str]]:
 def page_router(index_root: str | Path) -> Any:
     """The page's routes for the index folder `index_root` (see install_page for the token)."""
     try:
-        from fastapi import APIRouter, HTTPException
+        from fastapi import APIRouter, HTTPException, Request
         from fastapi.responses import FileResponse, JSONResponse, Response
     except ImportError:
         raise missing_dependency("fastapi", "serve", "the search page") from None
@@ -139,12 +139,22 @@ def page_router(index_root: str | Path) -> Any:
         body, kind = files[name]
         return Response(body, media_type=kind, headers=no_cache)
 
+    def content_tag(vid: int) -> str | None:
+        row = db.call(lambda c: c.execute("SELECT sha256 FROM items WHERE vector_id = ?", (vid,)).fetchone())
+        return None if row is None else f'"{row[0]}"'
+
+    # Item ids are renumbered when an update compacts the index, so a browser may keep a thumbnail or photo only
+    # while the content the id names is the same: no-cache with an ETag of the file's sha256 (a 304 costs no body).
     @router.get("/thumb/{raw}", summary="an item's thumbnail (JPEG)")
-    def thumb(raw: str) -> Response:
-        data = db.call(get_thumb, item_id(raw)) if images else None
+    def thumb(raw: str, request: Request) -> Response:
+        vid = item_id(raw)
+        tag = content_tag(vid) if images else None
+        if tag is not None and request.headers.get("if-none-match") == tag:
+            return Response(status_code=304, headers={"etag": tag, "cache-control": "no-cache"})
+        data = db.call(get_thumb, vid) if tag is not None else None
         if data is None:
             raise HTTPException(404, "no thumbnail for this id")
-        return Response(data, media_type=THUMB_MIME, headers={"cache-control": "private, max-age=3600"})
+        return Response(data, media_type=THUMB_MIME, headers={"etag": str(tag), "cache-control": "no-cache"})
 
     @router.get("/photo/{raw}", summary="the photo file the index recorded for an item id")
     def photo(raw: str) -> Response:
@@ -152,7 +162,7 @@ def page_router(index_root: str | Path) -> Any:
         if path is None or not Path(path).is_file():
             raise HTTPException(404, "no photo for this id")
         kind = mimetypes.guess_type(path)[0] or "application/octet-stream"
-        return FileResponse(path, media_type=kind, headers={"cache-control": "private, max-age=3600"})
+        return FileResponse(path, media_type=kind, headers={"cache-control": "no-cache"})
 
     @router.get("/item/{raw}", summary="an item's path, size, date, camera and pixels")
     def item(raw: str) -> Response:

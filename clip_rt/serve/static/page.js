@@ -141,6 +141,7 @@
       if (kind === "images") {
         const img = document.createElement("img");
         img.src = withToken("thumb/" + r.id);
+        img.onerror = () => { img.onerror = null; img.src = withToken("photo/" + r.id); };  // indexed without thumbnails
         img.alt = baseName(r.file);
         if (first + j >= 24) img.loading = "lazy";
         li.append(img);
