@@ -328,6 +328,9 @@ def test_cli_refuses_bad_settings_and_a_mismatched_index_before_starting_anythin
         assert err.count("\n") == 1 and err.startswith("clip-rt serve: error: the index"), err
         assert "--precision fp32" in err and "rebuild the index" in err, err
         assert time.monotonic() - t0 < 10
+    assert main(["serve", str(tiny_package), "--precision", "int8", "--index", str(index_dir), "--ray"]) == 2
+    err = capsys.readouterr().err  # a precision the package lacks: the export command that adds it
+    assert err.count("\n") == 1 and "no int8 image artifact" in err and "clip-rt export" in err, err
 
 
 @pytest.mark.parametrize("flags, blocked", [([], "uvicorn"), (["--ray"], "ray")])

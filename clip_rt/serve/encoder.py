@@ -30,10 +30,7 @@ def check_index(config: ServeConfig) -> None:
     keys = info.get("keys") or {}
     for encoder in ("image", "text"):  # queries are texts, images or both
         want = keys.get(encoder)
-        try:
-            got = package.embedding_key(encoder, config.precision, config.backend)
-        except Exception:  # noqa: BLE001 - no such artifact: the model load says so with the export command
-            return
+        got = package.embedding_key(encoder, config.precision, config.backend)  # PackageError: no such artifact
         if want != got:
             built = f"--backend {info.get('backend') or 'onnxruntime'} --precision {info.get('precision') or 'fp32'}"
             raise IndexFileError(
