@@ -204,6 +204,20 @@ def test_unavailable_cell_is_skipped_not_dropped(tiny_package: Path, tmp_path: P
     assert row["speedup"] is None and row["min_cosine"] > 0.9999
 
 
+def test_eager_reference_stays_when_other_precisions_are_asked(tiny_q_package: Path, tmp_path: Path):
+    """Issue 27.6: `--precisions int8 --backends torch,onnxruntime` times torch fp32 (the eager reference) too, so
+    every int8 row has its speedup."""
+    rc = main(["bench", str(tiny_q_package), "--backends", "torch,onnxruntime", "--precisions", "int8",
+               "--mode", "model", "--encoders", "image", "--batch-sizes", "2", "--iters", "1", "--warmup", "0",
+               "--no-memory", "--json", str(tmp_path / "o.json")])
+    assert rc == 0
+    doc = json.loads((tmp_path / "o.json").read_text())
+    rows = {(r["backend"], r["precision"]): r for r in doc["rows"]}
+    assert set(rows) == {("torch", "fp32"), ("onnxruntime", "int8")}
+    assert rows[("onnxruntime", "int8")]["speedup"] is not None and rows[("onnxruntime", "int8")]["speedup"] > 0
+    assert any(s.get("backend") == "torch" and s.get("precision") == "int8" and s["reason"] for s in doc["skipped"])
+
+
 def test_end_to_end_without_data_is_skipped_with_reason(tiny_package: Path, capsys: pytest.CaptureFixture[str]):
     """End-to-end mode needs --data; asked for alone, nothing is measured, and the command says why (exit 2)."""
     rc = main(["bench", str(tiny_package), "--backends", "onnxruntime", "--mode", "end-to-end", "--no-memory"])

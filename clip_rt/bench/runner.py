@@ -87,7 +87,10 @@ class Run:
         self.tutorial: wl.Tutorial | None = None  # the end-to-end reference, once end_to_end() opened it
         self.parity_s = 0.0  # wall seconds spent on parity runs
         for backend in cfg.backends:
-            for precision in self.precisions:
+            # torch is the eager fp32 reference every speedup is against: asked for, it runs fp32 whatever
+            # --precisions says (`--precisions int8 --backends torch,onnxruntime` still has its baseline)
+            reference = backend == "torch" and "fp32" not in self.precisions
+            for precision in (("fp32", *self.precisions) if reference else self.precisions):
                 try:
                     self.cells.append(open_cell(self.pkg, backend, precision, cfg))
                     log(f"opened {backend} {precision} in {self.cells[-1].load_s:.1f} s")
