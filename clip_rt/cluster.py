@@ -7,6 +7,7 @@ use it, so that neither imports the clip_rt.ray facade that re-exports them.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -40,8 +41,16 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, object_s
     quiet: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning", "log_to_driver": False,
                              "runtime_env": {"env_vars": env}}
     if address is None:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
-                 object_store_memory=object_store_bytes or LOCAL_OBJECT_STORE_BYTES, **quiet)
+        # A private cluster of this process: Ray's notice that it enabled token authentication (its default, kept)
+        # is noise on every start here; the logger is restored at once.
+        notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        level = notice.level
+        notice.setLevel(logging.ERROR)
+        try:
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
+                     object_store_memory=object_store_bytes or LOCAL_OBJECT_STORE_BYTES, **quiet)
+        finally:
+            notice.setLevel(level)
     else:
         quiet.pop("include_dashboard")  # the cluster's own setting
         ray.init(address=address, **quiet)

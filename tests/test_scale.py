@@ -156,6 +156,7 @@ def test_cli_embed_ray_exit_code_and_report(ray_cluster, tiny_package, photo_dir
 def test_resources_the_cluster_lacks_are_refused(ray_cluster, tiny_package, photo_dir, tmp_path):
     with pytest.raises(InputError, match="--ray-actor-cpus"):
         clip_rt.ray.embed_images(tiny_package, [photo_dir[0]], tmp_path / "out", actors=2, actor_cpus=1.0)
+    assert not (tmp_path / "out").exists(), "a refused run leaves no plan.json (issue 27.8): the next one starts afresh"
 
 
 # -- must show (slow): caltech101 + 10 broken files, ViT-B/32, killed halfway and rerun -----------------------------

@@ -27,7 +27,7 @@ from ..errors import ImageError, InputError, missing_dependency
 from ..files import iter_image_files
 from ..prepare import prepare
 from ..preprocess import PreprocessConfig
-from .shards import FAILED, SUMMARY, Plan, finished, open_plan, read_failures, write_shard
+from .shards import FAILED, PLAN, SUMMARY, Plan, finished, open_plan, read_failures, write_shard
 
 log = logging.getLogger("clip_rt.scale")
 
@@ -129,6 +129,7 @@ def embed_images(package: str | os.PathLike, paths: Sequence[str | os.PathLike],
     cfg = PreprocessConfig.from_manifest(pkg.preprocess)
     files, listing = iter_image_files([str(p) for p in paths])
     out = Path(output)
+    fresh = not (out / PLAN).exists()  # this call writes the plan: a run refused before any shard leaves none
     plan = open_plan(out, Plan(files=[str(f) for f in files], shard_size=shard_size,
                                package=os.path.abspath(str(pkg.root)), fingerprint=pkg.fingerprint, backend=backend,
                                precision=precision, embed_dim=pkg.embed_dim,
@@ -139,9 +140,17 @@ def embed_images(package: str | os.PathLike, paths: Sequence[str | os.PathLike],
              len(done))
     encoded, pipeline_s = 0, 0.0
     if pending:
-        encoded, pipeline_s = _run_ray(plan, pending, out, cfg, address=address, actors=actors, batch_size=batch_size,
-                           device=device, threads=threads, actor_cpus=actor_cpus, actor_gpus=actor_gpus,
-                           decode_cpus=decode_cpus, progress=progress, done=len(done))
+        try:
+            encoded, pipeline_s = _run_ray(plan, pending, out, cfg, address=address, actors=actors,
+                                           batch_size=batch_size, device=device, threads=threads,
+                                           actor_cpus=actor_cpus, actor_gpus=actor_gpus, decode_cpus=decode_cpus,
+                                           progress=progress, done=len(done))
+        except BaseException:
+            if fresh and not finished(out, plan):  # refused or failed before any shard: as if never started
+                (out / PLAN).unlink(missing_ok=True)
+                if out.is_dir() and not any(out.iterdir()):
+                    out.rmdir()
+            raise
     failures = read_failures(out)
     from ..fsutil import atomic_write_json
 
