@@ -102,7 +102,7 @@ def timed(fn: Any, items: list[Any]) -> tuple[list[Any], list[float]]:
     return outs, times
 
 
-def stages(pkg: str, clips: dict[str, Any], combos: list[tuple[str, str]], threads: int | None,
+def stages(pkg: str, clips: dict[str, Any], combos: list[tuple[str, str]], threads: int | None, spinning: bool,
            skipped: list[dict[str, str]]) -> list[dict[str, Any]]:
     import clip_rt
     from clip_rt.errors import ClipRtError
@@ -123,7 +123,8 @@ def stages(pkg: str, clips: dict[str, Any], combos: list[tuple[str, str]], threa
             rows.append(stage_row("scale", size, clip.fps, times, scaler=scaler))
         for backend, precision in combos:
             try:
-                model = clip_rt.load(pkg, backend=backend, precision=precision, threads=threads)
+                extra = {"spinning": spinning} if backend == "onnxruntime" else {}
+                model = clip_rt.load(pkg, backend=backend, precision=precision, threads=threads, **extra)
             except ClipRtError as e:
                 skipped.append({"backend": backend, "precision": precision, "reason": str(e)})
                 continue
@@ -143,7 +144,7 @@ def stages(pkg: str, clips: dict[str, Any], combos: list[tuple[str, str]], threa
     return rows
 
 
-def watch(pkg: str, clips: dict[str, Any], combos: list[tuple[str, str]], threads: int | None,
+def watch(pkg: str, clips: dict[str, Any], combos: list[tuple[str, str]], threads: int | None, spinning: bool,
           skipped: list[dict[str, str]]) -> list[dict[str, Any]]:
     rows = []
     for size, clip in clips.items():
@@ -152,6 +153,8 @@ def watch(pkg: str, clips: dict[str, Any], combos: list[tuple[str, str]], thread
                    "--stats-format", "json", "--backend", backend, "--precision", precision, "--realtime"]
             if threads:
                 cmd += ["--threads", str(threads)]
+            if backend == "onnxruntime":
+                cmd.append("--spinning" if spinning else "--no-spinning")
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=clip.duration * 10 + 120)
             if proc.returncode != 0:
                 reason = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
@@ -180,7 +183,8 @@ def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     lines = [f"# Video bench: {doc['config']['package']}", "",
              f"CPU tier: {m['cpu_tier']}; {m['cores']} cores; PyAV {m['av']} (libavcodec {m['ffmpeg'].get('libavcodec')}); "
-             f"onnxruntime {m['onnxruntime']}. Videos: H.264 {doc['config']['fps']} fps, "
+             f"onnxruntime {m['onnxruntime']} (spinning {'on' if doc['config']['spinning'] else 'off'}, threads "
+             f"{doc['config']['threads'] or 'default'}). Videos: H.264 {doc['config']['fps']} fps, "
              f"{doc['config']['seconds']} s each, x264 veryfast.", "",
              "## Stages (one at a time, batch 1)", "",
              "| size | stage | backend / scaler | precision | ms p50 | ms p99 | frames/s | x source rate | cosine ffmpeg vs pillow (min / mean) |",
@@ -236,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precisions", default=None, help="comma-separated (default: every image precision the package has)")
     p.add_argument("--parts", default="stages,watch", help="comma-separated, of stages, watch")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads of the model (default: the backend's)")
+    p.add_argument("--spinning", action=argparse.BooleanOptionalAction, default=False,
+                   help="onnxruntime: idle intra-op threads spin (clip-rt watch's --spinning; off is its default)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "video"), help="OUT.json, OUT.md, OUT.png")
     args = p.parse_args(argv)
 
@@ -254,9 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         clips = make_videos(sizes, args.seconds, args.fps, Path(tmp))
         doc = {"machine": machine(),
                "config": {"package": args.package, "sizes": sizes, "seconds": args.seconds, "fps": args.fps,
-                          "combos": combos, "threads": args.threads, "labels": LABELS},
-               "stages": stages(args.package, clips, combos, args.threads, skipped) if "stages" in parts else [],
-               "watch": watch(args.package, clips, combos, args.threads, skipped) if "watch" in parts else [],
+                          "combos": combos, "threads": args.threads, "spinning": args.spinning,
+                          "labels": LABELS},
+               "stages": (stages(args.package, clips, combos, args.threads, args.spinning, skipped)
+                          if "stages" in parts else []),
+               "watch": (watch(args.package, clips, combos, args.threads, args.spinning, skipped)
+                         if "watch" in parts else []),
                "skipped": skipped}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -158,7 +158,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         self.server.requests += 1
         cut = self.server.cut_after
-        stop = cut is not None and (self.server.cut_requests is None or self.server.requests <= self.server.cut_requests)
+        limit = self.server.cut_requests
+        stop = cut is not None and (limit is None or self.server.requests <= limit)
         self.send_response(200)
         self.send_header("Content-Type", "video/mp2t")
         self.send_header("Content-Length", str(len(data)))  # the full size: a cut is a premature end

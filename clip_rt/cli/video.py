@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from .common import HelpFormatter, add_model_args, load_model
+from .common import HelpFormatter, add_model_args, check_device_flags, log_model, setup_logging
 
 SCALER_CHOICES = ("auto", "ffmpeg", "pillow")  # clip_rt.video.frames.SCALERS, spelled out: parsing imports no numpy
 STATS_FORMATS = ("text", "json")
@@ -90,8 +90,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stats", action=argparse.BooleanOptionalAction, default=True,
                    help="per-second stats on stderr (fps in, fps encoded, dropped, latency p50/p99)")
     p.add_argument("--stats-format", choices=STATS_FORMATS, default="text", help="stats and summary lines on stderr as")
+    p.add_argument("--spinning", action=argparse.BooleanOptionalAction, default=False,
+                   help="onnxruntime: let idle intra-op threads spin between frames (they then take CPU from "
+                        "decoding and scaling, which run at the same time)")
     add_model_args(p)
     p.set_defaults(handler=run_watch)
+
+
+def load_watch_model(args: argparse.Namespace) -> Any:
+    """clip_rt.load with the model flags, plus --spinning for onnxruntime (off by default: decoding and scaling
+    share the cores with the model, and ONNX Runtime's spinning workers would hold them between frames)."""
+    from ..errors import InputError
+    from ..model import load
+
+    setup_logging(args.verbose)
+    check_device_flags(args)
+    options: dict[str, Any] = {}
+    if args.provider is not None:
+        options["provider"] = args.provider
+    if args.backend == "onnxruntime":
+        options["spinning"] = args.spinning
+    elif args.spinning:
+        raise InputError(f"--spinning is an onnxruntime setting; the {args.backend} backend has none")
+    model = load(args.package, backend=args.backend, precision=args.precision, device=args.device,
+                 threads=args.threads, **options)
+    log_model(model)
+    return model
 
 
 def _emit(doc: dict[str, Any]) -> None:
@@ -121,7 +145,7 @@ def _watch(args: argparse.Namespace, source: Any, labels: list[str], release: fl
     from ..video.live import FrameResult, LiveConfig, LivePipeline, Stats
     from ..zeroshot import ZeroShotClassifier
 
-    model = load_model(args)
+    model = load_watch_model(args)
     clf = ZeroShotClassifier(model, labels, templates=args.templates)
     converter = FrameConverter(model.preprocess_config, args.scaler)
     detector = EventDetector(labels, args.threshold, release)

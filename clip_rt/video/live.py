@@ -12,10 +12,11 @@ frame once a newer one exists: a put into a full slot replaces the waiting frame
 with realtime=False is read as fast as the stages go, and a full slot blocks the stage before it: nothing is dropped.
 
 Times: a file in real time releases each frame at its presentation time (start + pts: the frame's due time);
-decoding runs at most one frame ahead of that. A live frame is due when the decoder returns it (its arrival); a stream URL is always taken as live, so a file
-served over HTTP, which arrives faster than real time, is mostly dropped (watch the file itself instead).
-Latency is from due to the encoder's result, so it holds every wait: a slow decoder, the scaler, the slots, the
-model. Per-second Stats (fps in, fps encoded, dropped, latency p50 / p99) go to on_stats.
+decoding runs at most one frame ahead of that. A live frame is due when the decoder returns it (its arrival); a
+stream URL is always taken as live, so a file served over HTTP, which arrives faster than real time, is mostly
+dropped (watch the file itself instead). Latency is from due to the encoder's result, so it holds every wait: a
+slow decoder, the scaler, the slots, the model. Per-second Stats (fps in, fps encoded, dropped, latency p50 / p99)
+go to on_stats, and a last shorter window's at the end of the source.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class LiveConfig:
     every: float | None = None  # keep one frame every this many seconds of presentation time (None: every frame)
     duration: float | None = None  # stop after this many seconds of presentation time (None: at the source's end)
     stats_interval: float = 1.0  # seconds between Stats reports
+    warmup: int = 1  # model calls on a black frame before the source starts (a first call is slow: not a frame's)
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,17 @@ class Mailbox:
 
 
 @dataclass
+class _Window:
+    """The counters at the start of a stats window, and the latencies seen in it."""
+
+    start: float
+    frames_in: int = 0
+    encoded: int = 0
+    dropped: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+@dataclass
 class _Counters:
     frames_in: int = 0
     encoded: int = 0
@@ -247,19 +260,24 @@ class LivePipeline:
         Raises the reader's or scaler's error (VideoError for a broken or stopped source) after the results
         that came before it."""
         cfg, c = self.config, self._count
+        size = self.converter.cfg.image_size
+        for _ in range(cfg.warmup):
+            self.encode(np.zeros((1, size, size, 3), dtype=np.uint8))  # [1, S, S, 3] uint8
         self._started = time.monotonic()
         threads = [threading.Thread(target=self._read, name="clip-rt-video-read", daemon=True),
                    threading.Thread(target=self._scale, name="clip-rt-video-scale", daemon=True)]
         for th in threads:
             th.start()
-        window_start, window_lat, window_in, window_enc, window_drop = self._started, [], 0, 0, 0
+        window = _Window(self._started)
         try:
             while True:
-                kind, item = self._scaled.get(timeout=max(0.01, window_start + cfg.stats_interval - time.monotonic()))
+                kind, item = self._scaled.get(timeout=max(0.01, window.start + cfg.stats_interval - time.monotonic()))
                 if kind == "end":
                     if item is not None:
                         self._stopped = "error"
                         raise item
+                    if window.latencies or c.frames_in > window.frames_in:  # the last, shorter window
+                        self._report(window, time.monotonic())
                     break
                 if kind == "item":
                     index, t, due, crop = item
@@ -267,18 +285,12 @@ class LivePipeline:
                     done = time.monotonic()
                     c.encoded += 1
                     c.latencies.append(done - due)
-                    window_lat.append(done - due)
+                    window.latencies.append(done - due)
                     if self.on_result is not None:
                         self.on_result(FrameResult(index, t, due, done, out))
                 now = time.monotonic()
-                if now - window_start >= cfg.stats_interval:
-                    dropped = self.dropped
-                    if self.on_stats is not None:
-                        span = now - window_start
-                        self.on_stats(Stats(round(now - self._started, 2), round((c.frames_in - window_in) / span, 2),
-                                            round((c.encoded - window_enc) / span, 2), dropped - window_drop, dropped,
-                                            _ms(window_lat, 50), _ms(window_lat, 99)))
-                    window_start, window_lat, window_in, window_enc, window_drop = now, [], c.frames_in, c.encoded, dropped
+                if now - window.start >= cfg.stats_interval:
+                    window = self._report(window, now)
         except KeyboardInterrupt:
             self._stopped = "interrupted"
         finally:
@@ -288,6 +300,16 @@ class LivePipeline:
             for th in threads:
                 th.join(timeout=self.source.options.timeout + 1.0)
             self._ended = time.monotonic()
+
+    def _report(self, w: "_Window", now: float) -> "_Window":
+        """Stats for the window that ends now (to on_stats); returns the next window."""
+        c, dropped = self._count, self.dropped
+        if self.on_stats is not None:
+            span = max(now - w.start, 1e-9)
+            self.on_stats(Stats(round(now - self._started, 2), round((c.frames_in - w.frames_in) / span, 2),
+                                round((c.encoded - w.encoded) / span, 2), dropped - w.dropped, dropped,
+                                _ms(w.latencies, 50), _ms(w.latencies, 99)))
+        return _Window(now, c.frames_in, c.encoded, dropped)
 
     @property
     def dropped(self) -> int:

@@ -202,7 +202,8 @@ class VideoSource:
                               if self.kind == "file" and indexed and stream.duration and stream.time_base else None)
             duration = self._declared or (self._container.duration / 1e6 if self._container.duration else None)
             self._info = StreamInfo(width=stream.codec_context.width, height=stream.codec_context.height,
-                                    fps=float(rate) if rate else None, duration=duration if self.kind == "file" else None,
+                                    fps=float(rate) if rate else None,
+                                    duration=duration if self.kind == "file" else None,
                                     codec=stream.codec_context.name)
         assert self._info is not None
         return self._info
