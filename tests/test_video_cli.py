@@ -110,3 +110,8 @@ def test_one_label_is_refused(clips: dict, tiny_package: Path, capsys) -> None:
     rc = main(["watch", str(tiny_package), str(clips["plain"].path), "--labels", "a dog"])
     err = capsys.readouterr().err.splitlines()
     assert rc == 2 and len(err) == 1 and "two or more labels" in err[0]
+
+
+def test_spinning_is_an_onnxruntime_setting(clips: dict, tiny_package: Path, capsys) -> None:
+    rc, _, err = watch(capsys, tiny_package, clips["plain"].path, "--backend", "torch", "--spinning")
+    assert rc == 2 and len(err) == 1 and "--spinning is an onnxruntime setting" in err[0]
