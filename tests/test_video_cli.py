@@ -93,7 +93,9 @@ def test_broken_files_end_in_one_error_line(clips: dict, tiny_package: Path, cap
 
 def test_stream_that_stops_mid_way(clips: dict, tiny_package: Path, capsys) -> None:
     with HttpVideoServer({"a.ts": clips["ts"].path}, cut_after=0.5) as srv:
-        rc, _, err = watch(capsys, tiny_package, srv.url("a.ts"), "--retries", "0", "--timeout", "3", "--no-stats")
+        rc, _, err = watch(capsys, tiny_package, srv.url("a.ts"), "--retries", "0", "--timeout", "3", "--no-stats",
+                           "--input-option", "user_agent=clip-rt-test/1")
+    assert srv.agents == ["clip-rt-test/1"]  # --input-option reaches FFmpeg
     assert rc == 2
     assert "stream dropped at" in err[-1] and "retries=0" in err[-1]
     assert "stopped: error" in err[-2]

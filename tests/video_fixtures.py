@@ -157,6 +157,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         self.server.requests += 1
+        self.server.agents.append(self.headers.get("User-Agent", ""))
         cut = self.server.cut_after
         limit = self.server.cut_requests
         stop = cut is not None and (limit is None or self.server.requests <= limit)
@@ -185,6 +186,7 @@ class _Server(http.server.ThreadingHTTPServer):
     cut_requests: int | None
     stall: bool
     stopping: threading.Event
+    agents: list[str]  # the User-Agent of each request
     requests: int
 
 
@@ -202,12 +204,16 @@ class HttpVideoServer:
         self._srv = _Server(("127.0.0.1", 0), _Handler)
         self._srv.files = {name: Path(p).read_bytes() for name, p in files.items()}
         self._srv.cut_after, self._srv.cut_requests, self._srv.requests = cut_after, cut_requests, 0
-        self._srv.stall, self._srv.stopping = stall, threading.Event()
+        self._srv.stall, self._srv.stopping, self._srv.agents = stall, threading.Event(), []
         self._thread = threading.Thread(target=self._srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def requests(self) -> int:
         return self._srv.requests
+
+    @property
+    def agents(self) -> list[str]:
+        return self._srv.agents
 
     def url(self, name: str) -> str:
         host, port = self._srv.server_address[:2]

@@ -39,6 +39,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def key_value(text: str) -> tuple[str, str]:
+    """argparse type: KEY=VALUE -> (KEY, VALUE)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
 def read_labels(args: argparse.Namespace) -> list[str]:
     """--labels a,b,c or --labels-file FILE -> two or more labels (InputError otherwise)."""
     from ..errors import InputError
@@ -85,6 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="reconnect attempts when a camera or stream drops, then an error")
     p.add_argument("--timeout", type=positive_float, default=10.0,
                    help="seconds to wait for a stream to open and for each read")
+    p.add_argument("--input-option", action="append", default=[], metavar="KEY=VALUE", type=key_value,
+                   help="an FFmpeg option for opening the source, repeatable: e.g. video_size=1280x720 and "
+                        "input_format=mjpeg for a USB camera, rtsp_transport=udp for a stream (default: none)")
     p.add_argument("--frames", action=argparse.BooleanOptionalAction, default=False,
                    help="also print a JSON line per encoded frame (time, latency, top label)")
     p.add_argument("--stats", action=argparse.BooleanOptionalAction, default=True,
@@ -131,7 +142,8 @@ def run_watch(args: argparse.Namespace) -> int:
     if not 0.0 <= release <= args.threshold <= 1.0:
         raise InputError(f"need 0 <= --release ({release}) <= --threshold ({args.threshold}) <= 1")
     require_av()
-    source = VideoSource(args.source, SourceOptions(timeout=args.timeout, retries=args.retries))
+    source = VideoSource(args.source, SourceOptions(timeout=args.timeout, retries=args.retries,
+                                                     input_options=tuple(args.input_option)))
     source.open()  # a bad source fails before the model loads
     try:
         return _watch(args, source, labels, release)

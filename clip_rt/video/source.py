@@ -73,6 +73,9 @@ class SourceOptions:
     retry_delay: float = 0.5  # seconds before the first reconnect attempt; doubles each attempt, up to 8 s
     threads: int = 0  # decoder threads (0: FFmpeg picks)
     rtsp_transport: str = "tcp"  # RTSP over TCP: no lost UDP packets smearing frames
+    # FFmpeg options for opening the source, e.g. (("video_size", "1280x720"), ("input_format", "mjpeg")) for a USB
+    # camera (V4L2 picks its own default mode otherwise), or (("user_agent", "..."),) for HTTP
+    input_options: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
@@ -170,8 +173,11 @@ class VideoSource:
             target, kwargs["format"] = self.spec.removeprefix("v4l2:"), "v4l2"
         else:
             target = self.spec
+        options = dict(self.options.input_options)
         if self.spec.lower().startswith(("rtsp://", "rtsps://")):
-            kwargs["options"] = {"rtsp_transport": self.options.rtsp_transport}
+            options.setdefault("rtsp_transport", self.options.rtsp_transport)
+        if options:
+            kwargs["options"] = options
         try:
             container = av.open(target, **kwargs)
         except av.FFmpegError as e:
