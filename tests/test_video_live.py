@@ -6,6 +6,7 @@ bounded latency) follows from the arithmetic, not from this machine's speed."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -88,8 +89,6 @@ def test_sampling_and_duration(clip, model) -> None:
 def test_live_stream_newest_frame_wins_and_a_stop_is_an_error_after_the_results(clip, model) -> None:
     """The stream is cut mid-way and its server goes away while the model works: the reconnect is refused, and
     the run ends with the error after the frames that came before."""
-    import threading
-
     with HttpVideoServer({"a.ts": clip.path}, cut_after=0.6) as srv:
         pipe, results, _ = run(model, srv.url("a.ts"), LiveConfig(realtime=False), delay=SLOW,
                                options=SourceOptions(timeout=3.0, retries=1, retry_delay=0.05))
@@ -117,9 +116,6 @@ def test_mailbox_bounds() -> None:
     blocking = Mailbox(drop=False)
     blocking.put(1)
     got: list = []
-
-    import threading
-
     th = threading.Thread(target=lambda: (blocking.put(2), got.append("put")))
     th.start()
     time.sleep(0.05)
@@ -148,3 +144,20 @@ def test_segments_merge_runs_of_a_label() -> None:
     assert [(s.label, s.start, s.end, s.frames) for s in segs] == [("a", 0.0, 1.0, 2), ("b", 1.0, 2.0, 2),
                                                                     ("a", 2.0, 2.5, 1)]
     assert segs[0].score == pytest.approx(0.8) and segments([], []) == []
+
+
+def test_ctrl_c_stops_cleanly_with_a_summary(clip, model) -> None:
+    """Ctrl-C arrives on the caller's thread (here: raised from the result callback after 5 frames): the run ends
+    without raising, the reader and scaler threads are stopped, and the summary says why."""
+    pipe, results, _ = run(model, clip.path, LiveConfig(realtime=False))
+
+    def on_result(r: FrameResult) -> None:
+        results.append(r)
+        if len(results) == 5:
+            raise KeyboardInterrupt
+
+    pipe.on_result = on_result
+    pipe.run()
+    s = pipe.summary()
+    assert s.stopped == "interrupted" and s.encoded == 5 and len(results) == 5
+    assert not [t for t in threading.enumerate() if t.name.startswith("clip-rt-video")]
