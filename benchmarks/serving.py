@@ -8,7 +8,8 @@
    decode included (encode_image_files at batch 1..32).
 2. The stacks' floors: a no-op handler returning 512 floats on uvicorn + FastAPI, on Ray Serve (one deployment)
    and on Ray Serve gateway -> encoder (benchmarks/serving_floors.py), 1 client, 300 sequential requests.
-3. Per runner (one: `clip-rt serve`; ray: `--ray`; ray2: `--ray --ray-deployments 2`): start-up to the first 200;
+3. Per runner (one: `clip-rt serve`; ray: `--ray`; ray2: `--ray --ray-deployments 2`; one-spin, not run unless
+   named: `--spinning`, ONNX Runtime's setting in-process clip_rt uses by default): start-up to the first 200;
    1 client, the same caption and JPEG as in part 1 through HTTP: p50/p99; then 1, 4, ... clients sending one
    JPEG each per request for --duration seconds (64 clients: with 200 malformed requests mixed in): requests/s,
    p50/p99, model batch sizes (GET /info), failed / lost / mismatched (cosine against in-process < 0.99999),
@@ -39,8 +40,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNNERS = {"one": [], "ray": ["--ray"], "ray2": ["--ray", "--ray-deployments", "2"]}
-LABELS = {"one": "clip-rt serve (one process)", "ray": "clip-rt serve --ray (one deployment)",
+RUNNERS = {"one": [], "ray": ["--ray"], "ray2": ["--ray", "--ray-deployments", "2"],
+           "one-spin": ["--spinning"]}  # one-spin: ONNX Runtime's idle threads spin (in-process clip_rt's default)
+LABELS = {"one": "clip-rt serve (one process)", "one-spin": "clip-rt serve --spinning", "ray": "clip-rt serve --ray (one deployment)",
           "ray2": "clip-rt serve --ray --ray-deployments 2", "asgi": "no-op uvicorn + FastAPI",
           "noop-ray": "no-op Ray Serve, one deployment", "noop-ray2": "no-op Ray Serve, gateway -> encoder"}
 CAPTION = "a photo of a dog running on the beach"
@@ -346,7 +348,8 @@ def main() -> int:
     ap.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="int8", help="artifact precision")
     ap.add_argument("--out", required=True, help="folder for serving.json, serving.md, serving.png and server logs")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds per load point")
-    ap.add_argument("--runners", default="one,ray,ray2", help="comma-separated, of: " + ", ".join(RUNNERS))
+    ap.add_argument("--runners", default="one,ray,ray2", help="comma-separated, of: " + ", ".join(RUNNERS) +
+                    " (one-spin: --spinning, which in-process clip_rt uses by default)")
     ap.add_argument("--clients", default="1,4,16,64", help="load points (the largest gets the malformed requests)")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="../shared/data")
     args = ap.parse_args()

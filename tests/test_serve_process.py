@@ -112,3 +112,24 @@ def test_sigint_stops_the_one_process_server_like_sigterm(tiny_package, tmp_path
     assert stopped["rc"] == 0 and stopped["seconds"] < 10 and stopped["left"] == [], stopped
     assert re.search(r"answered (\d+) of the \1 requests accepted", stopped["tail"]), stopped["tail"]
     assert Path(tmp_path / "serve.log").read_text().count("Traceback") == 0
+
+
+def test_the_load_generator_spreads_clients_over_processes_and_checks_every_answer(tiny_package, data_dir, tmp_path):
+    """20 clients (two processes) for 3 s with 12 malformed requests against `clip-rt serve`: every answer equals
+    in-process clip_rt, every malformed request gets a 4xx with its reason, and the results are merged."""
+    import asyncio
+
+    import clip_rt
+    from clip_rt.serve.loadgen import CLIENTS_PER_PROCESS, LoadSpec, Workload, run_load
+
+    files = sorted(str(p) for p in (data_dir / "caltech101" / "images").iterdir())[:6]
+    work = Workload.from_model(clip_rt.load(tiny_package), ["a dog", "a photo of a cat"], files)
+    spec = LoadSpec(clients=20, duration_s=3.0, malformed=12)
+    assert spec.clients > CLIENTS_PER_PROCESS
+    with ServerProcess(str(tiny_package), ["--max-body-mb", "1"], port=free_port(), log=tmp_path / "s.log") as srv:
+        summary = asyncio.run(run_load(srv.url, work, spec, server=srv)).summary()
+    assert summary["ok"] > 20 and summary["failed"] == {} and summary["lost"] == 0 and summary["mismatched"] == 0
+    assert summary["by_kind"]["image"]["requests"] and summary["by_kind"]["text"]["requests"]
+    m = summary["malformed"]
+    assert m["sent"] == m["answered_4xx"] == 12 and m["without_reason"] == 0, m
+    assert summary["server_cpu_ms_per_ok"] is not None and summary["client_cpu_s"] > 0
