@@ -29,7 +29,7 @@
       token = p.get("token");
       sessionStorage.setItem("clip-rt-token", token);
       p.delete("token");
-      history.replaceState(history.state, "", "?" + p.toString());
+      history.replaceState(history.state, "", p.toString() ? "?" + p.toString() : location.pathname);
     }
     const s = {};
     for (const k of KEYS) if (p.get(k)) s[k] = p.get(k);
@@ -40,8 +40,10 @@
   function toURL(s, push) {
     const p = new URLSearchParams();
     for (const k of KEYS) if (s[k] !== undefined && s[k] !== "") p.set(k, s[k]);
-    const url = "?" + p.toString();
-    if (push && url === location.search && (history.state || {}).image === s.image) return;
+    const qs = p.toString();
+    const url = qs ? "?" + qs : location.pathname;
+    const sameImage = ((history.state || {}).image || null) === (s.image || null);
+    if (push && (qs ? "?" + qs : "") === location.search && sameImage) return;  // the same search: no new entry
     history[push ? "pushState" : "replaceState"]({image: s.image || null}, "", url);
   }
   function showState(s) {
@@ -141,7 +143,8 @@
       if (kind === "images") {
         const img = document.createElement("img");
         img.src = withToken("thumb/" + r.id);
-        img.onerror = () => { img.onerror = null; img.src = withToken("photo/" + r.id); };  // indexed without thumbnails
+        // an index built with --no-thumbnails: the photo itself
+        img.onerror = () => { img.onerror = null; img.src = withToken("photo/" + r.id); };
         img.alt = baseName(r.file);
         if (first + j >= 24) img.loading = "lazy";
         li.append(img);
@@ -183,9 +186,11 @@
     try {
       const d = await api("item/" + r.id);
       if (current !== i) return;
-      $("detail-date").textContent = d.date ? d.date.replace("T", " ") + (d.date_source === "file" ? " (file time)" : "") : "unknown";
+      const when = d.date ? d.date.replace("T", " ") + (d.date_source === "file" ? " (file time)" : "") : "unknown";
+      $("detail-date").textContent = when;
       const px = d.width ? `${d.width} \u00d7 ${d.height} px` : "";
-      $("detail-size").textContent = [px, d.size != null ? formatBytes(d.size) : ""].filter(Boolean).join(", ") || "unknown";
+      const bytes = d.size != null ? formatBytes(d.size) : "";
+      $("detail-size").textContent = [px, bytes].filter(Boolean).join(", ") || "unknown";
       $("detail-camera").textContent = d.camera || "unknown";
     } catch (e) {
       $("detail-date").textContent = e.message;
@@ -238,7 +243,9 @@
   // -- events -------------------------------------------------------------------------------------------------
   form.addEventListener("submit", (e) => { e.preventDefault(); state.like = undefined; search(true); });
   for (const k of ["folder", "after", "before", "camera"]) $(k).addEventListener("change", () => search(true));
-  $("weight").addEventListener("input", () => { $("weight-value").textContent = Number($("weight").value).toFixed(2); });
+  $("weight").addEventListener("input", () => {
+    $("weight-value").textContent = Number($("weight").value).toFixed(2);
+  });
   $("weight").addEventListener("change", () => search(true));
   $("clear-filters").addEventListener("click", () => {
     for (const k of ["folder", "after", "before", "camera"]) $(k).value = "";
