@@ -11,11 +11,12 @@ Nothing is written into the destination until every artifact passed its gate (or
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -139,8 +140,9 @@ def export_package(model: str | os.PathLike, out: str | os.PathLike, options: Ex
         raise PackageError(f"{out} exists and is not a clip-rt package; choose an empty or new folder")
 
     t0 = time.perf_counter()
-    loaded = load_model(str(model), random_init=options.random_init, seed=options.seed, revision=options.revision,
-                        pretrained=options.pretrained)
+    with _library_bars(bool(options.extra.get("progress", False))):
+        loaded = load_model(str(model), random_init=options.random_init, seed=options.seed,
+                            revision=options.revision, pretrained=options.pretrained)
     src = loaded.source
     log(f"loaded {src['model']} ({loaded.family.name}, {src['kind']}"
         f"{', revision ' + src['revision'] if src.get('revision') else ''}"
@@ -187,6 +189,25 @@ def export_package(model: str | os.PathLike, out: str | os.PathLike, options: Ex
         raise
     log(f"wrote {out} ({len(manifest['artifacts'])} artifacts, {time.perf_counter() - t0:.1f} s)")
     return out
+
+
+@contextlib.contextmanager
+def _library_bars(show: bool) -> Iterator[None]:
+    """transformers' own bars (e.g. "Loading weights") follow the CLI's progress rule (--progress, on a terminal
+    by default): hidden unless `show`, and transformers' setting restored afterwards."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # open_clip alone
+        yield
+        return
+    was = hf_logging.is_progress_bar_enabled()
+    if not show:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def _drop_unlisted(workdir: Path, manifest: dict[str, Any]) -> None:

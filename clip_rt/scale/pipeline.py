@@ -182,7 +182,13 @@ def _run_ray(plan: Plan, pending: list[int], out: Path, cfg: PreprocessConfig, *
         import ray.data
     except ImportError:
         raise missing_dependency("ray[data]", "scale", "clip-rt embed --ray") from None
+    # Ray Data's console lines ("Progress bars disabled", "execution finished in ...") are noise beside the CLI's own
+    # shard lines: its console handler shows errors only for the run (its log file keeps everything).
+    console = [h for h in logging.getLogger("ray.data").handlers if type(h).__name__ == "PlainRayHandler"]
+    levels = [h.level for h in console]
     try:
+        for h in console:
+            h.setLevel(logging.ERROR)
         _check_resources(actors, actor_cpus, actor_gpus, decode_cpus)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the CLI reports shards itself
@@ -217,6 +223,8 @@ def _run_ray(plan: Plan, pending: list[int], out: Path, cfg: PreprocessConfig, *
             raise InputError(f"Ray Data returned incomplete shards {sorted(gathered)[:5]}; rerun to finish them")
         return encoded, time.perf_counter() - t0
     finally:
+        for h, level in zip(console, levels):
+            h.setLevel(level)
         if started:
             ray.shutdown()
 
