@@ -216,6 +216,26 @@ def test_a_photo_on_the_file_input(page, server: str, photo_set: dict) -> None:
                    top_k=60))
 
 
+@pytest.mark.parametrize("how", ["drop", "paste"])
+def test_a_photo_dropped_or_pasted(page, server: str, photo_set: dict, how: str) -> None:
+    """The drop and paste handlers, with a real File in a DataTransfer (what a drag from the desktop or a paste of
+    a copied image gives the page)."""
+    photo = photo_set["files"][20]
+    b64 = base64.b64encode(photo.read_bytes()).decode()
+    script = """([b64, how]) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], "query.jpg", {type: "image/jpeg"}));
+        const ev = how === "drop" ? new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true})
+                                  : new ClipboardEvent("paste", {clipboardData: dt, bubbles: true, cancelable: true});
+        document.body.dispatchEvent(ev);
+    }"""
+    settle(page, lambda: page.evaluate(script, [b64, how]))
+    hits = api(server, image=b64, top_k=60)
+    same(page, hits)
+    assert hits[0]["file"] == str(photo)
+
+
 def test_detail_and_more_like_this(page, server: str) -> None:
     settle(page, lambda: (page.fill("#q", "a child playing"), page.press("#q", "Enter")))
     third = grid(page)[2][0]
