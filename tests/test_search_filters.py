@@ -414,3 +414,19 @@ def test_cli_search_filters(model, tiny_package: Path, data_dir: Path, tmp_path:
     assert main(["search", str(root), "--text", "a dog", "--before", "May 2019"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("clip-rt search: error: before must be a date")
+
+
+def test_thumbnails_off_is_recorded(model, data_dir: Path, tmp_path: Path) -> None:
+    """update_images(thumbnails=False): metadata still kept, no thumbnails, and later updates keep that choice."""
+    from clip_rt.search import update_images
+
+    files = _exif_folder(data_dir, tmp_path / "photos", n=6)
+    root = tmp_path / "t.index"
+    update_images(root, model, [tmp_path / "photos"], thumbnails=False)
+    rows = _rows(root)
+    assert len(rows) == 6 and all(r[1] is not None and not r[5] for r in rows.values())  # camera known, no thumb
+    with Image.open(files[0]) as im:
+        (tmp_path / "photos" / "new.jpg").write_bytes(exif_jpeg(im.convert("RGB"), "Leica", "M6"))
+    update_images(root, model, [tmp_path / "photos"])  # the recorded choice: still none
+    rows = _rows(root)
+    assert rows[str(tmp_path / "photos" / "new.jpg")][1] == "Leica M6" and not any(r[5] for r in rows.values())

@@ -23,7 +23,9 @@ from typing import Iterable
 
 from PIL import Image
 
-THUMB_EDGE = 256  # longest edge of a thumbnail, in pixels (a photo smaller than this is kept at its size)
+THUMB_EDGE = 256  # longest edge of a thumbnail, in pixels (a photo smaller than this is kept at its size; a JPEG
+#                   decoded fast keeps a short edge of at least the model's resize edge, 224 for CLIP, so only a
+#                   near-square photo's thumbnail comes out a little under 256)
 THUMB_QUALITY = 80  # JPEG quality
 THUMB_MIME = "image/jpeg"
 
