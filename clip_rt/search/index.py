@@ -228,8 +228,11 @@ class Index:
             parts.append((text_weight if image is not None else 1.0, model.encode_texts([text])[0]))  # [D]
         if image is not None:
             self.check_model(model, "image")
-            limit = {} if max_pixels is None else {"max_pixels": max_pixels}
-            parts.append((1.0 - text_weight if text is not None else 1.0, model.encode_images([image], **limit)[0]))
+            from ..decode import DEFAULT_MAX_PIXELS
+
+            limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+            parts.append((1.0 - text_weight if text is not None else 1.0,
+                          model.encode_images([image], max_pixels=limit)[0]))  # [D]
         q = sum(w * v for w, v in parts)
         norm = float(np.linalg.norm(q))
         if not np.isfinite(norm) or norm == 0.0:
