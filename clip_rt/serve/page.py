@@ -120,6 +120,7 @@ def page_router(index_root: str | Path) -> Any:
                                     ['"images"'])[0])
     images = index_kind == "images"
     router = APIRouter()
+    cached: dict[str, Any] = {}  # the facets of the index generation they were read at
     no_cache = {"cache-control": "no-cache"}
 
     def item_id(raw: str) -> int:
@@ -173,9 +174,14 @@ def page_router(index_root: str | Path) -> Any:
 
     @router.get("/facets", summary="kind, count, folders, cameras and dates of the index")
     def facet_values() -> Response:
-        base = {"kind": index_kind, "count": db.call(lambda c: c.execute("SELECT COUNT(*) FROM items").fetchone()[0])}
-        if not images:
-            return JSONResponse({**base, "folders": [], "cameras": [], "dates": {"first": None, "last": None}})
-        return JSONResponse({**base, **db.call(facets)})
+        # One pass over the item table per index generation (every committed change bumps it): a page load on a
+        # large index does not walk a million rows again until the index changes.
+        generation = db.call(lambda c: c.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone())
+        if cached.get("generation") != generation:
+            count = db.call(lambda c: c.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+            values = db.call(facets) if images else {"folders": [], "cameras": [], "dates": {"first": None,
+                                                                                               "last": None}}
+            cached.update(generation=generation, doc={"kind": index_kind, "count": count, **values})
+        return JSONResponse(cached["doc"])
 
     return router
