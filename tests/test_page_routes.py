@@ -137,3 +137,25 @@ def test_thumbnails_revalidate_by_content(photo_index: Path) -> None:
     assert again.status_code == 304 and again.content == b""
     other = client.get("/thumb/1", headers={"if-none-match": tag})
     assert other.status_code == 200 and other.headers["etag"] != tag
+
+
+def test_a_clip_rt_01_index_gets_no_page(model, data_dir: Path, tmp_path: Path, caplog, capsys) -> None:
+    """A clip-rt 0.1 index folder still serves /search (no page, a warning how to convert); clip-rt ui refuses it
+    in one line with the convert command."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from test_search_legacy import v1_of
+
+    from clip_rt.cli import main
+    from clip_rt.serve.page import install_page
+
+    photos = sorted(str(p) for p in (data_dir / "flickr8k" / "images").glob("*.jpg"))[:4]
+    old = v1_of(model, photos, tmp_path / "old.index")
+    app = FastAPI()
+    with caplog.at_level("WARNING", logger="clip_rt.serve"):
+        install_page(app, old)
+    assert "clip-rt index --convert" in caplog.text
+    assert TestClient(app).get("/facets").status_code == 404
+    assert main(["ui", str(old)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("clip-rt ui: error: ") and f"--convert {old}" in err[0]

@@ -38,6 +38,11 @@ def config_for(args: argparse.Namespace):  # -> ServeConfig
     from ..search import Index, IndexFileError
     from ..serve.config import ServeConfig
 
+    from pathlib import Path
+
+    if (Path(args.index) / "header.json").is_file() and not (Path(args.index) / "index.sqlite").is_file():
+        raise IndexFileError(f"{args.index} is a clip-rt 0.1 index folder, which has no item table for the page; "
+                             f"convert it first with: clip-rt index --convert {args.index}")
     with Index.open(args.index) as index:
         meta = index.info
     where = args.package or meta.get("package")

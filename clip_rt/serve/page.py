@@ -17,6 +17,7 @@ headers); the page keeps a token it was opened with (/?token=TOKEN) and sends it
 """
 
 import hmac
+import logging
 import json
 import mimetypes
 import re
@@ -28,6 +29,7 @@ from typing import Any, Callable
 from ..errors import missing_dependency
 from ..search.store import IndexFileError, roll_back_hot_journal
 
+log = logging.getLogger("clip_rt.serve")
 STATIC = Path(__file__).with_name("static")
 _ID = re.compile(r"[0-9]{1,18}")  # an item id: digits only, within int64
 _TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
@@ -87,8 +89,13 @@ class TokenGuard:
 
 
 def install_page(app: Any, index_root: str | Path, token: str | None = None) -> None:
-    """Add the page's routes for the index at `index_root` to a FastAPI app, and the token guard when given."""
-    app.include_router(page_router(index_root))
+    """Add the page's routes for the index at `index_root` to a FastAPI app, and the token guard when given.
+    A clip-rt 0.1 index folder (searchable, no item table) gets no page, with a warning saying how to convert it."""
+    if not (Path(index_root) / "index.sqlite").is_file():
+        log.warning("no search page for %s: it is a clip-rt 0.1 index folder; convert it with: clip-rt index "
+                    "--convert %s", index_root, index_root)
+    else:
+        app.include_router(page_router(index_root))
     if token:
         require_token(app, token)
 
