@@ -331,6 +331,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         axes[2].plot(c, [p["p99_ms"] for p in r["load"]], "--", alpha=0.6, label=f"{name} p99")
     axes[1].axhline(doc["in_process"]["encoder_images_per_s"]["best"], color="black", ls=":",
                     label="in-process encoder, best batch")
+    axes[2].set_yscale("log")
     for ax, title in ((axes[1], "images/s"), (axes[2], "latency, ms")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")
