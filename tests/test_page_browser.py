@@ -442,3 +442,4 @@ def test_serve_with_an_index_serves_the_page(photo_set: dict, tiny_package: Path
         assert httpx.get(url + "/healthz").status_code == 200  # the API is still there
     finally:
         _stop(proc)
+    assert "warning" not in "".join(seen)  # on 127.0.0.1: nothing to warn about

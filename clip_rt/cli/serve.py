@@ -101,6 +101,9 @@ def run_serve(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     config = config_from_args(args)
     address = ray_address(args)
+    if args.index is not None and args.host not in ("127.0.0.1", "localhost", "::1"):  # the search page is served
+        print(f"clip-rt serve: warning: --host {args.host} shows the search page at /, and so the photos of "
+              f"{args.index}, to every machine that can reach this one", file=sys.stderr, flush=True)
 
     def ready(url: str) -> None:
         where = "in this process" if address is None else "on Ray Serve"
