@@ -156,6 +156,7 @@ def test_a_clip_rt_01_index_gets_no_page(model, data_dir: Path, tmp_path: Path, 
         install_page(app, old)
     assert "clip-rt index --convert" in caplog.text
     assert TestClient(app).get("/facets").status_code == 404
+    capsys.readouterr()  # the warning above, where another test left a log handler on stderr
     assert main(["ui", str(old)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("clip-rt ui: error: ") and f"--convert {old}" in err[0]
