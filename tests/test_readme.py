@@ -287,7 +287,8 @@ class Runner:
 
 @pytest.fixture
 def runner(scratch, stand_ins, tmp_path, capfd):
-    return Runner(scratch, stand_ins, {"CLIP_RT_CACHE": str(tmp_path / "cache")}, capfd)
+    # HF_HUB_OFFLINE=1: the README's offline stops hold on a machine with network too (no 600 MB download here)
+    return Runner(scratch, stand_ins, {"CLIP_RT_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}, capfd)
 
 
 def test_readme_sections_hold_shell_blocks():
@@ -391,7 +392,7 @@ def test_model_families_section(runner, scratch, family_models, tmp_path):
 def test_quick_start_and_use_as_written(scratch, tiny_source, tmp_path, capfd):
     """The slow tier: the demo on the real-size ViT-B/32 config (no stand-in), and bench's default matrix."""
     models = {"clip": str(tiny_source), "clip-config": str(ROOT / "../shared/models/clip-tokenizer")}
-    run = Runner(scratch, models, {"CLIP_RT_CACHE": str(tmp_path / "cache")}, capfd, slow=True)
+    run = Runner(scratch, models, {"CLIP_RT_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}, capfd, slow=True)
     for line in readme_commands("Quick start"):
         run.line(line)
     work = tmp_path / "clone"
