@@ -280,6 +280,7 @@ class Runner:
         else:
             assert proc.returncode == 0, (where, proc.stdout, proc.stderr)
             assert "ImageNet classes" in proc.stdout and "random weights" in proc.stdout, proc.stdout
+            assert "repeated labels" not in proc.stderr, proc.stderr  # ImageNet's two repeated names taken once
         self.ran.append(line)
         self.last_make = proc
         return 0 if proc.returncode == 0 else 2
