@@ -81,10 +81,11 @@ build/cpu_peak: benchmarks/cpu_peak.c
 cpu-peak: build/cpu_peak
 	build/cpu_peak
 
-# mypy over [tool.mypy] files; TensorRT is checked against tensorrt-stubs, repaired first (scripts/tensorrt_stubs.py).
+# mypy over [tool.mypy] files, then import-linter's contracts ([tool.importlinter]: no circles, layers); TensorRT is checked against tensorrt-stubs, repaired first (scripts/tensorrt_stubs.py).
 lint: $(VENV)/.installed
 	$(PY) scripts/tensorrt_stubs.py build/trt-stubs
 	MYPYPATH=build/trt-stubs $(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf build .pytest_cache

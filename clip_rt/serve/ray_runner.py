@@ -80,7 +80,7 @@ def start(config: ServeConfig, address: str | None = None, name: str = APP_NAME,
     from ray.serve.config import HTTPOptions
     from ray.serve.schema import LoggingConfig
 
-    from ..ray import connect
+    from ..cluster import connect
     from .encoder import check_index
 
     check_index(config)  # before Ray starts: a mismatched index is refused in one line
