@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DECODES", "HELP", "HelpFormatter", "add_image_args", "add_max_pixels_arg", "add_model_args",
            "add_progress_arg", "add_verbose_arg", "bomb_hint", "check_device_flags", "errors_json", "find_image_files",
-           "load_model", "log_model", "positive_int", "print_table", "report_errors", "setup_logging", "show_progress",
-           "unit_float"]
+           "key_value", "load_model", "log_model", "non_negative_int", "parse_labels", "positive_float", "positive_int",
+           "print_table", "report_errors", "setup_logging", "show_progress", "unit_float"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -69,6 +69,54 @@ def unit_float(text: str) -> float:
     if not 0.0 <= value <= 1.0:  # NaN fails this too
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """argparse type: KEY=VALUE -> (KEY, VALUE)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+def parse_labels(args: argparse.Namespace) -> list[str]:
+    """--labels a,b,c or --labels-file FILE -> two or more labels (classify, watch); InputError otherwise."""
+    from ..errors import InputError
+    from ..zeroshot import read_labels_file
+
+    labels = read_labels_file(args.labels_file) if args.labels_file else \
+        [x.strip() for x in args.labels.split(",") if x.strip()]
+    if not labels and args.labels_file:
+        raise InputError(f"labels file {args.labels_file} has no labels (it needs one label per line; blank lines "
+                         f"and lines starting with # are skipped)")
+    if not labels:
+        raise InputError("no labels given (--labels a,b,c or --labels-file FILE)")
+    if len(set(labels)) == 1:
+        raise InputError(f"one label ({labels[0]!r}) is not a classification: its probability is always 1.000; give "
+                         f"two or more labels")
+    return labels
 
 
 # -- shared by the run and index commands --------------------------------------------------------------

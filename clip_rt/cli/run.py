@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from .common import (DECODES, HELP, add_image_args, add_max_pixels_arg, add_model_args, check_device_flags, errors_json,
-                     find_image_files, load_model, positive_int, print_table, report_errors, setup_logging,
-                     show_progress)
+                     find_image_files, load_model, parse_labels, positive_int, print_table, report_errors,
+                     setup_logging, show_progress)
 
 
 # -- commands --------------------------------------------------------------------------------------------
@@ -76,23 +76,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_max_pixels_arg(p)
     p.set_defaults(handler=run_score)
-
-
-def parse_labels(args: argparse.Namespace) -> list[str]:
-    from ..errors import InputError
-    from ..zeroshot import read_labels_file
-
-    labels = read_labels_file(args.labels_file) if args.labels_file else \
-        [x.strip() for x in args.labels.split(",") if x.strip()]
-    if not labels and args.labels_file:
-        raise InputError(f"labels file {args.labels_file} has no labels (it needs one label per line; blank lines "
-                         f"and lines starting with # are skipped)")
-    if not labels:
-        raise InputError("no labels given (--labels a,b,c or --labels-file FILE)")
-    if len(set(labels)) == 1:
-        raise InputError(f"one label ({labels[0]!r}) is not a classification: its probability is always 1.000; give "
-                         f"two or more labels")
-    return labels
 
 
 def run_classify(args: argparse.Namespace) -> int:

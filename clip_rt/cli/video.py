@@ -12,52 +12,11 @@ import json
 import sys
 from typing import Any
 
-from .common import HelpFormatter, add_model_args, check_device_flags, log_model, setup_logging
+from .common import (HelpFormatter, add_model_args, check_device_flags, key_value, log_model, non_negative_int,
+                     parse_labels, positive_float, setup_logging)
 
 SCALER_CHOICES = ("auto", "ffmpeg", "pillow")  # clip_rt.video.frames.SCALERS, spelled out: parsing imports no numpy
 STATS_FORMATS = ("text", "json")
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0 or value == float("inf"):  # NaN fails too
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def key_value(text: str) -> tuple[str, str]:
-    """argparse type: KEY=VALUE -> (KEY, VALUE)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), value
-
-
-def read_labels(args: argparse.Namespace) -> list[str]:
-    """--labels a,b,c or --labels-file FILE -> two or more labels (InputError otherwise)."""
-    from ..errors import InputError
-    from ..zeroshot import read_labels_file
-
-    labels = read_labels_file(args.labels_file) if args.labels_file else \
-        [x.strip() for x in args.labels.split(",") if x.strip()]
-    if len(set(labels)) < 2:
-        raise InputError(f"watch needs two or more labels to score against each other, got {labels} (--labels a,b,c "
-                         f"or --labels-file FILE)")
-    return labels
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -137,7 +96,7 @@ def run_watch(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..video.source import SourceOptions, VideoSource, require_av
 
-    labels = read_labels(args)
+    labels = parse_labels(args)
     release = args.release if args.release is not None else max(0.0, args.threshold - 0.1)
     if not 0.0 <= release <= args.threshold <= 1.0:
         raise InputError(f"need 0 <= --release ({release}) <= --threshold ({args.threshold}) <= 1")
