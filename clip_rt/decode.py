@@ -16,7 +16,7 @@ import os
 import re
 import stat
 import struct
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -90,9 +90,11 @@ def _unsupported_format(fp: Any) -> str | None:
     return None
 
 
-def _decode(fp: Any, label: str, max_pixels: int, draft_edge: int | None = None) -> Image.Image:
+def _decode(fp: Any, label: str, max_pixels: int, draft_edge: int | None = None,
+            header: Callable[[Image.Image], None] | None = None) -> Image.Image:
     """Header, size check, then pixels. Every failure becomes an ImageError with a human reason.
-    draft_edge: decode a JPEG at the smallest DCT scale whose shortest edge stays >= draft_edge (Image.draft)."""
+    draft_edge: decode a JPEG at the smallest DCT scale whose shortest edge stays >= draft_edge (Image.draft).
+    header: called with the opened image before the size check, draft() or any pixel is read (its full size, EXIF)."""
     try:
         img = Image.open(fp)
     except UnidentifiedImageError:
@@ -113,6 +115,8 @@ def _decode(fp: Any, label: str, max_pixels: int, draft_edge: int | None = None)
                                 f"as well as max_pixels= if the file is trusted") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise ImageError(label, f"cannot read image header ({e})") from None
+    if header is not None:
+        header(img)
     width, height = img.size
     if width * height > max_pixels:  # from the header only: nothing has been allocated yet
         raise _bomb(label, f"{width}x{height} pixels", max_pixels)
@@ -122,7 +126,8 @@ def _decode(fp: Any, label: str, max_pixels: int, draft_edge: int | None = None)
     return _load(img, label)
 
 
-def _open_path(path: str, max_pixels: int, draft_edge: int | None = None) -> Image.Image:
+def _open_path(path: str, max_pixels: int, draft_edge: int | None = None,
+               header: Callable[[Image.Image], None] | None = None) -> Image.Image:
     try:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
@@ -132,7 +137,7 @@ def _open_path(path: str, max_pixels: int, draft_edge: int | None = None) -> Ima
         if st.st_size == 0:
             raise ImageError(path, "empty file (0 bytes)")
         with open(path, "rb") as f:
-            return _decode(f, path, max_pixels, draft_edge)
+            return _decode(f, path, max_pixels, draft_edge, header)
     except PermissionError:
         raise ImageError(path, "permission denied") from None
     except FileNotFoundError:
@@ -161,19 +166,21 @@ def _from_array(arr: np.ndarray, label: str) -> Image.Image:
 
 
 def open_image(src: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None,
-               draft_edge: int | None = None) -> Image.Image:
+               draft_edge: int | None = None, header: Callable[[Image.Image], None] | None = None) -> Image.Image:
     """A path, bytes, binary file object, PIL image or uint8 array -> an RGB PIL image, EXIF orientation applied.
 
     Files larger than `max_pixels` (width * height, read from the header) are refused before decoding.
     draft_edge: a JPEG read here (path, bytes, file) is decoded at the smallest DCT scale whose shortest edge is
     still >= draft_edge (decode="fast"); None (default) decodes at full size.
     Raises ImageError(file, reason) for anything that cannot be read; `name` overrides the file in messages.
+    header: for a file decoded here (path, bytes, file object), called with the just-opened image before the size
+    check, draft() or decoding (e.g. to read its EXIF and full size on the same open; clip_rt.search.photo_index).
     A PIL image passed in is never modified.
     """
     label = name or source_label(src)
     owned = True  # images we decoded ourselves may be transposed in place
     if isinstance(src, (str, os.PathLike)):
-        img = _open_path(os.fspath(src), max_pixels, draft_edge)
+        img = _open_path(os.fspath(src), max_pixels, draft_edge, header)
     elif isinstance(src, Image.Image):
         if src.size[0] * src.size[1] > max_pixels:
             raise _bomb(label, f"{src.size[0]}x{src.size[1]} pixels", max_pixels)
@@ -183,9 +190,9 @@ def open_image(src: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | No
     elif isinstance(src, (bytes, bytearray, memoryview)):
         if len(src) == 0:
             raise ImageError(label, "empty file (0 bytes)")
-        img = _decode(io.BytesIO(src), label, max_pixels, draft_edge)
+        img = _decode(io.BytesIO(src), label, max_pixels, draft_edge, header)
     elif hasattr(src, "read"):
-        img = _decode(src, label, max_pixels, draft_edge)
+        img = _decode(src, label, max_pixels, draft_edge, header)
     else:
         raise ImageError(label, f"unsupported input type {type(src).__name__}; pass a path, bytes, a binary file "
                                 f"object, a PIL image or a uint8 array")

@@ -18,7 +18,6 @@ ClipModel.encode_image_files does.
 from __future__ import annotations
 
 import os
-import stat
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -27,7 +26,7 @@ from PIL import Image
 
 from ..errors import ImageError
 from ..decode import DEFAULT_MAX_PIXELS, check_decode, open_image
-from ..preprocess import resize_crop, resized_size
+from ..preprocess import resize_crop
 from .photo_meta import PhotoMeta, read_meta
 from .photo_store import write_photos
 from .thumbs import make_thumbnail
@@ -40,23 +39,11 @@ Decoded = tuple[np.ndarray, PhotoMeta, "bytes | None"]  # the crop [S, S, 3] uin
 
 
 def _open(path: str, max_pixels: int, draft_edge: int | None) -> tuple[Image.Image, PhotoMeta]:
-    """The decoded, upright RGB image and the header's metadata; ImageError (from open_image) when unreadable."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise OSError("not a regular file")
-        with open(path, "rb") as f:
-            img: Image.Image = Image.open(f)
-            meta = read_meta(img)  # the header: full size and EXIF, before draft() shrinks the size
-            width, height = img.size
-            if width * height > max_pixels:
-                raise OSError("over the pixel limit")
-            if draft_edge is not None and img.format == "JPEG" and min(width, height) > draft_edge:
-                img.draft(None, resized_size(width, height, draft_edge))  # the same DCT scale preprocess picks
-            img.load()
-    except Exception:  # noqa: BLE001 - the reference path below says what is wrong, in its words
-        img = open_image(path, max_pixels=max_pixels, draft_edge=draft_edge)  # raises ImageError
-        return img, PhotoMeta(width=img.width, height=img.height)
-    return open_image(img, max_pixels=max_pixels), meta  # EXIF orientation applied, RGB (a PIL image: no re-decode)
+    """The decoded, upright RGB image and the header's metadata from one open (ImageError when unreadable): the
+    metadata is read by open_image's header hook, before draft() shrinks the size or EXIF orientation is applied."""
+    found: list[PhotoMeta] = []
+    img = open_image(path, max_pixels=max_pixels, draft_edge=draft_edge, header=lambda im: found.append(read_meta(im)))
+    return img, found[0]
 
 
 def decode_photo(path: str, cfg: "PreprocessConfig", decode: str = "fast", thumbnails: bool = True,
