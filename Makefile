@@ -81,11 +81,12 @@ build/cpu_peak: benchmarks/cpu_peak.c
 cpu-peak: build/cpu_peak
 	build/cpu_peak
 
-# mypy over [tool.mypy] files, then import-linter's contracts ([tool.importlinter]: no circles, layers); TensorRT is checked against tensorrt-stubs, repaired first (scripts/tensorrt_stubs.py).
+# mypy over [tool.mypy] files, then import-linter's contracts ([tool.importlinter]: no circles, layers) over the installed layout (export/ as clip_rt/export, copied to build/lint-tree); TensorRT is checked against tensorrt-stubs, repaired first (scripts/tensorrt_stubs.py).
 lint: $(VENV)/.installed
 	$(PY) scripts/tensorrt_stubs.py build/trt-stubs
 	MYPYPATH=build/trt-stubs $(PY) -m mypy
-	$(VENV)/bin/lint-imports
+	rm -rf build/lint-tree && mkdir -p build/lint-tree && cp -r clip_rt build/lint-tree/ && cp -r export build/lint-tree/clip_rt/export
+	cd build/lint-tree && PYTHONPATH=. $(CURDIR)/$(VENV)/bin/lint-imports $(CURDIR)/pyproject.toml --no-cache
 
 clean:
 	rm -rf build .pytest_cache

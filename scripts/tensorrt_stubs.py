@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Make the installed tensorrt-stubs readable by mypy: `python scripts/tensorrt_stubs.py OUT_DIR`, then run mypy
-with MYPYPATH=OUT_DIR (make lint and tests/test_typing.py do both).
+with MYPYPATH=OUT_DIR (make lint and tests/project/test_typing.py do both).
 
 Why: every tensorrt-stubs release on PyPI (10.8 .. 10.13, checked 2026-11) has .pyi files Python cannot parse,
 because they were generated from pybind11 signatures: a parameter named `in` (a keyword) in the plugin

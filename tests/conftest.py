@@ -159,7 +159,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     zeroshot.clear_memory_cache()
 
 
-# -- Ray (tests/test_serve.py, tests/test_scale.py) ----------------------------------------------------------------
+# -- Ray (tests/serve/test_serve.py, tests/serve/test_scale.py) ----------------------------------------------------------------
 def _stat(pid: int) -> list[str] | None:
     """/proc/PID/stat fields after the command name: [state, ppid, ..., starttime at index 19]; None once gone."""
     try:

@@ -1,6 +1,6 @@
 /* resize_crop_pack: antialiased resize of the shortest side + center crop + batch packing, one thread per output
  * pixel (all 3 channels); blockIdx.y is the frame. Compiled at run time with NVRTC (clip_rt/gpu/kernel.py), and on
- * the CPU by tests/test_resample.py through a small shim.
+ * the CPU by tests/gpu/test_resample.py through a small shim.
  *
  * The two separable passes of Pillow's resize are fused: for each source line the first pass needs, the thread
  * computes that pass's value, rounds and clips it to uint8 exactly as Pillow stores its intermediate image, and

@@ -1,6 +1,6 @@
 """GPU self-checks of the CUDA path without TensorRT: the NVRTC kernel against its numpy twin, and the plumbing
 the tensorrt backend stands on (pinned and device buffers, streams, async copies, CUDA graph replay, threads,
-buffer growth, closing from another thread). Each check returns a CheckResult; tests/test_gpu.py asserts them and
+buffer growth, closing from another thread). Each check returns a CheckResult; tests/gpu/test_gpu.py asserts them and
 scripts/gpu-check tabulates them, so both run the same code.
 
 Every check compares against something computed independently on the CPU (the twin, the bytes written), never

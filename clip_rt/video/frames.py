@@ -5,7 +5,7 @@ long edge truncated, then the center crop (or both edges to S for resize mode "s
   - "ffmpeg": FFmpeg's scaler (swscale, through frame.reformat) converts YUV to RGB and resizes in one pass on the
     decoded frame, with the manifest's filter (bicubic -> SWS_BICUBIC, ...). Several times faster than going
     through a full-size RGB picture and Pillow on 1080p; not bit-equal to Pillow (another bicubic kernel and
-    chroma handling): tests/test_video_frames.py measures the embedding cosine against the Pillow path.
+    chroma handling): tests/video/test_video_frames.py measures the embedding cosine against the Pillow path.
   - "pillow": the frame converted to full-size RGB (swscale, no resize), then clip_rt.preprocess.resize_crop: the
     very path a still image takes, so a frame saved as a PNG and a frame read here give the same embedding.
   - "auto": "ffmpeg" where swscale has the manifest's filter, else "pillow" (Pillow's hamming has no swscale twin).

@@ -23,7 +23,7 @@ from clip_rt.search import Index, IndexFileError, remove_items, update_images
 from clip_rt.search.engine import ExactEngine
 from clip_rt.search.store import Store
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE, NEW = 300, 3  # 1% new files
 
 

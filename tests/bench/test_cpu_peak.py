@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-SOURCE = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu_peak.c"
+SOURCE = Path(__file__).resolve().parents[2] / "benchmarks" / "cpu_peak.c"
 ROW = re.compile(r"^(?P<name>.+?)\s+(?P<thr>[\d.]+)\s+(?P<all>[\d.]+)\s+(?P<cycle>[\d.]+)$")
 
 pytestmark = [

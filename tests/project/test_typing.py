@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 api = pytest.importorskip("mypy.api", reason="mypy is in the dev extra")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements" / "dev.lock"
 STUBS = ROOT / "requirements" / "stubs.lock"
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -35,7 +35,7 @@ import faults
 from clip_rt.tolerances import tolerance
 
 DATA = ("imagenet_sample", "caltech101")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- fixtures: what the machine has -------------------------------------------------------------------------------
@@ -685,11 +685,11 @@ def test_gpu_modules_import_nothing_heavy() -> None:
 
 
 def _collect(*markers: str) -> list[set[str]]:
-    """Test names `pytest --co -m MARKER tests/test_gpu.py` collects, per marker expression (one subprocess)."""
+    """Test names `pytest --co -m MARKER tests/gpu/test_gpu.py` collects, per marker expression (one subprocess)."""
     code = ("import sys, pytest\n"
             "for m in sys.argv[1:]:\n"
             "    print('== ' + m, flush=True)\n"
-            "    assert pytest.main(['--co', '-q', '-p', 'no:cacheprovider', '-m', m, 'tests/test_gpu.py']) == 0\n")
+            "    assert pytest.main(['--co', '-q', '-p', 'no:cacheprovider', '-m', m, 'tests/gpu/test_gpu.py']) == 0\n")
     r = subprocess.run([sys.executable, "-c", code, *markers], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
     found: list[set[str]] = []

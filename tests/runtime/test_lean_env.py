@@ -217,4 +217,4 @@ def test_readme_use_section_runtime_only(fresh_clone):
 
 
 # With every extra installed, README's Use section (and Quick start, Search, Model families) runs in
-# tests/test_readme.py, on a photo folder with bad files mixed in.
+# tests/cli/test_readme.py, on a photo folder with bad files mixed in.

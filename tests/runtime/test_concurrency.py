@@ -20,7 +20,7 @@ from clip_rt import zeroshot
 from clip_rt.tokenizer import TextTruncatedWarning
 from runtime_reference import LEAN_PRELUDE, flickr, labelled_images, run_lean
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 THREADS = 8
 
 

@@ -22,7 +22,7 @@ from clip_rt.search.plan import index_types, plan
 from clip_rt.search.store import Store
 from clip_rt.search.tune import recall
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class IvfFlat(IvfKind):

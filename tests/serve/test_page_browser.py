@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 CHROMIUM = "/usr/bin/chromium"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "search-page.png"
 CAMERAS = [("Canon", "Canon EOS 5D"), ("NIKON CORPORATION", "NIKON D750"), ("Apple", "iPhone 12"), ("", "")]
 FOLDERS = ["2019/summer", "2019/winter", "2021/trip", "2023"]

@@ -2,7 +2,7 @@
 local cluster): answers equal to in-process clip_rt calls, the JSON shapes, dynamic batching across concurrent
 clients, every malformed request answered 4xx with its reason while the server stays up, a full queue answered
 JSON 503 + Retry-After (and retried by the Client), bad settings and a mismatched index refused before anything
-starts. tests/test_serve_process.py stops real `clip-rt serve` processes with SIGTERM under load."""
+starts. tests/serve/test_serve_process.py stops real `clip-rt serve` processes with SIGTERM under load."""
 
 from __future__ import annotations
 

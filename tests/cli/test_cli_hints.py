@@ -1,7 +1,7 @@
 """Issue 27's items that a README line alone does not hold: what INT8 needs checked before any work, empty texts,
 the decompression-bomb hint in every command that decodes an image (and --max-pixels letting a trusted file
 through), the search hint for a package folder, help texts, a text pool's progress moving with each batch, and
-open_clip's random init without the root logger's warning. README's own commands run in tests/test_readme.py."""
+open_clip's random init without the root logger's warning. README's own commands run in tests/cli/test_readme.py."""
 
 from __future__ import annotations
 
