@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SETS = ("flickr8k/images/*.jpg", "imagenet_sample/images/*", "caltech101/images/*/*")
+SETS = ("flickr8k/images/*.jpg", "imagenet_sample/images/*", "caltech101/images/*")
 CHROMIUM = "/usr/bin/chromium"
 
 
