@@ -1,6 +1,6 @@
 """Files and folders -> the image files in them: folders walked (hidden entries skipped, symlink loops and unreadable
 folders reported), named files kept whatever their name, duplicates dropped. Problems come back as ImageError entries,
-never raised.
+never raised. With videos=True a folder walk also picks up video files (by name: VIDEO_EXTENSIONS, is_video_path).
 """
 
 from __future__ import annotations
@@ -17,12 +17,24 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng",
                               ".heic", ".heif", ".jxl"})  # the last three: picked up to be reported as unsupported
 
 
+# Video file name endings (clip_rt.video decodes them; here only names are compared, nothing is imported).
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".3gp",
+                              ".flv", ".wmv", ".mpg", ".mpeg", ".ogv"})
+
+
 def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _walk(root: str, recursive: bool, errors: list[ImageError]) -> list[str]:
-    """Image files under `root`, skipping hidden entries; loops and unreadable folders go to `errors`."""
+def is_video_path(path: str | os.PathLike) -> bool:
+    """True for a file name with a video ending (.mp4, .mov, .mkv, ...): how a walk and the CLI tell videos apart."""
+    return os.path.splitext(os.fspath(path))[1].lower() in VIDEO_EXTENSIONS
+
+
+def _walk(root: str, recursive: bool, errors: list[ImageError], videos: bool = False) -> list[str]:
+    """Image files (and with videos=True video files) under `root`, skipping hidden entries; loops and unreadable
+    folders go to `errors`."""
+    wanted = (lambda name: _is_image_name(name) or is_video_path(name)) if videos else _is_image_name
     found: list[str] = []
     seen: set[tuple[int, int]] = set()
     # Depth-first with an explicit stack; each entry carries the (dev, inode) chain of its parents,
@@ -64,20 +76,22 @@ def _walk(root: str, recursive: bool, errors: list[ImageError]) -> list[str]:
                 if recursive:
                     stack.append((entry.path, parents | {key}))
             elif is_file:
-                if _is_image_name(entry.name):
+                if wanted(entry.name):
                     found.append(entry.path)
-            elif entry.is_symlink() and _is_image_name(entry.name):
+            elif entry.is_symlink() and wanted(entry.name):
                 errors.append(ImageError(entry.path, "broken symbolic link"))
     return sorted(found)
 
 
-def iter_image_files(paths: Iterable[str | os.PathLike], recursive: bool = True) -> tuple[list[str], list[ImageError]]:
+def iter_image_files(paths: Iterable[str | os.PathLike], recursive: bool = True,
+                     videos: bool = False) -> tuple[list[str], list[ImageError]]:
     """Files and folders -> (image files, problems).
 
     A named file is kept whatever its extension (decoding reports it if it is not an image); a folder is
     expanded to its image files (by extension, hidden entries skipped), recursively unless recursive=False,
     sorted by path. Arguments keep their order; a file listed twice is kept once. Missing paths, symlink loops
-    and unreadable folders are returned as ImageError entries, never raised.
+    and unreadable folders are returned as ImageError entries, never raised. videos=True: folders also yield their
+    video files (is_video_path), in the same sorted order.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -86,7 +100,7 @@ def iter_image_files(paths: Iterable[str | os.PathLike], recursive: bool = True)
     for p in paths:
         path = os.fspath(p)
         if os.path.isdir(path):
-            files.extend(_walk(path, recursive, errors))
+            files.extend(_walk(path, recursive, errors, videos))
         elif os.path.isfile(path):
             files.append(path)
         elif os.path.islink(path):

@@ -1,6 +1,6 @@
 """Video files -> frame embeddings and labels with timestamps (what `clip-rt classify` / `embed` / `index` call).
 
-    emb = embed_video(model, "clip.mp4", every=1.0)        # VideoEmbeddings(times [N], embeddings [N, D])
+    emb = embed_video(model, "clip.mp4", every=1.0)        # VideoEmbeddings(times [N], pts, embeddings [N, D])
     preds = classify_video(clf, "clip.mp4", every=0.5)     # [FramePrediction(time, labels)]
     segments_of(preds)                                     # [Segment(label, start, end, frames, score)]
     emb.embeddings[distinct_frames(emb.embeddings)]        # near-duplicate frames skipped (for an index)
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from ..errors import check_int, check_real
+from ..files import VIDEO_EXTENSIONS, is_video_path
 from .events import Segment, segments
 from .frames import FrameConverter
 from .sample import Sampler
@@ -31,13 +32,8 @@ if TYPE_CHECKING:
     from ..model import ClipModel
     from ..zeroshot import Prediction, ZeroShotClassifier
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".3gp",
-                              ".flv", ".wmv", ".mpg", ".mpeg", ".ogv"})  # what a folder walk picks up as video
-
-
-def is_video_path(path: str | os.PathLike) -> bool:
-    """True for a file name with a video ending (.mp4, .mov, .mkv, ...): the test a folder walk uses."""
-    return os.path.splitext(os.fspath(path))[1].lower() in VIDEO_EXTENSIONS
+__all__ = ["VIDEO_EXTENSIONS", "FrameBatch", "FramePrediction", "VideoEmbeddings", "classify_video", "distinct_frames",
+           "embed_video", "is_video_path", "iter_crop_batches", "iter_frame_batches", "segments_of"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +44,8 @@ class VideoEmbeddings:
     times: np.ndarray  # [N] float64, presentation time (s) of each sampled frame
     embeddings: np.ndarray  # [N, D] float32, L2-normalized
     scaler: str  # "ffmpeg" or "pillow": how frames became model inputs
+    pts: tuple[int | None, ...] = ()  # [N] each frame's own timestamp in time_base units (None: the frame had none)
+    time_base: str | None = None  # the stream's time base as a fraction, e.g. "1/90000" (None: no frame)
 
 
 @dataclass(frozen=True)
@@ -59,14 +57,33 @@ class FramePrediction:
         return {"time": self.time, "labels": [{"label": p.label, "score": p.score} for p in self.labels]}
 
 
+@dataclass(frozen=True)
+class FrameBatch:
+    """Consecutive sampled frames of one source, converted to model inputs."""
+
+    times: np.ndarray  # [b] float64, presentation time (s) from the start of the source
+    pts: tuple[int | None, ...]  # [b] the frames' own timestamps, in time_base units (None where a frame has none)
+    time_base: str | None  # the stream's time base, e.g. "1/90000"
+    crops: np.ndarray  # [b, S, S, 3] uint8
+
+
 _END = object()
 
 
 def iter_crop_batches(source: str | os.PathLike, converter: FrameConverter, *, every: float | None = None,
                       fps: float | None = None, batch_size: int = 32, options: SourceOptions = SourceOptions()
                       ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Sampled frames as (times [b] float64, crops [b, S, S, 3] uint8) batches, produced on a background thread
-    one batch ahead. Raises VideoError (from the thread) where the source breaks."""
+    """Sampled frames as (times [b] float64, crops [b, S, S, 3] uint8) batches (iter_frame_batches without the
+    timestamps)."""
+    for batch in iter_frame_batches(source, converter, every=every, fps=fps, batch_size=batch_size, options=options):
+        yield batch.times, batch.crops
+
+
+def iter_frame_batches(source: str | os.PathLike, converter: FrameConverter, *, every: float | None = None,
+                       fps: float | None = None, batch_size: int = 32, options: SourceOptions = SourceOptions()
+                       ) -> Iterator[FrameBatch]:
+    """Sampled frames as FrameBatch (times, pts, crops) batches, produced on a background thread one batch ahead.
+    Raises VideoError (from the thread) where the source breaks."""
     check_int(batch_size, "batch_size")
     keep = Sampler(every, fps)
     src = VideoSource(source, options)
@@ -85,7 +102,9 @@ def iter_crop_batches(source: str | os.PathLike, converter: FrameConverter, *, e
 
     def produce() -> None:
         times: list[float] = []
+        pts: list[int | None] = []
         crops: list[np.ndarray] = []
+        time_base: str | None = None
         try:
             for f in src.frames():
                 if stop.is_set():
@@ -93,13 +112,16 @@ def iter_crop_batches(source: str | os.PathLike, converter: FrameConverter, *, e
                 if not keep(f.time):
                     continue
                 times.append(f.time)
+                pts.append(None if f.frame.pts is None else int(f.frame.pts))
+                if time_base is None and f.frame.time_base is not None:
+                    time_base = str(f.frame.time_base)
                 crops.append(converter(f.frame))
                 if len(crops) == batch_size:
-                    if not put((np.array(times), np.stack(crops))):
+                    if not put(FrameBatch(np.array(times), tuple(pts), time_base, np.stack(crops))):
                         return
-                    times, crops = [], []
+                    times, pts, crops = [], [], []
             if crops:
-                put((np.array(times), np.stack(crops)))
+                put(FrameBatch(np.array(times), tuple(pts), time_base, np.stack(crops)))
             put(_END)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
             put(e)
@@ -129,15 +151,20 @@ def embed_video(model: "ClipModel", source: str | os.PathLike, *, every: float |
     every / fps: sample one frame every `every` seconds or `fps` frames a second by presentation time (neither:
     every frame). scaler: "auto", "ffmpeg" or "pillow" (clip_rt.video.frames). VideoError if it cannot be read."""
     converter = FrameConverter(model.preprocess_config, scaler)
-    times, embs = [], []
-    for t, crops in iter_crop_batches(source, converter, every=every, fps=fps, batch_size=batch_size,
-                                      options=options):
-        times.append(t)
-        embs.append(model.encode_images(crops, batch_size=batch_size))  # [b, S, S, 3] uint8 -> [b, D]
+    times: list[np.ndarray] = []  # per batch: [b] float64
+    embs: list[np.ndarray] = []  # per batch: [b, D] float32
+    pts: list[int | None] = []
+    time_base: str | None = None
+    for batch in iter_frame_batches(source, converter, every=every, fps=fps, batch_size=batch_size,
+                                    options=options):
+        times.append(batch.times)
+        pts.extend(batch.pts)
+        time_base = time_base or batch.time_base
+        embs.append(model.encode_images(batch.crops, batch_size=batch_size))  # [b, S, S, 3] uint8 -> [b, D]
     return VideoEmbeddings(os.fspath(source),
                            np.concatenate(times) if times else np.zeros(0, np.float64),
                            np.concatenate(embs) if embs else np.zeros((0, model.embed_dim), np.float32),
-                           converter.scaler)
+                           converter.scaler, tuple(pts), time_base)
 
 
 def classify_video(classifier: "ZeroShotClassifier", source: str | os.PathLike, *, every: float | None = None,
