@@ -168,16 +168,18 @@ def bomb_hint(reason: str, args: argparse.Namespace) -> str:
     return reason
 
 
-def find_image_files(paths: Sequence[str]) -> tuple[list[str], list["ImageError"]]:
-    """The image files under `paths` (folders walked recursively) and the paths that could not be read. A walk
-    that finds nothing at all (no file, no error: an empty folder, or one of documents) is an InputError."""
+def find_image_files(paths: Sequence[str], videos: bool = False) -> tuple[list[str], list["ImageError"]]:
+    """The image files (videos=True: and video files) under `paths` (folders walked recursively) and the paths that
+    could not be read. A walk that finds nothing at all (no file, no error: an empty folder, or one of documents) is
+    an InputError."""
     from ..errors import InputError
     from ..files import iter_image_files
 
-    files, errors = iter_image_files(paths)
+    files, errors = iter_image_files(paths, videos=videos)
     if not files and not errors:
-        raise InputError(f"no image files found under {', '.join(paths)} (folders are walked recursively for image "
-                         f"file names: .jpg, .png, .webp, ...)")
+        what = "image or video file names: .jpg, .png, .mp4, .mov" if videos else "image file names: .jpg, .png, .webp"
+        raise InputError(f"no image files found under {', '.join(paths)}{' (nor video files)' if videos else ''} "
+                         f"(folders are walked recursively for {what}, ...)")
     return files, errors
 
 
