@@ -5,6 +5,10 @@ A file that cannot be read never stops a batch: it is reported (in the JSON docu
 stderr after the table) and the exit code is 1. Errors that stop the command (bad package, bad labels, folders
 without a single image file) exit 2 through the dispatcher. Each command checks its device flags once and walks
 its folders once.
+
+Video files among the inputs of classify and embed (named, or found in folders) are sampled by presentation time
+and give one JSON line per frame on stdout (cli/video_input.py); photos keep their own output, printed after the
+video lines. A video that cannot be read is reported like a bad photo.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from pathlib import Path
 from .common import (DECODES, HELP, add_image_args, add_max_pixels_arg, add_model_args, check_device_flags, errors_json,
                      find_image_files, load_model, parse_labels, positive_int, print_table, report_errors,
                      setup_logging, show_progress)
+from .video_input import add_video_args, check_video_flags, classify_videos, embed_each, embed_rows, print_lines, \
+    split_videos
 
 
 # -- commands --------------------------------------------------------------------------------------------
@@ -27,9 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "the mean of the normalized prompt embeddings). Scores follow the package's scoring "
                                    "rule: softmax probabilities over the labels at the model's logit scale (CLIP), or "
                                    "an independent sigmoid per label (SigLIP). Label embeddings are cached on disk "
-                                   "($CLIP_RT_CACHE, default ~/.cache/clip-rt).")
+                                   "($CLIP_RT_CACHE, default ~/.cache/clip-rt). Video files give one JSON line per "
+                                   "sampled frame: {file, time, pts, time_base, labels: [{label, score}]}, before "
+                                   "the photos' table or document.")
     p.add_argument("package", help="model package folder")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image and video files and folders")
     labels = p.add_mutually_exclusive_group(required=True)
     labels.add_argument("--labels", help="comma-separated labels, e.g. cat,dog,car")
     labels.add_argument("--labels-file", help="UTF-8 file with one label per line; blank lines and lines starting "
@@ -40,19 +48,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
                    help="read and write the text-embedding cache")
     p.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
-                   help='print one JSON document: {"results": [{"file", "labels": [{"label", "score"}]}], "errors": [...]}')
+                   help='print one JSON document: {"results": [{"file", "labels": [{"label", "score"}]}], "errors": [...]} '
+                        '(the photos\' results; every input\'s errors, videos\' too)')
     add_model_args(p)
     add_image_args(p)
+    add_video_args(p, segments=True)
     p.set_defaults(handler=run_classify)
 
     p = sub.add_parser("embed", formatter_class=HELP, help="write image or text embeddings to a .npy file",
                        description="Embed images (files and folders, walked recursively) or texts into an "
                                    "L2-normalized float32 [N, D] array saved with numpy. For images, the list of "
                                    "files embedded (one per row) is written next to it, named after OUTPUT with "
-                                   ".files.json in place of its suffix (imgs.npy -> imgs.files.json).")
+                                   ".files.json in place of its suffix (imgs.npy -> imgs.files.json). Video files: "
+                                   "one row per sampled frame, after the photos' rows; its .files.json entry is "
+                                   "{file, time, pts, time_base}, and a JSON line on stdout says where it went: "
+                                   "{file, time, pts, time_base, output, row}.")
     p.add_argument("package", help="model package folder")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--images", nargs="+", metavar="PATH", help="image files and folders")
+    what.add_argument("--images", nargs="+", metavar="PATH", help="image and video files and folders")
     what.add_argument("--texts", nargs="+", metavar="TEXT", help="texts")
     p.add_argument("-o", "--output", required=True, help="output .npy file (with --ray: an output folder)")
     p.add_argument("--decode", choices=DECODES, default="exact",
@@ -62,6 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "section")
     add_model_args(p)
     add_image_args(p)
+    add_video_args(p, segments=False)
     add_ray_args(p)
     p.set_defaults(handler=run_embed)
 
@@ -84,31 +98,38 @@ def run_classify(args: argparse.Namespace) -> int:
 
     labels = parse_labels(args)
     check_device_flags(args)
-    files, errors = find_image_files(args.paths)  # the one walk: the files below are encoded as listed
+    files, errors = find_image_files(args.paths, videos=True)  # the one walk: the files below are encoded as listed
+    files, videos = split_videos(files)
+    check_video_flags(args, videos, errors)
     results: list = []
-    if files:  # only unreadable paths: nothing to classify, no model to load
+    videos_done = 0
+    if files or videos:  # only unreadable paths: nothing to classify, no model to load
         model = load_model(args, flags_checked=True)
         progress = show_progress(args)
         clf = ZeroShotClassifier(model, labels, templates=args.templates, cache=args.cache, progress=progress)
-        emb, done, file_errors = model.encode_file_list(
-            files, batch_size=args.batch_size, max_pixels=args.max_pixels,
-            progress=progress_callback("classified", "img") if progress else None)
-        results = list(zip(done, clf.predict_embeddings(emb, args.top_k)))
-        errors = errors + file_errors
+        if files:
+            emb, done, file_errors = model.encode_file_list(
+                files, batch_size=args.batch_size, max_pixels=args.max_pixels,
+                progress=progress_callback("classified", "img") if progress else None)
+            results = list(zip(done, clf.predict_embeddings(emb, args.top_k)))
+            errors = errors + file_errors
+        videos_done, video_errors = classify_videos(clf, videos, args,
+                                                    progress_callback("classified", "video") if progress else None)
+        errors = errors + video_errors
     if args.json:
         doc = {"results": [{"file": f, "labels": [{"label": p.label, "score": p.score} for p in preds]}
                            for f, preds in results],
                "errors": errors_json(errors, args)}
         print(json.dumps(doc, ensure_ascii=False))
         if errors:  # the reasons are in the document; stderr says that some failed (the exit code is then 1)
-            print(f"clip-rt classify: {len(errors)} of {len(results) + len(errors)} file(s) failed (listed with "
-                  f"their reasons in the JSON document's \"errors\")", file=sys.stderr)
+            print(f"clip-rt classify: {len(errors)} of {len(results) + videos_done + len(errors)} file(s) failed "
+                  f"(listed with their reasons in the JSON document's \"errors\")", file=sys.stderr)
     else:
         rows = [[f, *[f"{p.label} ({p.score:.3f})" for p in preds]] for f, preds in results]
         k = min(args.top_k, len(labels))
         if rows:
             print_table(rows, ["file", *(["label (probability)"] + [""] * (k - 1))])
-        report_errors(errors, len(results) + len(errors), args)
+        report_errors(errors, len(results) + videos_done + len(errors), args)
     return 1 if errors else 0
 
 
@@ -126,22 +147,34 @@ def run_embed(args: argparse.Namespace) -> int:
     errors: list = []
     progress = show_progress(args)
     check_device_flags(args)
+    lines: list = []  # one per video frame, printed once OUTPUT holds it
     if args.images:
-        files, errors = find_image_files(args.images)  # the one walk: the files below are encoded as listed
+        files, errors = find_image_files(args.images, videos=True)  # the one walk: the files below are encoded as listed
+        files, videos = split_videos(files)
+        check_video_flags(args, videos, errors)
         model = load_model(args, flags_checked=True)
         emb, files, file_errors = model.encode_file_list(
             files, batch_size=args.batch_size, max_pixels=args.max_pixels, decode=args.decode,
             progress=progress_callback("embedded", "img") if progress else None)
         errors += file_errors
-        atomic_write_json(out.with_suffix(".files.json"), files)
+        clips, video_errors = embed_each(model, videos, args,
+                                         progress_callback("embedded", "video") if progress else None)
+        errors += video_errors
+        entries, lines = embed_rows(clips, str(out), len(emb))
+        emb = np.concatenate([emb, *(c.embeddings for c in clips)]) if clips else emb  # the photos' rows first
+        inputs = len(files) + len(clips)  # files embedded: a video counts once, whatever its frames
+        atomic_write_json(out.with_suffix(".files.json"), [*files, *entries])
     else:
+        check_video_flags(args, [])
         model = load_model(args, flags_checked=True)
         emb = model.encode_texts(args.texts, progress=progress_callback("embedded", "text") if progress else None)
+        inputs = len(emb)
     buf = io.BytesIO()
     np.save(buf, emb, allow_pickle=False)
     atomic_write_bytes(out, buf.getvalue())
+    print_lines(lines)
     print(f"wrote {out}: float32 {list(emb.shape)}", file=sys.stderr)
-    report_errors(errors, len(emb) + len(errors), args)
+    report_errors(errors, inputs + len(errors), args)
     return 1 if errors else 0
 
 
@@ -190,6 +223,8 @@ def run_embed_ray(args: argparse.Namespace) -> int:
 
     if not args.images:
         raise InputError("--ray embeds images: give --images PATH... (texts are embedded with plain clip-rt embed)")
+    if args.every is not None or args.fps is not None or split_videos(args.images)[1]:
+        raise InputError("--ray embeds images, not video files: embed videos with plain clip-rt embed")
     setup_logging(args.verbose)
     device = args.device or default_device(args.backend)
     gpus = args.ray_actor_gpus if args.ray_actor_gpus is not None else (1.0 if device.startswith("cuda") else 0.0)
