@@ -7,8 +7,8 @@ without a single image file) exit 2 through the dispatcher. Each command checks 
 its folders once.
 
 Video files among the inputs of classify and embed (named, or found in folders) are sampled by presentation time
-and give one JSON line per frame on stdout (cli/video_input.py); photos keep their own output, printed after the
-video lines. A video that cannot be read is reported like a bad photo.
+and give one JSON line per frame on stdout (clip_rt.video.records); photos keep their own output, printed after
+the video lines. A video that cannot be read is reported like a bad photo.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from .common import (DECODES, HELP, add_image_args, add_max_pixels_arg, add_model_args, check_device_flags, errors_json,
-                     find_image_files, load_model, parse_labels, positive_int, print_table, report_errors,
-                     setup_logging, show_progress)
-from .video_input import add_video_args, check_video_flags, classify_videos, embed_each, embed_rows, print_lines, \
-    split_videos
+                     find_image_files, load_model, parse_labels, positive_float, positive_int, print_table,
+                     report_errors, setup_logging, show_progress)
+
+SCALER_CHOICES = ("auto", "ffmpeg", "pillow")  # clip_rt.video.frames.SCALERS, spelled out: parsing imports no video
+DEFAULT_EVERY = 1.0  # seconds between sampled video frames when neither --every nor --fps is given
 
 
 # -- commands --------------------------------------------------------------------------------------------
@@ -140,6 +142,8 @@ def run_embed(args: argparse.Namespace) -> int:
 
     from ..fsutil import atomic_write_bytes, atomic_write_json
     from ..progress import progress_callback
+    from ..video.embed import embed_video_files
+    from ..video.records import embed_records
 
     if args.ray is not None:
         return run_embed_ray(args)
@@ -157,10 +161,10 @@ def run_embed(args: argparse.Namespace) -> int:
             files, batch_size=args.batch_size, max_pixels=args.max_pixels, decode=args.decode,
             progress=progress_callback("embedded", "img") if progress else None)
         errors += file_errors
-        clips, video_errors = embed_each(model, videos, args,
-                                         progress_callback("embedded", "video") if progress else None)
+        clips, video_errors = embed_video_files(model, videos, **video_sampling(args), progress=progress_callback(
+            "embedded", "video") if progress else None)
         errors += video_errors
-        entries, lines = embed_rows(clips, str(out), len(emb))
+        entries, lines = embed_records(clips, str(out), len(emb))
         emb = np.concatenate([emb, *(c.embeddings for c in clips)]) if clips else emb  # the photos' rows first
         inputs = len(files) + len(clips)  # files embedded: a video counts once, whatever its frames
         atomic_write_json(out.with_suffix(".files.json"), [*files, *entries])
@@ -172,7 +176,7 @@ def run_embed(args: argparse.Namespace) -> int:
     buf = io.BytesIO()
     np.save(buf, emb, allow_pickle=False)
     atomic_write_bytes(out, buf.getvalue())
-    print_lines(lines)
+    print_records(lines)
     print(f"wrote {out}: float32 {list(emb.shape)}", file=sys.stderr)
     report_errors(errors, inputs + len(errors), args)
     return 1 if errors else 0
@@ -197,6 +201,83 @@ def run_score(args: argparse.Namespace) -> int:
     else:
         print(f"{score:.4f}")
     return 0
+
+
+# -- video files among the inputs of classify and embed ----------------------------------------------------------
+def add_video_args(p: argparse.ArgumentParser, segments: bool) -> None:
+    """--every / --fps (one of them), --scaler, and with segments=True (classify) --segments."""
+    g = p.add_argument_group("video files", "video files among the inputs (.mp4, .mov, .mkv, .webm, ...; named or "
+                                            "found in folders) give one JSON line per sampled frame on stdout")
+    rate = g.add_mutually_exclusive_group()
+    rate.add_argument("--every", type=positive_float, default=None, metavar="SECONDS",
+                      help=f"sample the first frame at or after each multiple of SECONDS of presentation time "
+                           f"(default: {DEFAULT_EVERY:g} s when neither --every nor --fps is given: labels change "
+                           f"with shots, which last seconds, and every frame of a 30 fps video would cost 30x the "
+                           f"encoding for near-identical frames)")
+    rate.add_argument("--fps", type=positive_float, default=None, metavar="N",
+                      help="sample N frames a second of presentation time (the same as --every 1/N)")
+    g.add_argument("--scaler", choices=SCALER_CHOICES, default="auto",
+                   help="frame -> model input: FFmpeg's scaler on the decoded frame, Pillow (the still-image path "
+                        "itself), or auto (FFmpeg where it has the package's filter)")
+    if segments:
+        g.add_argument("--segments", action=argparse.BooleanOptionalAction, default=False,
+                       help="print time ranges instead of frames: consecutive sampled frames with the same top label "
+                            "merged into {file, start, end, label, score (the mean top score), frames}")
+
+
+def split_videos(files: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Files as listed -> (photos, videos), each in listing order; videos are told by their file name."""
+    from ..files import is_video_path
+
+    videos = [f for f in files if is_video_path(f)]
+    chosen = set(videos)
+    return [f for f in files if f not in chosen], videos
+
+
+def check_video_flags(args: argparse.Namespace, videos: Sequence[str], errors: Sequence[Any] = ()) -> None:
+    """--every / --fps / --segments with no video among the inputs (found, or named and unreadable) is an InputError;
+    with videos, the video extra must be installed (the install hint), checked before any work."""
+    from ..errors import InputError
+    from ..files import is_video_path
+
+    given = [f"--{name}" for name in ("every", "fps", "segments") if getattr(args, name, None)]
+    if given and not videos and not any(is_video_path(e.file) for e in errors):
+        raise InputError(f"{' and '.join(given)} sample video files, and none of the inputs is one (videos are told by "
+                         f"their file name: .mp4, .mov, .mkv, .webm, ...)")
+    if videos:
+        from ..video.source import require_av
+
+        require_av()
+
+
+def video_sampling(args: argparse.Namespace) -> dict[str, Any]:
+    """embed_video's sampling and batching settings from the flags (DEFAULT_EVERY when neither rate is given)."""
+    every = DEFAULT_EVERY if args.every is None and args.fps is None else args.every
+    return {"every": every, "fps": args.fps, "scaler": args.scaler, "batch_size": args.batch_size}
+
+
+def print_records(records: Sequence[dict[str, Any]]) -> None:
+    for record in records:
+        print(json.dumps(record, ensure_ascii=False))
+    sys.stdout.flush()
+
+
+def classify_videos(clf: Any, videos: Sequence[str], args: argparse.Namespace,
+                    progress: Callable[[int, int], None] | None) -> tuple[int, list[Any]]:
+    """Classify each video and print its lines as soon as it is done. Returns (videos classified, errors)."""
+    from ..video.embed import embed_video_files
+    from ..video.records import classify_records
+
+    classified, errors = 0, []
+    for k, video in enumerate(videos):  # one at a time: a long video's lines come before the next one is decoded
+        done, bad = embed_video_files(clf.model, [video], **video_sampling(args))
+        errors += bad
+        for emb in done:
+            print_records(classify_records(clf, emb, args.top_k, args.segments))
+            classified += 1
+        if progress is not None:
+            progress(k + 1, len(videos))
+    return classified, errors
 
 
 # -- embed --ray: Ray Data batch embedding ------------------------------------------------------------------

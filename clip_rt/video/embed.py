@@ -1,6 +1,7 @@
 """Video files -> frame embeddings and labels with timestamps (what `clip-rt classify` / `embed` / `index` call).
 
     emb = embed_video(model, "clip.mp4", every=1.0)        # VideoEmbeddings(times [N], pts, embeddings [N, D])
+    embs, errors = embed_video_files(model, ["a.mp4", "b.mov"], every=1.0)  # bad files reported, not raised
     preds = classify_video(clf, "clip.mp4", every=0.5)     # [FramePrediction(time, labels)]
     segments_of(preds)                                     # [Segment(label, start, end, frames, score)]
     emb.embeddings[distinct_frames(emb.embeddings)]        # near-duplicate frames skipped (for an index)
@@ -17,23 +18,23 @@ import os
 import queue
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import check_int, check_real
+from ..errors import ImageError, check_int, check_real
 from ..files import VIDEO_EXTENSIONS, is_video_path
 from .events import Segment, segments
 from .frames import FrameConverter
 from .sample import Sampler
-from .source import SourceOptions, VideoSource
+from .source import SourceOptions, VideoError, VideoSource
 
 if TYPE_CHECKING:
     from ..model import ClipModel
     from ..zeroshot import Prediction, ZeroShotClassifier
 
 __all__ = ["VIDEO_EXTENSIONS", "FrameBatch", "FramePrediction", "VideoEmbeddings", "classify_video", "distinct_frames",
-           "embed_video", "is_video_path", "iter_crop_batches", "iter_frame_batches", "segments_of"]
+           "embed_video", "embed_video_files", "is_video_path", "iter_crop_batches", "iter_frame_batches", "segments_of"]
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,29 @@ def embed_video(model: "ClipModel", source: str | os.PathLike, *, every: float |
                            np.concatenate(times) if times else np.zeros(0, np.float64),
                            np.concatenate(embs) if embs else np.zeros((0, model.embed_dim), np.float32),
                            converter.scaler, tuple(pts), time_base)
+
+
+def embed_video_files(model: "ClipModel", videos: Sequence[str | os.PathLike], *, every: float | None = None,
+                      fps: float | None = None, scaler: str = "auto", batch_size: int = 32,
+                      options: SourceOptions = SourceOptions(),
+                      progress: Callable[[int, int], None] | None = None
+                      ) -> tuple[list[VideoEmbeddings], list[ImageError]]:
+    """Video files -> (the embedded ones, in order; an ImageError per file that cannot be read), as
+    ClipModel.encode_file_list does for photos: a broken video (not a video, truncated, unreadable) is reported
+    with its reason and the others go on; none of a broken video's frames is kept. progress(files done, files) is
+    called after each file."""
+    done: list[VideoEmbeddings] = []
+    errors: list[ImageError] = []
+    for k, video in enumerate(videos):
+        name = os.fspath(video)
+        try:
+            done.append(embed_video(model, name, every=every, fps=fps, scaler=scaler, batch_size=batch_size,
+                                    options=options))
+        except VideoError as e:
+            errors.append(ImageError(name, str(e).removeprefix(f"{name}: ")))
+        if progress is not None:
+            progress(k + 1, len(videos))
+    return done, errors
 
 
 def classify_video(classifier: "ZeroShotClassifier", source: str | os.PathLike, *, every: float | None = None,
