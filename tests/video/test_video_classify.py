@@ -225,3 +225,13 @@ def test_every_and_fps_exclude_each_other(clips: dict, tiny_package: Path, capsy
         main(["classify", str(tiny_package), str(clips["plain"].path), "--labels", LABELS, "--every", "1",
               "--fps", "2"])
     assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_ray_embedding_refuses_videos(clips: dict, tiny_package: Path, tmp_path: Path, capsys) -> None:
+    """embed --ray embeds photos only: a named video is refused in one line before Ray starts, nothing written."""
+    out = tmp_path / "shards"
+    rc, stdout, err = run(capsys, "embed", str(tiny_package), "--images", str(clips["plain"].path), "-o", str(out),
+                          "--ray")
+    assert rc == 2 and stdout == [] and err == ["clip-rt embed: error: --ray embeds images, not video files: embed "
+                                                "videos with plain clip-rt embed"]
+    assert not out.exists()
