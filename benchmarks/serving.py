@@ -41,8 +41,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNERS = {"one": [], "ray": ["--ray"], "ray2": ["--ray", "--ray-deployments", "2"],
-           "one-spin": ["--spinning"]}  # one-spin: ONNX Runtime's idle threads spin (in-process clip_rt's default)
-LABELS = {"one": "clip-rt serve (one process)", "one-spin": "clip-rt serve --spinning", "ray": "clip-rt serve --ray (one deployment)",
+           "one-spin": ["--spinning"], "one-nospin": ["--no-spinning"]}  # ONNX Runtime's threads: one-spin: they
+#   spin between model calls too (in-process clip_rt's default); one-nospin: never; one (the default): only in a call
+LABELS = {"one": "clip-rt serve (one process)", "one-spin": "clip-rt serve --spinning",
+          "one-nospin": "clip-rt serve --no-spinning", "ray": "clip-rt serve --ray (one deployment)",
           "ray2": "clip-rt serve --ray --ray-deployments 2", "asgi": "no-op uvicorn + FastAPI",
           "noop-ray": "no-op Ray Serve, one deployment", "noop-ray2": "no-op Ray Serve, gateway -> encoder"}
 CAPTION = "a photo of a dog running on the beach"

@@ -31,6 +31,9 @@ class SessionTuning:
     threads: int | None = None  # intra-op threads; None: ONNX Runtime's default (one per physical core)
     spinning: bool = True  # intra-op workers spin between ops: lowest latency; False frees the cores when
     #                        other processes share them (measured: large slowdowns when oversubscribed)
+    spin_between_runs: bool = True  # with spinning: workers keep spinning after a run returns; False stops them
+    #                                 when it returns and spins again on the next run (session.force_spinning_stop):
+    #                                 a server's idle model leaves the cores to its HTTP side
     graph_level: str = "all"  # graph optimization level: "all" adds layout + pre-packing rewrites for this CPU
     memory_arena: bool = True  # CPU memory arena: buffers reused across runs instead of malloc/free per op
     memory_pattern: bool = True  # plan buffers from the first run's shapes (re-planned when shapes change)
@@ -73,6 +76,7 @@ def make_session_options(tuning: SessionTuning = SessionTuning()) -> "ort.Sessio
     opts.enable_cpu_mem_arena = tuning.memory_arena
     opts.enable_mem_pattern = tuning.memory_pattern
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if tuning.spinning else "0")
+    opts.add_session_config_entry("session.force_spinning_stop", "0" if tuning.spin_between_runs else "1")
     opts.add_session_config_entry("session.disable_prepacking", "0" if tuning.prepacking else "1")
     opts.add_session_config_entry("session.set_denormal_as_zero", "1" if tuning.denormal_as_zero else "0")
     return opts

@@ -33,8 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--provider", choices=("cuda", "tensorrt"), default=None,
                    help="onnxruntime execution provider on a GPU (default with --device cuda: cuda)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads of the model (default: the backend's)")
-    p.add_argument("--spinning", action=argparse.BooleanOptionalAction, default=False,
-                   help="onnxruntime: let idle intra-op threads spin (they then take CPU from the HTTP side)")
+    p.add_argument("--spinning", action=argparse.BooleanOptionalAction, default=None,
+                   help="onnxruntime: --spinning lets intra-op threads spin between model calls too (they then take "
+                        "CPU from the HTTP side); --no-spinning: never (a machine shared with other jobs); default: "
+                        "they spin only while a model call runs")
     p.add_argument("--max-batch-size", type=int, default=32, help="images or texts per model call (1: no batching)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0,
                    help="most a batch waits for requests already being read or decoded after its first one")

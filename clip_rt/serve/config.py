@@ -52,8 +52,11 @@ class ServeConfig:
     request_timeout_s: float = 120.0  # end-to-end limit of one HTTP request at the proxy (408 beyond it)
     retry_attempts: int = 3  # times a gateway retries a call whose encoder replica died before answering 503
     access_log: bool = False  # a log line per request in every replica's log (Ray's session logs folder)
-    spinning: bool = False  # onnxruntime: intra-op threads spin between runs (off: the gateway, proxy and Ray share
-    #                         these cores, and spinning threads burn the CPU they need)
+    spinning: bool | None = None  # onnxruntime's intra-op threads. None: they spin while a model call runs (no
+    #                               wake-up per op: a lone request is as fast as in-process clip_rt) and stop when it
+    #                               returns, leaving the cores to HTTP and decoding; True: they spin between calls
+    #                               too; False: never (a machine shared with other jobs: a spinning thread that
+    #                               loses its core stalls every parallel op)
     options: dict[str, Any] = field(default_factory=dict)  # extra clip_rt.load backend options (provider=...)
 
     def __post_init__(self) -> None:
@@ -100,7 +103,9 @@ class ServeConfig:
 
     def load_options(self) -> dict[str, Any]:
         """Keyword options for clip_rt.load besides backend, precision, device and threads."""
-        extra = {"spinning": self.spinning} if self.backend == "onnxruntime" else {}
+        extra: dict[str, Any] = {}
+        if self.backend == "onnxruntime":
+            extra = {"spinning": self.spinning is not False, "spin_between_runs": self.spinning is True}
         return {**extra, **self.options}
 
     def ongoing(self, ingress: bool) -> int:

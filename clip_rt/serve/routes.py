@@ -32,6 +32,7 @@ from . import schemas
 from .limits import ApiError, BodyLimit, RequestCounter
 from .parsing import (Form, b64, check_templates, check_texts, image_body_openapi, int_field, json_body, names_for,
                       read_form, validation_reason)
+from .responses import embeddings_response
 
 log = logging.getLogger("clip_rt.serve")
 
@@ -127,7 +128,7 @@ async def embed_text(request: Request) -> Response:
             body = await json_body(request, schemas.TextsRequest)
             texts = check_texts(body.texts, service.config.max_items)
         emb = await service.texts.submit(texts)  # [N, D]
-    return JSONResponse({"embeddings": emb.tolist()})
+    return embeddings_response(emb)
 
 
 @router.post("/embed/image", response_model=schemas.ImageEmbeddingsResponse, responses=_ERRORS,
@@ -141,7 +142,7 @@ async def embed_image(request: Request) -> Response:
             items, _ = await _images(request, schemas.ImagesRequest)
             pixels, names, errors = await service.decode(items)
         emb = await service.images.submit(pixels)  # [N, D]
-    return JSONResponse({"embeddings": emb.tolist(), "files": names, "errors": errors})
+    return embeddings_response(emb, files=names, errors=errors)
 
 
 @router.post("/classify", response_model=schemas.ClassifyResponse, responses=_ERRORS,

@@ -276,7 +276,41 @@ def test_openapi_and_info(server):
     assert info["runner"] == server.runner and info["config"]["max_batch_size"] == 8
     assert info["replica"]["model"]["backend"] == "onnxruntime" and info["replica"]["index"]["count"] == 12
     assert set(info["replica"]["batches"]) == {"images", "texts"}
+    tuning = info["replica"]["model"]["tuning"]  # the default: ONNX Runtime's threads spin inside a model call only
+    assert tuning["spinning"] is True and tuning["spin_between_runs"] is False, tuning
     assert info["requests"]["accepted"] > info["requests"]["answered"] >= 1  # this request is not answered yet
+
+
+def test_embeddings_json_gives_back_every_float32():
+    """The embedding routes write 9 significant digits per float32: read back as float32, the same values."""
+    import json
+
+    from clip_rt.serve.responses import embeddings_json, embeddings_response
+
+    f32 = np.finfo(np.float32)
+    emb = np.random.default_rng(0).standard_normal((3, 512)).astype(np.float32)
+    emb[0, :7] = [f32.tiny, -f32.max, f32.max, 1e-45, -0.0, 1.0, f32.eps]  # extremes and a denormal
+    emb[1] /= np.linalg.norm(emb[1])
+    back = np.asarray(json.loads(embeddings_json(emb)), dtype=np.float32)
+    assert back.shape == emb.shape and np.array_equal(back, emb)
+    doc = json.loads(embeddings_response(emb[:1], files=["é.jpg"], errors=[{"file": "x", "error": "y"}]).body)
+    assert list(doc) == ["embeddings", "files", "errors"] and doc["files"] == ["é.jpg"]
+    assert np.array_equal(np.asarray(doc["embeddings"], np.float32), emb[:1])
+    assert json.loads(embeddings_json(np.zeros((0, 4), np.float32))) == []
+    with pytest.raises(ValueError, match="non-finite"):
+        embeddings_json(np.array([[0.5, np.nan]], np.float32))
+
+
+@pytest.mark.parametrize("spinning, allow, stop", [(None, "1", "1"), (True, "1", "0"), (False, "0", "1")])
+def test_spinning_setting_reaches_the_sessions(tiny_package, spinning, allow, stop):
+    """None (the default): ONNX Runtime's threads spin inside a model call and stop when it returns; True: they
+    spin between calls too; False: never."""
+    from clip_rt.backends.ort_options import SessionTuning, make_session_options
+    from clip_rt.serve import ServeConfig
+
+    opts = make_session_options(SessionTuning(**ServeConfig(str(tiny_package), spinning=spinning).load_options()))
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == allow
+    assert opts.get_session_config_entry("session.force_spinning_stop") == stop
 
 
 def test_full_queue_answers_503_with_a_reason_and_the_client_retries(server, photos):
