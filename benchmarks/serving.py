@@ -1,7 +1,7 @@
 """Every hop of `clip-rt serve`, measured in one run on this machine.
 
     python benchmarks/serving.py PKG --precision int8 --out DIR [--duration 30] [--runners one,ray,ray2]
-           [--clients 1,4,16,64] [--data ../shared/data]
+           [--clients 1,4,16,64] [--data ../shared/data] [--quick]
 
 1. In-process, `clip_rt.load(PKG)` in this process: encode_texts (1 caption) and encode_image_files (1 caltech101
    JPEG, decode included), 200 sequential calls after warm-up: p50/p99. The encoder's best throughput on images,
@@ -16,8 +16,9 @@
    malformed answered 4xx; then SIGTERM under 64-client load: was every request sent before the signal answered,
    exit code, seconds to exit, processes left.
 
-Writes DIR/serving.json, DIR/serving.md (with the issue's must-show checks computed) and DIR/serving.png. Run it
-alone on a quiet machine: every number here is wall time.
+Writes DIR/serving.json, DIR/serving.md (with the issue's must-show checks computed, for each one-process runner)
+and DIR/serving.png. Run it alone on a quiet machine: every number here is wall time. --quick measures the 1-client
+p50s only (in-process, the uvicorn floor, each runner), in about a minute, for repeated comparisons.
 """
 
 from __future__ import annotations
@@ -80,16 +81,16 @@ def in_process(package: str, precision: str, jpeg: Path, files: list[str], secon
     model = clip_rt.load(package, precision=precision)
     out: dict[str, Any] = {"text": timed(lambda: model.encode_texts([CAPTION]), 200),
                            "image": timed(lambda: model.encode_image_files([jpeg]), 200)}
-    rates = {}
-    for b in (1, 2, 4, 8, 16, 32):
+    rates: dict[int, float] = {}
+    for b in (1, 2, 4, 8, 16, 32) if seconds > 0 else ():  # --quick: no throughput sweep
         model.encode_image_files(files[:b], batch_size=b)
         t0, n = time.perf_counter(), 0
         while time.perf_counter() - t0 < seconds:
             model.encode_image_files(files[:b], batch_size=b)
             n += b
         rates[b] = round(n / (time.perf_counter() - t0), 2)
-    best = max(rates, key=rates.__getitem__)
-    out["encoder_images_per_s"] = {"by_batch": rates, "best": rates[best], "best_batch": best}
+    best = max(rates, key=rates.__getitem__, default=0)
+    out["encoder_images_per_s"] = {"by_batch": rates, "best": rates[best], "best_batch": best} if rates else None
     print(f"  in-process: {out}", file=sys.stderr, flush=True)
     return out
 
@@ -213,8 +214,8 @@ async def _sigterm_load(srv: Any, work: Any, clients: int, after_s: float) -> di
 
 
 def runner(name: str, package: str, precision: str, work: Any, jpeg: Path, clients: list[int], duration: float,
-           log_dir: Path) -> dict[str, Any]:
-    """Part 3 for one runner."""
+           log_dir: Path, sigterm: bool = True) -> dict[str, Any]:
+    """Part 3 for one runner (--quick: start-up and 1 client only)."""
     from clip_rt.serve.loadgen import ServerProcess
 
     args = ["--precision", precision, "--max-body-mb", "1", *RUNNERS[name]]
@@ -224,30 +225,36 @@ def runner(name: str, package: str, precision: str, work: Any, jpeg: Path, clien
         out["one_client"] = one_client(srv.url, jpeg, 200)
         print(f"  {name}: start-up {out['startup_s']} s, 1 client {out['one_client']}", file=sys.stderr, flush=True)
         out["load"] = [load_point(srv.url, work, n, duration, 200 if n == max(clients) else 0, srv) for n in clients]
-    with ServerProcess(package, args, port=free_port(), log=log_dir / f"{name}-sigterm.log") as srv:
-        out["sigterm"] = asyncio.run(_sigterm_load(srv, work, 64, min(5.0, duration)))
-    print(f"  {name} SIGTERM: {out['sigterm']}", file=sys.stderr, flush=True)
+    out["sigterm"] = None
+    if sigterm:
+        with ServerProcess(package, args, port=free_port(), log=log_dir / f"{name}-sigterm.log") as srv:
+            out["sigterm"] = asyncio.run(_sigterm_load(srv, work, 64, min(5.0, duration)))
+        print(f"  {name} SIGTERM: {out['sigterm']}", file=sys.stderr, flush=True)
     return out
 
 
 def checks(doc: dict[str, Any]) -> list[tuple[str, bool, str]]:
     """The issue's must-show lines, computed from this run."""
     ip, rows = doc["in_process"], []
-    one = doc["runners"].get("one")
-    if one:
+    for name, one in doc["runners"].items():
+        if not name.startswith("one"):
+            continue
+        label = "one process" + ("" if name == "one" else f" {' '.join(RUNNERS[name])}")
         for kind in ("text", "image"):
             got, ref = one["one_client"][kind]["p50_ms"], ip[kind]["p50_ms"]
-            rows.append((f"one process, 1 client, {kind}: p50 within 3 ms of in-process", got - ref <= 3.0,
+            rows.append((f"{label}, 1 client, {kind}: p50 within 3 ms of in-process", got - ref <= 3.0,
                          f"{got} vs {ref} ms"))
+        if not one["load"] or ip["encoder_images_per_s"] is None:
+            continue
         top = one["load"][-1]
         share = top["throughput_per_s"] / ip["encoder_images_per_s"]["best"]
-        rows.append((f"one process, {top['clients']} clients: >= 85% of the encoder's best", share >= 0.85,
+        rows.append((f"{label}, {top['clients']} clients: >= 85% of the encoder's best", share >= 0.85,
                      f"{top['throughput_per_s']} / {ip['encoder_images_per_s']['best']} images/s = {share:.0%}"))
-        rows.append(("one process, load: no failed, lost or mismatched request", all(
+        rows.append((f"{label}, load: no failed, lost or mismatched request", all(
             not p["failed"] and not p["lost"] and not p["mismatched"] for p in one["load"]),
             f"min cosine {min(p['min_cosine'] for p in one['load'])}"))
         m = top["malformed"]
-        rows.append(("one process: every malformed request answered 4xx with a reason",
+        rows.append((f"{label}: every malformed request answered 4xx with a reason",
                      m["sent"] == m["answered_4xx"] > 0 and m["without_reason"] == 0,
                      f"{m['answered_4xx']}/{m['sent']}"))
     if "ray" in doc["runners"] and "noop-ray" in doc["floors"]:
@@ -258,6 +265,8 @@ def checks(doc: dict[str, Any]) -> list[tuple[str, bool, str]]:
                          got - bound <= 3.0, f"{got} vs {bound:.2f} ms"))
     for name, r in doc["runners"].items():
         s = r["sigterm"]
+        if s is None:
+            continue
         counted = s["server_count"]
         ok = (s["answered_200_before_signal"] == s["sent_before_signal"]
               and (counted is None or counted["answered"] == counted["accepted"])
@@ -281,6 +290,10 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"| {LABELS[name]} | {r['text']['p50_ms']} / {r['text']['p99_ms']} | {r['image']['p50_ms']} / "
                      f"{r['image']['p99_ms']} | {startup} |")
     enc = ip["encoder_images_per_s"]
+    if enc is None:  # --quick: 1 client only
+        lines += ["", "## The issue's must-show checks (1 client only: --quick)", ""]
+        lines += [f"- {'PASS' if ok else 'FAIL'}: {what} ({detail})" for what, ok, detail in checks(doc)]
+        return "\n".join(lines) + "\n"
     lines += ["", f"In-process image encoder, decode included (encode_image_files), images/s by batch: "
               + ", ".join(f"{b}: {v}" for b, v in enc["by_batch"].items()) + f"; best {enc['best']}.", "",
               "## Clients sending one JPEG each per request", "",
@@ -300,6 +313,8 @@ def markdown(doc: dict[str, Any]) -> str:
               "|" + " --- |" * 8]
     for name, r in doc["runners"].items():
         s = r["sigterm"]
+        if s is None:
+            continue
         c = s["server_count"]
         count = f"{c['answered']} / {c['accepted']}" if c else "(not printed by this runner)"
         lines.append(f"| {name} | {s['sent_before_signal']} | {s['answered_200_before_signal']} | "
@@ -355,6 +370,8 @@ def main() -> int:
                     " (one-spin: --spinning, which in-process clip_rt uses by default)")
     ap.add_argument("--clients", default="1,4,16,64", help="load points (the largest gets the malformed requests)")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="../shared/data")
+    ap.add_argument("--quick", action="store_true", help="1 client only: in-process and each runner's p50s, the "
+                    "uvicorn floor; no load points, no throughput sweep, no SIGTERM (for repeated short checks)")
     args = ap.parse_args()
     names = args.runners.split(",")
     unknown = sorted(set(names) - set(RUNNERS))
@@ -376,21 +393,25 @@ def main() -> int:
                            "command": " ".join(["python", "benchmarks/serving.py", *sys.argv[1:]]),
                            "jpeg": {"file": jpeg.name, "bytes": jpeg.stat().st_size}}
     print("in-process", file=sys.stderr)
-    doc["in_process"] = in_process(args.package, args.precision, jpeg, files, min(5.0, args.duration))
-    work = Workload.from_model(clip_rt.load(args.package, precision=args.precision), texts, files)
+    doc["in_process"] = in_process(args.package, args.precision, jpeg, files,
+                                   0.0 if args.quick else min(5.0, args.duration))
+    work = None if args.quick else Workload.from_model(clip_rt.load(args.package, precision=args.precision), texts,
+                                                         files)
     print("floors", file=sys.stderr)
-    kinds = ["asgi"] + (["ray", "ray2"] if any(n.startswith("ray") for n in names) else [])
+    kinds = ["asgi"] + (["ray", "ray2"] if any(n.startswith("ray") for n in names) and not args.quick else [])
     doc["floors"] = {("noop-" + k if k != "asgi" else k): floor(k, jpeg, out) for k in kinds}
-    clients = [int(c) for c in args.clients.split(",")]
+    clients = [] if args.quick else [int(c) for c in args.clients.split(",")]
     doc["runners"] = {}
     for name in names:
         print(f"runner {name}", file=sys.stderr)
-        doc["runners"][name] = runner(name, args.package, args.precision, work, jpeg, clients, args.duration, out)
+        doc["runners"][name] = runner(name, args.package, args.precision, work, jpeg, clients, args.duration, out,
+                                      sigterm=not args.quick)
     doc["checks"] = [{"check": w, "pass": ok, "detail": d} for w, ok, d in checks(doc)]
     (out / "serving.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out / "serving.md").write_text(markdown(doc))
-    plot(doc, out / "serving.png")
-    print(f"wrote {out}/serving.json, serving.md, serving.png", file=sys.stderr)
+    if not args.quick:
+        plot(doc, out / "serving.png")
+    print(f"wrote {out}/serving.json, serving.md" + ("" if args.quick else ", serving.png"), file=sys.stderr)
     return 0
 
 
