@@ -7,7 +7,8 @@ import json
 import logging
 
 from .common import (DECODES, HELP, add_max_pixels_arg, add_model_args, add_progress_arg, add_verbose_arg, load_model,
-                     log_model, positive_int, print_table, report_errors, setup_logging, show_progress, unit_float)
+                     log_model, positive_float, positive_int, print_table, report_errors, setup_logging, show_progress,
+                     unit_float)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +52,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "recorded choice")
     p.add_argument("--strict", action=argparse.BooleanOptionalAction, default=False,
                    help="exit 1 when any file could not be read (the index is written either way)")
+    p.add_argument("--videos", action=argparse.BooleanOptionalAction, default=True,
+                   help="index video files (.mp4, .mov, .mkv, ...) too: one vector per kept frame, searched like "
+                        "photos, hits give the file and the time (needs clip-rt[video])")
+    p.add_argument("--every", type=positive_float, default=None, metavar="SECONDS",
+                   help="seconds between the video frames sampled for the index. Default: 1 for a new index, the "
+                        "recorded choice for --update")
+    p.add_argument("--frame-cosine", type=unit_float, default=None, metavar="MAX",
+                   help="skip a sampled video frame whose embedding cosine with the last kept frame of its video is "
+                        "at least MAX (static shots store one vector). Default: 0.95 for a new index (trained CLIP "
+                        "models; random weights need ~0.995), the recorded choice for --update")
     add_progress_arg(p)
     add_max_pixels_arg(p)
     add_model_args(p)
@@ -136,11 +147,20 @@ def run_index(args: argparse.Namespace) -> int:
         return 0
     from ..search.update import update_images
 
+    reader = None
+    if args.videos:
+        from ..video.index_frames import reader_for
+
+        reader = reader_for(model, out if args.update else None, every=args.every, max_cosine=args.frame_cosine,
+                            batch_size=args.batch_size)
+    elif args.every is not None or args.frame_cosine is not None:
+        raise InputError("--every and --frame-cosine choose video frames; leave them out with --no-videos")
     index, report = update_images(out, model, args.paths, decode=args.decode, thumbnails=args.thumbnails,
                                   index_type=args.index_type,
                                   memory_budget=args.memory_budget, batch_size=args.batch_size,
-                                  max_pixels=args.max_pixels, progress=bar, log=say)
-    print(f"indexed {len(index)} image(s) into {out} ({report.summary()})", flush=True)
+                                  max_pixels=args.max_pixels, progress=bar, log=say, videos=reader)
+    what = "item(s): images and video frames" if report.frames else "image(s)"
+    print(f"indexed {len(index)} {what} into {out} ({report.summary()})", flush=True)
     report_errors(report.errors, len(index) + len(report.errors), args)
     return 1 if report.errors and args.strict else 0
 
@@ -173,8 +193,12 @@ def run_search(args: argparse.Namespace) -> int:
                  **({k: v for k, v in (("folder", where.folder), ("after", args.after), ("before", args.before),
                                         ("camera", args.camera)) if v is not None})}
         key = "file" if index.kind == "images" else "text"
-        print(json.dumps({"query": query, "results": [{"item": h.item, key: h.item, "score": h.score} for h in hits]},
-                         ensure_ascii=False))
+        print(json.dumps({"query": query, "results": [{"item": h.item, key: h.file, "score": h.score,
+                                                        **({"time": h.time} if h.time is not None else {})}
+                                                       for h in hits]}, ensure_ascii=False))
+    elif any(h.time is not None for h in hits):  # video frames among the hits: the time (s) in its own column
+        print_table([[f"{h.score:.4f}", "" if h.time is None else f"{h.time:.2f}", h.file] for h in hits],
+                    ["cosine", "time", "file"])
     else:
         print_table([[f"{h.score:.4f}", h.item] for h in hits], ["cosine", "file" if index.kind == "images" else "text"])
     return 0

@@ -27,6 +27,7 @@ from .kinds import KINDS
 from .legacy import LegacyStore
 from .ops import faiss_available
 from .store import DB, IndexFileError, Store, is_legacy
+from .video_items import frames_by_id
 
 if TYPE_CHECKING:
     from .photo_store import PhotoFilter
@@ -40,11 +41,13 @@ class Hit:
     item: str  # the file's absolute path (image index) or the text (text pool)
     score: float  # cosine similarity between the query and the item
     id: int = field(default=-1, compare=False)  # the item's vector id (the page's /thumb/{id}, "more like this")
+    time: float | None = field(default=None, compare=False)  # a video frame: its time in the video, seconds
+    video: str | None = field(default=None, compare=False)  # a video frame: the video file (item is VIDEO#t=S)
 
     @property
     def file(self) -> str:
-        """The item of an image index (its path)."""
-        return self.item
+        """The file of an image index's hit: the photo's path, or the video's for a video frame."""
+        return self.video if self.video is not None else self.item
 
 
 def not_an_index_message(root: Path) -> str:
@@ -264,9 +267,22 @@ class Index:
             scores, ids = filtered_search(self.engine, q, top_k, self._vectors, self.live, allowed)  # [nq, k] each
         else:
             scores, ids = self.engine.search(q, top_k, self._vectors, self.live)  # [nq, k] each
-        names = self.store.items_by_id(np.unique(ids[ids >= 0]))
-        return [[Hit(names[int(i)], float(s), int(i)) for s, i in zip(srow, irow) if i >= 0 and int(i) in names]
+        found = np.unique(ids[ids >= 0])
+        names = self.store.items_by_id(found)
+        frames = self._frames(found)  # {id: (video, seconds)} of the hits that are video frames
+        return [[self._hit(names[int(i)], float(s), int(i), frames.get(int(i)))
+                 for s, i in zip(srow, irow) if i >= 0 and int(i) in names]
                 for srow, irow in zip(scores, ids)]
+
+    def _frames(self, ids: np.ndarray) -> dict[int, tuple[str, float]]:
+        if not isinstance(self.store, Store) or not len(ids):  # a clip-rt 0.1 folder holds photos only
+            return {}
+        with self.store._read_lock:
+            return frames_by_id(self.store.conn, ids.tolist())
+
+    @staticmethod
+    def _hit(item: str, score: float, vid: int, frame: tuple[str, float] | None) -> Hit:
+        return Hit(item, score, vid) if frame is None else Hit(item, score, vid, time=frame[1], video=frame[0])
 
     def search_vector(self, query: np.ndarray, top_k: int = 10, where: "PhotoFilter | None" = None) -> list[Hit]:
         """One query embedding [D] -> the top_k items by cosine, best first (where: as in search_vectors)."""

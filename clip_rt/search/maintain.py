@@ -46,6 +46,7 @@ class UpdateReport:
     touched: int = 0  # size or mtime changed, content (sha256) did not: nothing re-embedded
     embedded: int = 0
     repaired: int = 0  # items whose vector was missing or failed its checksum (re-embedded when still found)
+    frames: int = 0  # video frames stored (near-duplicates skipped; clip_rt.search.video_items)
     errors: list[ImageError] = field(default_factory=list)
     engine: str = ""  # what happened to the vector engine
 
@@ -53,7 +54,7 @@ class UpdateReport:
         parts = [f"{self.added} added", f"{self.changed} changed", f"{self.removed} removed",
                  f"{self.unchanged} unchanged"]
         parts += [f"{n} {what}" for n, what in ((self.moved, "moved"), (self.touched, "touched"),
-                                                (self.repaired, "repaired")) if n]
+                                                (self.repaired, "repaired"), (self.frames, "video frames stored")) if n]
         return ", ".join(parts) + f"; {self.embedded} embedded; engine: {self.engine}"
 
 

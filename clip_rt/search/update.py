@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import ImageError, InputError
 from ..fsutil import sha256_file
 from ..decode import DEFAULT_MAX_PIXELS, check_decode
-from ..files import iter_image_files
+from ..files import is_video_path, iter_image_files
 from .index import Index
 from .photo_index import backfill_photos, encode_photo_files
 from .photo_store import ensure_schema, photo_writer, read_photos
@@ -31,6 +31,7 @@ from .maintain import UpdateReport, as_vectors, open_for_update, refresh, refres
 from .plan import parse_memory
 from .store import IndexFileError, Item, Store, is_legacy
 from .tune import tuning_texts
+from .video_items import FrameReader, frame_ids, frames_by_id, update_videos
 
 if TYPE_CHECKING:
     from ..model import ClipModel
@@ -61,7 +62,8 @@ def update_images(path: str | os.PathLike, model: "ClipModel", paths: Sequence[s
                   index_type: str | None = None, memory_budget: int | str | None = None,
                   batch_size: int = 32, progress: Callable[[int, int], None] | None = None,
                   log: Callable[[str], None] | None = None,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Index, UpdateReport]:
+                  max_pixels: int = DEFAULT_MAX_PIXELS,
+                  videos: FrameReader | None = None) -> tuple[Index, UpdateReport]:
     """Index the image files under `paths` into the index folder `path` (created when absent, else updated).
 
     decode: "fast" or "exact" (see clip_rt.preprocess); None: the index's recorded choice ("fast" for a new one).
@@ -73,13 +75,18 @@ def update_images(path: str | os.PathLike, model: "ClipModel", paths: Sequence[s
     as decompression bombs (reported in report.errors). Returns the index (opened read-only) and
     the report (the index is the one just written, handed back for reading, not opened again). Raises InputError when the scan finds no image file at all (an unmounted folder must not empty
     the index).
+    videos: a FrameReader (clip_rt.video.index_frames) to index video files too, one item per kept frame
+    (clip_rt.search.video_items); None: video files are not looked for (named ones are read as images).
     """
     root = Path(path)
     roots = [os.path.abspath(p) for p in paths]
-    found, errors = iter_image_files([str(p) for p in paths])
-    if not found:
+    found, errors = iter_image_files([str(p) for p in paths], videos=videos is not None)
+    clips = [os.path.abspath(f) for f in found if videos is not None and is_video_path(f)]
+    found = [f for f in found if videos is None or not is_video_path(f)]
+    if not found and not clips:
         what = "; ".join(f"{e.file}: {e.reason}" for e in errors[:3])
-        raise InputError(f"no image files found under {', '.join(map(str, paths))}" + (f" ({what})" if what else ""))
+        raise InputError(f"no image files found under {', '.join(map(str, paths))}"
+                         + (" (nor video files)" if videos is not None else "") + (f" ({what})" if what else ""))
     budget = parse_memory(memory_budget) if memory_budget is not None else None
     store = open_for_update(root, model, "images", {"decode": check_decode(decode or "fast"),
                                                      "thumbnails": True if thumbnails is None else bool(thumbnails)})
@@ -92,6 +99,9 @@ def update_images(path: str | os.PathLike, model: "ClipModel", paths: Sequence[s
                              f"mix the two in one index (rebuild it into a new folder to switch)")
         report = _update(store, model, roots, [os.path.abspath(f) for f in found], errors, recorded, batch_size,
                          progress, max_pixels, thumbs)
+        if videos is not None:
+            _check_video_settings(store, videos.settings)
+            update_videos(store, videos, roots, clips, report, thumbs)
         report.engine, engine = refresh(store, index_type, budget, log,
                                         text_queries=lambda: model.encode_texts(tuning_texts()))
         store.release()  # the write lock goes; the index handed back reads on through the same connection
@@ -99,6 +109,17 @@ def update_images(path: str | os.PathLike, model: "ClipModel", paths: Sequence[s
     except BaseException:
         store.close()
         raise
+
+
+def _check_video_settings(store: Store, settings: dict) -> None:
+    """Record how frames are chosen on the first video update; refuse another choice later (one index, one rule)."""
+    recorded = store.meta.get("video")
+    if recorded is None:
+        store.set_meta(video=dict(settings))
+    elif recorded != settings:
+        said = ", ".join(f"{k} {v}" for k, v in recorded.items())
+        raise InputError(f"{store.root} samples video frames with {said}; updating it with other settings would mix "
+                         f"the two in one index (give the recorded ones, or rebuild it into a new folder)")
 
 
 def _update(store: Store, model: "ClipModel", roots: list[str], files: list[str], errors: list[ImageError],
@@ -109,7 +130,8 @@ def _update(store: Store, model: "ClipModel", roots: list[str], files: list[str]
     if broken:
         store.commit(remove=broken)
         report.repaired = len(broken)
-    known = {item: (vid, size, mtime, sha) for vid, item, size, mtime, sha, _, _ in store.rows()}
+    frames = frame_ids(store.conn)  # video frames: clip_rt.search.video_items keeps them
+    known = {item: (vid, size, mtime, sha) for vid, item, size, mtime, sha, _, _ in store.rows() if vid not in frames}
     found = set(files)
     vanished = [p for p in known if scoped(p, roots) and p not in found]
     with ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="clip-rt-hash") as pool:
@@ -185,6 +207,9 @@ def remove_items(path: str | os.PathLike, items: Sequence[str | os.PathLike],
     try:
         indexed = [row[1] for row in store.rows()]
         in_index = set(indexed)
+        videos = frames_by_id(store.conn, list(frame_ids(store.conn)))  # a video's frames go with its path
+        by_id = {row[0]: row[1] for row in store.rows()}
+        file_of = {by_id[vid]: video for vid, (video, _) in videos.items() if vid in by_id}
         texts = store.meta.get("kind") == "texts"
         present: list[str] = []
         missing: list[str] = []
@@ -192,7 +217,7 @@ def remove_items(path: str | os.PathLike, items: Sequence[str | os.PathLike],
             if texts:
                 hits = [str(p)] if str(p) in in_index else []
             else:
-                hits = [x for x in indexed if scoped(x, [os.path.abspath(p)])]
+                hits = [x for x in indexed if scoped(file_of.get(x, x), [os.path.abspath(p)])]
             present.extend(hits)
             if not hits:
                 missing.append(str(p))

@@ -100,7 +100,8 @@ class Encoder:
             query = self.index.item_vector(int(like))  # [D], as indexed: nothing is embedded again
         hits = self.index.search_vector(np.asarray(query, dtype=np.float32), top_k,
                                         PhotoFilter(**where) if where else None)
-        return [{"id": h.id, "file": h.file, "score": h.score} for h in hits]
+        return [{"id": h.id, "file": h.file, "score": h.score, **({"time": h.time} if h.time is not None else {})}
+                for h in hits]  # a video frame's hit: the video file and the frame's time (s)
 
     def info(self) -> dict[str, Any]:
         """The model, and the index it serves."""

@@ -73,8 +73,9 @@ class ClassifyResponse(BaseModel):
 
 class Hit(BaseModel):
     id: int = Field(description="the item's id: GET /thumb/{id}, /photo/{id}, /item/{id}; like={id}")
-    file: str
+    file: str = Field(description="the photo, or the video a frame belongs to")
     score: float = Field(description="cosine similarity with the query")
+    time: Optional[float] = Field(None, description="a video frame's time in the video, seconds (absent for photos)")
 
 
 class SearchResponse(BaseModel):
