@@ -6,6 +6,7 @@
     GET /static/{name}    its files, by name from the list read at start (no path is ever built from a request)
     GET /thumb/{id}       an item's thumbnail (JPEG, stored in the index)
     GET /photo/{id}       the photo file the index recorded for that item id
+    GET /video/{id}       the video file a video frame's item id belongs to (Range requests: the page seeks in it)
     GET /item/{id}        path, size, date, camera, pixels of one item (the page's detail view)
     GET /facets           kind, count, folders, cameras and date range (the page's filter controls)
 
@@ -119,6 +120,7 @@ def page_router(index_root: str | Path) -> Any:
     except ImportError:
         raise missing_dependency("fastapi", "serve", "the search page") from None
     from ..search.photo_store import facets, item_details, item_path
+    from ..search.video_items import video_frame
     from ..search.thumbs import THUMB_MIME, get_thumb
 
     files = static_files()
@@ -149,10 +151,14 @@ def page_router(index_root: str | Path) -> Any:
 
     def content_tag(vid: int) -> str | None:
         row = db.call(lambda c: c.execute("SELECT sha256 FROM items WHERE vector_id = ?", (vid,)).fetchone())
-        return None if row is None else f'"{row[0]}"'
+        if row is None:
+            return None
+        frame = db.call(video_frame, vid)  # the frames of one video share its sha256: their time tells them apart
+        return f'"{row[0]}"' if frame is None else f'"{row[0]}@{frame[1]:.3f}"'
 
     # Item ids are renumbered when an update compacts the index, so a browser may keep a thumbnail or photo only
-    # while the content the id names is the same: no-cache with an ETag of the file's sha256 (a 304 costs no body).
+    # while the content the id names is the same: no-cache with an ETag of the file's sha256 (and a video frame's
+    # time; a 304 costs no body).
     @router.get("/thumb/{raw}", summary="an item's thumbnail (JPEG)")
     def thumb(raw: str, request: Request) -> Response:
         vid = item_id(raw)
@@ -172,11 +178,24 @@ def page_router(index_root: str | Path) -> Any:
         kind = mimetypes.guess_type(path)[0] or "application/octet-stream"
         return FileResponse(path, media_type=kind, headers={"cache-control": "no-cache"})
 
-    @router.get("/item/{raw}", summary="an item's path, size, date, camera and pixels")
+    @router.get("/video/{raw}", summary="the video file a video frame's item id belongs to")
+    def video(raw: str) -> Response:
+        # the path comes from the frames table for a digits-only id, never from the request
+        frame = db.call(video_frame, item_id(raw)) if images else None
+        if frame is None or not Path(frame[0]).is_file():
+            raise HTTPException(404, "no video for this id")
+        kind = mimetypes.guess_type(frame[0])[0] or "application/octet-stream"
+        return FileResponse(frame[0], media_type=kind, headers={"cache-control": "no-cache"})
+
+    @router.get("/item/{raw}", summary="an item's path, size, date, camera and pixels (and a frame's video, time)")
     def item(raw: str) -> Response:
-        details = db.call(item_details, item_id(raw))
+        vid = item_id(raw)
+        details = db.call(item_details, vid)
         if details is None:
             raise HTTPException(404, "no such item")
+        frame = db.call(video_frame, vid) if images else None
+        if frame is not None:  # a video frame: the video's path and the frame's time (s) instead of VIDEO#t=S
+            details.update(file=frame[0], time=frame[1], video=True)
         return JSONResponse(details)
 
     @router.get("/facets", summary="kind, count, folders, cameras and dates of the index")

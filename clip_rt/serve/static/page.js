@@ -151,6 +151,13 @@
       } else {
         li.append(document.createTextNode(r.file));
       }
+      if (r.time != null) {  // a video frame: where in the video it is
+        const at = document.createElement("span");
+        at.className = "time";
+        at.textContent = "\u25b6 " + clock(r.time);
+        li.append(at);
+        li.title = r.file + " at " + clock(r.time);
+      }
       const sc = document.createElement("span");
       sc.className = "score";
       sc.textContent = r.score.toFixed(3);
@@ -158,6 +165,10 @@
       frag.append(li);
     });
     grid.append(frag);
+  }
+  function clock(s) {  // seconds -> m:ss.s (h:mm:ss.s past an hour)
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = (s % 60).toFixed(1).padStart(4, "0");
+    return (h ? h + ":" + String(m).padStart(2, "0") : String(m)) + ":" + sec;
   }
   function setStatus(text, error) { status.textContent = text; status.classList.toggle("error", Boolean(error)); }
 
@@ -175,9 +186,31 @@
     const r = results[i];
     if (kind !== "images") { like(r.id); return; }
     $("detail").hidden = false;
-    $("detail-img").src = withToken("photo/" + r.id);
+    const video = $("detail-video"), isVideo = r.time != null;
+    $("detail-img").hidden = isVideo;
+    video.hidden = !isVideo;
+    $("detail-time-row").hidden = !isVideo;
+    $("detail-time").hidden = !isVideo;
+    if (isVideo) {
+      // The frame's moment: the media fragment #t= seeks there, and currentTime again once the metadata is in
+      // (a browser that ignores the fragment, or a URL it already had open).
+      $("detail-img").removeAttribute("src");
+      video.src = withToken("video/" + r.id) + "#t=" + r.time.toFixed(3);
+      video.dataset.time = String(r.time);
+      video.onloadedmetadata = () => {
+        if (Math.abs(video.currentTime - r.time) > 0.05) video.currentTime = r.time;
+        video.play().catch(() => null);
+      };
+      $("detail-time").textContent = clock(r.time) + " (" + r.time.toFixed(2) + " s)";
+      $("open-full").href = withToken("video/" + r.id) + "#t=" + r.time.toFixed(3);
+      $("open-full").textContent = "open the video";
+    } else {
+      video.pause(); video.removeAttribute("src");
+      $("detail-img").src = withToken("photo/" + r.id);
+      $("open-full").href = withToken("photo/" + r.id);
+      $("open-full").textContent = "open the photo";
+    }
     $("detail-img").alt = baseName(r.file);
-    $("open-full").href = withToken("photo/" + r.id);
     $("detail-name").textContent = baseName(r.file);
     $("detail-path").textContent = r.file;
     $("detail-score").textContent = r.score.toFixed(4);
@@ -199,6 +232,8 @@
   function close() {
     $("detail").hidden = true;
     $("detail-img").removeAttribute("src");
+    $("detail-video").pause();
+    $("detail-video").removeAttribute("src");
     const li = grid.children[current];
     if (li) li.focus();
   }
