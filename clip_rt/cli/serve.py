@@ -34,9 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="onnxruntime execution provider on a GPU (default with --device cuda: cuda)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads of the model (default: the backend's)")
     p.add_argument("--spinning", action=argparse.BooleanOptionalAction, default=None,
-                   help="onnxruntime: --spinning lets intra-op threads spin between model calls too (they then take "
-                        "CPU from the HTTP side); --no-spinning: never (a machine shared with other jobs); default: "
-                        "they spin only while a model call runs")
+                   help="onnxruntime on the CPU: --spinning: one model whose threads spin, between calls too (they "
+                        "then take CPU from the HTTP side); --no-spinning: one model whose threads never spin (a "
+                        "machine shared with other jobs); default: batches on a model whose threads never spin, a "
+                        "lone request on a twin whose threads spin while it runs (as fast as in-process; the model's "
+                        "memory twice)")
     p.add_argument("--max-batch-size", type=int, default=32, help="images or texts per model call (1: no batching)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0,
                    help="most a batch waits for requests already being read or decoded after its first one")

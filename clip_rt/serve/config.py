@@ -52,11 +52,12 @@ class ServeConfig:
     request_timeout_s: float = 120.0  # end-to-end limit of one HTTP request at the proxy (408 beyond it)
     retry_attempts: int = 3  # times a gateway retries a call whose encoder replica died before answering 503
     access_log: bool = False  # a log line per request in every replica's log (Ray's session logs folder)
-    spinning: bool | None = None  # onnxruntime's intra-op threads. None: they spin while a model call runs (no
-    #                               wake-up per op: a lone request is as fast as in-process clip_rt) and stop when it
-    #                               returns, leaving the cores to HTTP and decoding; True: they spin between calls
-    #                               too; False: never (a machine shared with other jobs: a spinning thread that
-    #                               loses its core stalls every parallel op)
+    spinning: bool | None = None  # onnxruntime's intra-op threads (CPU). None: batches run on a model whose
+    #                               threads never spin (they would take the cores decoding needs under load), and a
+    #                               lone request on a second copy of it (lone_twin) whose threads spin while a call
+    #                               runs and stop when it returns (no wake-up per op: as fast as in-process clip_rt;
+    #                               memory: the model twice). True: one model, spinning between calls too; False: one
+    #                               model, never spinning (a machine shared with other jobs)
     options: dict[str, Any] = field(default_factory=dict)  # extra clip_rt.load backend options (provider=...)
 
     def __post_init__(self) -> None:
@@ -101,11 +102,18 @@ class ServeConfig:
         if self.cache_dir is not None:
             object.__setattr__(self, "cache_dir", os.path.abspath(self.cache_dir))
 
-    def load_options(self) -> dict[str, Any]:
-        """Keyword options for clip_rt.load besides backend, precision, device and threads."""
+    @property
+    def lone_twin(self) -> bool:
+        """Whether a second copy of the model serves lone requests (spinning None, onnxruntime on the CPU)."""
+        return self.spinning is None and self.backend == "onnxruntime" and self.device in (None, "cpu")
+
+    def load_options(self, lone: bool = False) -> dict[str, Any]:
+        """Keyword options for clip_rt.load besides backend, precision, device and threads; lone: for the twin
+        that serves lone requests (see spinning)."""
         extra: dict[str, Any] = {}
         if self.backend == "onnxruntime":
-            extra = {"spinning": self.spinning is not False, "spin_between_runs": self.spinning is True}
+            spin = self.spinning if self.spinning is not None else lone and self.lone_twin
+            extra = {"spinning": spin, "spin_between_runs": self.spinning is True}
         return {**extra, **self.options}
 
     def ongoing(self, ingress: bool) -> int:

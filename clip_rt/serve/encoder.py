@@ -50,6 +50,12 @@ class Encoder:
         check_index(config)
         self.model = load(config.package, backend=config.backend, precision=config.precision, device=config.device,
                           threads=config.threads, **config.load_options())
+        # Lone requests (one item, nothing else in the service): a twin whose threads spin inside a call, as
+        # in-process clip_rt's do; batches under load stay on self.model, whose threads leave the cores to decoding.
+        self.lone = self.model
+        if config.lone_twin:
+            self.lone = load(config.package, backend=config.backend, precision=config.precision,
+                             device=config.device, threads=config.threads, **config.load_options(lone=True))
         self.index = None
         if config.index is not None:
             from ..search import Index
@@ -62,17 +68,18 @@ class Encoder:
     def embed_dim(self) -> int:
         return int(self.model.embed_dim)
 
-    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 [B, S, S, 3] preprocessed crops -> float32 [B, D] normalized embeddings, in order."""
+    def embed_pixels(self, pixels: np.ndarray, lone: bool = False) -> np.ndarray:
+        """uint8 [B, S, S, 3] preprocessed crops -> float32 [B, D] normalized embeddings, in order. lone: a lone
+        request's (the twin runs it, when there is one)."""
         if not len(pixels):
             return np.zeros((0, self.embed_dim), np.float32)
-        return self.model.encode_images(pixels, len(pixels))
+        return (self.lone if lone else self.model).encode_images(pixels, len(pixels))
 
-    def embed_texts(self, texts: list[str]) -> np.ndarray:
+    def embed_texts(self, texts: list[str], lone: bool = False) -> np.ndarray:
         """Non-empty strings -> float32 [B, D] normalized embeddings, in order (long texts cut as CLIP does)."""
         if not texts:
             return np.zeros((0, self.embed_dim), np.float32)
-        emb, _ = self.model.encode_texts_counted(texts, len(texts))
+        emb, _ = (self.lone if lone else self.model).encode_texts_counted(texts, len(texts))
         return emb
 
     def classify(self, emb: np.ndarray, labels: list[str], templates: str | list[str],
@@ -106,6 +113,7 @@ class Encoder:
     def info(self) -> dict[str, Any]:
         """The model, and the index it serves."""
         return {"model": self.model.describe(), "embed_dim": self.embed_dim, "image_size": self.model.image_size,
+                "lone_twin": self.lone.describe()["tuning"] if self.lone is not self.model else None,
                 "index": None if self.index is None else {"path": self.config.index, "count": len(self.index)}}
 
     def ping(self) -> bool:

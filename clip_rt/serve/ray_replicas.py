@@ -53,8 +53,9 @@ class EncoderReplica:
     async def classify(self, emb: np.ndarray, labels: list[str], templates: Any, top_k: int) -> dict[str, Any]:
         return await self.worker.call("classify", emb, labels, templates, top_k)
 
-    async def search(self, query: np.ndarray, top_k: int) -> list[dict[str, Any]]:
-        return await self.worker.call("search", query, top_k)
+    async def search(self, query: np.ndarray | None, top_k: int, where: dict[str, str] | None = None,
+                     like: int | None = None) -> list[dict[str, Any]]:
+        return await self.worker.call("search", query, top_k, where, like)
 
     async def info(self) -> dict[str, Any]:
         return await self.worker.call("info")

@@ -34,9 +34,9 @@ class Service:
         self.package = Package.open(config.package)
         self.preprocess = PreprocessConfig.from_manifest(self.package.preprocess)
         wait_s = config.batch_wait_ms / 1000.0
-        self.images = Batcher(lambda pixels: worker.call("embed_pixels", pixels), config.max_batch_size, wait_s,
+        self.images = Batcher(lambda pixels: self._embed("embed_pixels", pixels), config.max_batch_size, wait_s,
                               concurrency)
-        self.texts = Batcher(lambda texts: worker.call("embed_texts", texts), config.max_batch_size, wait_s,
+        self.texts = Batcher(lambda texts: self._embed("embed_texts", texts), config.max_batch_size, wait_s,
                              concurrency)
         self._decode = ThreadPoolExecutor(max_workers=config.decode_threads or os.cpu_count() or 1,
                                           thread_name_prefix="clip-rt-decode")
@@ -45,6 +45,18 @@ class Service:
         self.active = 0
         self.counters = {"queue_full": 0}
         self._encoder_info: dict[str, Any] | None = None
+
+    def _alone(self) -> bool:
+        """One request in the service and the model idle: work for it may run on the loop's thread, saving the
+        hops to a pool thread and back (a one-process worker only; nothing else waits for the loop meanwhile)."""
+        return self.active <= 1 and getattr(self.worker, "idle", False)
+
+    async def _embed(self, method: str, items: Any) -> np.ndarray:
+        """A batch to the model: on this thread for a lone request of one item (LocalWorker.call_here: the loop is
+        held for one item's encoding at most), else the worker's way."""
+        if len(items) == 1 and self._alone():
+            return self.worker.call_here(method, items, True)  # lone=True: the encoder's spinning twin, if any
+        return await self.worker.call(method, items)
 
     # -- admission and decoding ----------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -69,9 +81,12 @@ class Service:
         if len(items) > self.config.max_items:
             raise ApiError(400, f"{len(items)} images in one request; the server takes at most {self.config.max_items} "
                                 f"(--max-items)")
-        loop = asyncio.get_running_loop()
-        parts = await asyncio.gather(*(loop.run_in_executor(self._decode, decode_images, [item], self.preprocess)
-                                       for item in items))
+        if len(items) == 1 and self._alone():  # a lone image: decoded here, without the hop to a decode thread
+            parts = [decode_images(items, self.preprocess)]
+        else:
+            loop = asyncio.get_running_loop()
+            parts = await asyncio.gather(*(loop.run_in_executor(self._decode, decode_images, [item], self.preprocess)
+                                           for item in items))
         crops = [p for p, _, _ in parts if len(p)]
         names = [n for _, ns, _ in parts for n in ns]
         errors = [e for _, _, es in parts for e in es]

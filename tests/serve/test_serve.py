@@ -196,6 +196,17 @@ def test_concurrent_clients_are_batched_and_exact(server, model, photos):
     assert all(int(size) <= 8 for k in after for size in after[k]["sizes"])  # --max-batch-size
 
 
+def test_a_lone_request_runs_on_the_loop_and_concurrent_ones_on_the_model_thread(server, client, photos):
+    """A request alone in the service with the model idle is encoded (and its one image decoded) on the event
+    loop's thread, without the hops to the model and decode threads and back; concurrent ones still batch on the
+    model thread (the test above)."""
+    before = client.info()["gateway"]["calls_here"]
+    client.embed_texts(["a lone caption"])
+    client.embed_images([photos[0]])
+    client.embed_texts(["two", "texts"])  # more than one item: the model thread, as a batch
+    assert client.info()["gateway"]["calls_here"] == before + 2
+
+
 MALFORMED = [  # (path, request kwargs, status, words the reason must contain)
     ("/embed/text", {"content": b'{"texts": ["a", ', "headers": {"content-type": "application/json"}}, 400, "json"),
     ("/embed/text", {"json": {"texts": "not a list"}}, 400, "texts"),
@@ -276,8 +287,8 @@ def test_openapi_and_info(server):
     assert info["runner"] == server.runner and info["config"]["max_batch_size"] == 8
     assert info["replica"]["model"]["backend"] == "onnxruntime" and info["replica"]["index"]["count"] == 12
     assert set(info["replica"]["batches"]) == {"images", "texts"}
-    tuning = info["replica"]["model"]["tuning"]  # the default: ONNX Runtime's threads spin inside a model call only
-    assert tuning["spinning"] is True and tuning["spin_between_runs"] is False, tuning
+    tuning, twin = info["replica"]["model"]["tuning"], info["replica"]["lone_twin"]  # the default (spinning None)
+    assert tuning["spinning"] is False and twin["spinning"] is True and twin["spin_between_runs"] is False, info
     assert info["requests"]["accepted"] > info["requests"]["answered"] >= 1  # this request is not answered yet
 
 
@@ -301,14 +312,17 @@ def test_embeddings_json_gives_back_every_float32():
         embeddings_json(np.array([[0.5, np.nan]], np.float32))
 
 
-@pytest.mark.parametrize("spinning, allow, stop", [(None, "1", "1"), (True, "1", "0"), (False, "0", "1")])
-def test_spinning_setting_reaches_the_sessions(tiny_package, spinning, allow, stop):
-    """None (the default): ONNX Runtime's threads spin inside a model call and stop when it returns; True: they
-    spin between calls too; False: never."""
+@pytest.mark.parametrize("spinning, lone, allow, stop", [(None, False, "0", "1"), (None, True, "1", "1"),
+                                                         (True, False, "1", "0"), (False, False, "0", "1")])
+def test_spinning_setting_reaches_the_sessions(tiny_package, spinning, lone, allow, stop):
+    """None (the default): the model that runs batches never spins, its twin for lone requests spins inside a call
+    and stops when it returns; True: one model spinning between calls too; False: one model, never."""
     from clip_rt.backends.ort_options import SessionTuning, make_session_options
     from clip_rt.serve import ServeConfig
 
-    opts = make_session_options(SessionTuning(**ServeConfig(str(tiny_package), spinning=spinning).load_options()))
+    config = ServeConfig(str(tiny_package), spinning=spinning)
+    assert config.lone_twin is (spinning is None)
+    opts = make_session_options(SessionTuning(**config.load_options(lone=lone)))
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == allow
     assert opts.get_session_config_entry("session.force_spinning_stop") == stop
 
