@@ -8,8 +8,9 @@
    decode included (encode_image_files at batch 1..32).
 2. The stacks' floors: a no-op handler returning 512 floats on uvicorn + FastAPI, on Ray Serve (one deployment)
    and on Ray Serve gateway -> encoder (benchmarks/serving_floors.py), 1 client, 300 sequential requests.
-3. Per runner (one: `clip-rt serve`; ray: `--ray`; ray2: `--ray --ray-deployments 2`; one-spin, not run unless
-   named: `--spinning`, ONNX Runtime's setting in-process clip_rt uses by default): start-up to the first 200;
+3. Per runner (one: `clip-rt serve`; ray: `--ray`; ray2: `--ray --ray-deployments 2`; one-spin and one-nospin,
+   not run unless named: `--spinning` (ONNX Runtime's setting in-process clip_rt uses) and `--no-spinning`, one
+   model each instead of the default's two): start-up to the first 200;
    1 client, the same caption and JPEG as in part 1 through HTTP: p50/p99; then 1, 4, ... clients sending one
    JPEG each per request for --duration seconds (64 clients: with 200 malformed requests mixed in): requests/s,
    p50/p99, model batch sizes (GET /info), failed / lost / mismatched (cosine against in-process < 0.99999),
@@ -42,8 +43,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNERS = {"one": [], "ray": ["--ray"], "ray2": ["--ray", "--ray-deployments", "2"],
-           "one-spin": ["--spinning"], "one-nospin": ["--no-spinning"]}  # ONNX Runtime's threads: one-spin: they
-#   spin between model calls too (in-process clip_rt's default); one-nospin: never; one (the default): only in a call
+           "one-spin": ["--spinning"], "one-nospin": ["--no-spinning"]}  # ONNX Runtime's threads: one-spin: one
+#   model, spinning between calls too (in-process clip_rt's default); one-nospin: one model, never spinning; one (the
+#   default): batches on a model that never spins, lone requests on a twin spinning inside a call
 LABELS = {"one": "clip-rt serve (one process)", "one-spin": "clip-rt serve --spinning",
           "one-nospin": "clip-rt serve --no-spinning", "ray": "clip-rt serve --ray (one deployment)",
           "ray2": "clip-rt serve --ray --ray-deployments 2", "asgi": "no-op uvicorn + FastAPI",
