@@ -223,3 +223,25 @@ def test_twenty_videos_queried_with_each_photo_find_it_at_its_time(model, tmp_pa
     assert got["ok_where_model_right"] == got["model_right"], [r.to_json() for r in rows if r.model_right and not r.ok]
     assert got["model_right"] >= 20, got  # the model's share (24 of 40 measured); far below it, the model changed
     assert all(r.top_time is not None and r.off_by <= 1.0 for r in rows if r.ok)
+
+
+def test_broken_videos_are_reported_and_the_rest_indexed(model, media: dict) -> None:
+    """A video cut short and a text file named .mp4 are reported by name, one line each; the others are indexed;
+    a video that breaks after it was indexed keeps its frames until it reads again (as a photo keeps its vector)."""
+    from video_fixtures import not_video, truncate
+
+    from clip_rt.search import update_images
+
+    truncate(media["a"].path, media["folder"] / "cut.mp4", 0.5)
+    not_video(media["folder"] / "list.mp4")
+    index, report = update_images(media["index"], model, [media["folder"]], videos=_reader(model))
+    index.close()
+    bad = {e.file: e.reason for e in report.errors}
+    assert set(bad) == {str(media["folder"] / "cut.mp4"), str(media["folder"] / "list.mp4")}, bad
+    assert all("\n" not in r and r for r in bad.values()) and "not a video" in bad[str(media["folder"] / "list.mp4")]
+    assert {f[1] for f in _frames(media["index"])} == {str(media["a"].path), str(media["b"].path)}
+    kept = _frames(media["index"])
+    truncate(media["a"].path, media["a"].path.with_suffix(".tmp"), 0.5).replace(media["a"].path)
+    index, report = update_images(media["index"], model, [media["folder"]], videos=_reader(model))
+    index.close()
+    assert str(media["a"].path) in {e.file for e in report.errors} and _frames(media["index"]) == kept
