@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,8 @@ class EncoderReplica:
     """Encoder's methods, each awaited on the replica's model thread."""
 
     def __init__(self, config: ServeConfig):
-        self.worker = LocalWorker(Encoder(config))
+        # Batches only (the gateway runs nothing here on its own thread): no twin for lone requests.
+        self.worker = LocalWorker(Encoder(replace(config, spinning=False) if config.spinning is None else config))
 
     async def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return await self.worker.call("embed_pixels", pixels)
