@@ -159,7 +159,10 @@ def run_index(args: argparse.Namespace) -> int:
                                   index_type=args.index_type,
                                   memory_budget=args.memory_budget, batch_size=args.batch_size,
                                   max_pixels=args.max_pixels, progress=bar, log=say, videos=reader)
-    what = "item(s): images and video frames" if report.frames else "image(s)"
+    from ..search.video_items import frame_ids
+
+    frames = len(frame_ids(index.store.conn)) if reader is not None else 0
+    what = f"item(s) ({len(index) - frames} image(s), {frames} video frame(s))" if frames else "image(s)"
     print(f"indexed {len(index)} {what} into {out} ({report.summary()})", flush=True)
     report_errors(report.errors, len(index) + len(report.errors), args)
     return 1 if report.errors and args.strict else 0

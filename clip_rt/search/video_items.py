@@ -116,6 +116,14 @@ def video_frame(conn: sqlite3.Connection, vector_id: int) -> tuple[str, float] |
     return frames_by_id(conn, [int(vector_id)]).get(int(vector_id))
 
 
+def video_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """{"videos": distinct videos, "frames": their frames} in the index (zeros without the frames table)."""
+    if not has_frames_table(conn):
+        return {"videos": 0, "frames": 0}
+    videos, frames = conn.execute("SELECT COUNT(DISTINCT video), COUNT(*) FROM frames").fetchone()
+    return {"videos": int(videos), "frames": int(frames)}
+
+
 def frame_writer(video: str, kept: FrameSet) -> Callable[[sqlite3.Connection, list[int]], None]:
     """The hook for Store.commit(also=...) that records the frames, their size and their thumbnails."""
     meta = PhotoMeta(width=kept.width, height=kept.height)

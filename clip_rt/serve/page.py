@@ -8,7 +8,7 @@
     GET /photo/{id}       the photo file the index recorded for that item id
     GET /video/{id}       the video file a video frame's item id belongs to (Range requests: the page seeks in it)
     GET /item/{id}        path, size, date, camera, pixels of one item (the page's detail view)
-    GET /facets           kind, count, folders, cameras and date range (the page's filter controls)
+    GET /facets           kind, count, folders, cameras and date range (the page's filter controls); videos, frames
 
 Item ids are the index's vector ids, as /search returns them. The server never opens a path taken from a request: an
 id is digits or it is a 404, the file behind it is the one the index's SQLite table holds for it now (a removed
@@ -120,7 +120,7 @@ def page_router(index_root: str | Path) -> Any:
     except ImportError:
         raise missing_dependency("fastapi", "serve", "the search page") from None
     from ..search.photo_store import facets, item_details, item_path
-    from ..search.video_items import video_frame
+    from ..search.video_items import video_counts, video_frame
     from ..search.thumbs import THUMB_MIME, get_thumb
 
     files = static_files()
@@ -207,7 +207,8 @@ def page_router(index_root: str | Path) -> Any:
             count = db.call(lambda c: c.execute("SELECT COUNT(*) FROM items").fetchone()[0])
             values = db.call(facets) if images else {"folders": [], "cameras": [], "dates": {"first": None,
                                                                                                "last": None}}
-            cached.update(generation=generation, doc={"kind": index_kind, "count": count, **values})
+            videos = db.call(video_counts) if images else {"videos": 0, "frames": 0}
+            cached.update(generation=generation, doc={"kind": index_kind, "count": count, **values, **videos})
         return JSONResponse(cached["doc"])
 
     return router

@@ -78,6 +78,8 @@ def test_frames_serve_their_thumbnail_video_and_details(video_index: dict) -> No
     photo = video_index["photo_id"]
     assert client.get(f"/video/{photo}").status_code == 404 and client.get(f"/photo/{photo}").status_code == 200
     assert "time" not in client.get(f"/item/{photo}").json()
+    f = client.get("/facets").json()
+    assert (f["count"], f["videos"], f["frames"]) == (1 + len(video_index["frames"]), 2, len(video_index["frames"]))
 
 
 def test_the_video_route_reads_no_other_file(video_index: dict) -> None:
@@ -136,6 +138,8 @@ def test_a_frame_hit_plays_the_video_from_its_time(video_index: dict) -> None:
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(url + "/")
             page.wait_for_selector("body[data-ready='1']")
+            n = len(video_index["frames"])
+            assert page.inner_text("#status") == f"1 photo and 2 videos ({n} frames) indexed"
             shot = video_index["base"] / "frame.jpg"
             shot.write_bytes(base64.b64decode(query))
             page.set_input_files("#file", str(shot))

@@ -170,7 +170,9 @@ def test_cli_index_and_search_show_the_time(media: dict, tiny_package: Path, cap
     out = str(media["index"])
     assert main(["index", str(tiny_package), str(media["folder"]), "-o", out, "--frame-cosine",
                  str(RANDOM_MAX_COSINE), "--no-progress"]) == 0
-    assert "video frames stored" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    n = len(_frames(media["index"]))
+    assert f"indexed {1 + n} item(s) (1 image(s), {n} video frame(s))" in said and "video frames stored" in said
     frame_item, video, t, _ = _frames(media["index"])[-1]
     conn = sqlite3.connect(f"file:{out}/index.sqlite?mode=ro", uri=True)
     ((vid,),) = conn.execute("SELECT vector_id FROM items WHERE item = ?", (frame_item,)).fetchall()

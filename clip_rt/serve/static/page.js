@@ -166,6 +166,7 @@
     });
     grid.append(frag);
   }
+  const count = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
   function clock(s) {  // seconds -> m:ss.s (h:mm:ss.s past an hour)
     const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = (s % 60).toFixed(1).padStart(4, "0");
     return (h ? h + ":" + String(m).padStart(2, "0") : String(m)) + ":" + sec;
@@ -348,7 +349,9 @@
         if (f.dates && f.dates.last) $(k).max = f.dates.last;
       }
       q.placeholder = kind === "images" ? q.placeholder : "Find texts: type, or drop / paste a photo";
-      setStatus(`${f.count} ${kind === "images" ? "photos" : "texts"} indexed`);
+      setStatus(kind !== "images" ? `${f.count} texts indexed` : !f.videos ? `${f.count} photos indexed` :
+                `${count(f.count - f.frames, "photo")} and ${count(f.videos, "video")} (${count(f.frames, "frame")}) ` +
+                "indexed");
     } catch (e) {
       setStatus(e.message, true);
     }
