@@ -9,9 +9,9 @@ Stages (capabilities they need):
     plumbing           cuda, nvrtc        buffers, streams, async copies, graph replay, 8 threads, growth, close
     preprocess-speed   cuda, nvrtc        GPU preprocessing frames/s against Pillow on the CPU
     torch-eager        torch-cuda         eager PyTorch ViT-B/32 (random weights from the shared config), fp32/fp16
-    tensorrt-tests     cuda, nvrtc, tensorrt      pytest -m tensorrt tests/gpu/test_gpu.py (engines, parity, threads)
+    tensorrt-tests     cuda, nvrtc, tensorrt      pytest -m tensorrt tests/gpu (engines, parity, threads)
     tensorrt-bench     + torch-cuda               clip-rt bench: ViT-B/32 fp16 engines against eager torch
-    onnxruntime-tests  onnxruntime-cuda           pytest -m onnxruntime_cuda tests/gpu/test_gpu.py
+    onnxruntime-tests  onnxruntime-cuda           pytest -m onnxruntime_cuda tests/gpu
 
 Exit status: 0 when every stage that ran passed and at least one ran; 1 when a check failed or a capability named
 with --require is missing; 2 when nothing could run (no CUDA device: one line per missing capability says why).
@@ -162,10 +162,10 @@ def run_torch_eager(ctx: Context) -> list[Row]:
 
 
 def run_pytest(stage: str, marker: str, ctx: Context) -> list[Row]:
-    """pytest -m MARKER tests/gpu/test_gpu.py in a subprocess reading the same shared folder; one row per test."""
+    """pytest -m MARKER tests/gpu in a subprocess reading the same shared folder; one row per test."""
     junit = ctx.out / f"pytest-{marker}.xml"
     env = {**os.environ, "CLIP_RT_SHARED": str(ctx.shared.resolve())}
-    cmd = [sys.executable, "-m", "pytest", "-m", marker, "tests/gpu/test_gpu.py", "-q", "-rs", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", "-m", marker, "tests/gpu", "-q", "-rs", "-p", "no:cacheprovider",
            f"--junitxml={junit}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     (ctx.out / f"pytest-{marker}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")

@@ -1,7 +1,7 @@
 """GPU self-checks of the CUDA path without TensorRT: the NVRTC kernel against its numpy twin, and the plumbing
 the tensorrt backend stands on (pinned and device buffers, streams, async copies, CUDA graph replay, threads,
-buffer growth, closing from another thread). Each check returns a CheckResult; tests/gpu/test_gpu.py asserts them and
-scripts/gpu-check tabulates them, so both run the same code.
+buffer growth, closing from another thread). Each check returns a CheckResult; tests/gpu/test_gpu_kernel.py asserts
+them and scripts/gpu-check tabulates them, so both run the same code.
 
 Every check compares against something computed independently on the CPU (the twin, the bytes written), never
 against the GPU itself.

@@ -1,7 +1,8 @@
 """scripts/gpu-check's own logic, on whatever machine runs the tests: the offline run end to end (on a machine
 without a GPU: one line per missing capability, every stage skipped with its reason, no traceback, exit 2), the
 exit status, the skip reasons, the report, JUnit parsing of a real pytest run, stage isolation, the network probe,
-and the eager PyTorch baseline's code on the CPU (the GPU-only stages themselves are tests/gpu/test_gpu.py's @gpu tier).
+and the eager PyTorch baseline's code on the CPU (the GPU-only stages themselves are the @gpu tier of
+tests/gpu/test_gpu_kernel.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The numpy twin of the GPU preprocessing kernel (clip_rt/gpu/resample.py) against Pillow, on CPU.
 
 The twin runs the kernel's integer arithmetic on the kernel's packed buffers, so these tests check the
-kernel's math without a GPU; tests/gpu/test_gpu.py then checks the kernel against the twin on a GPU.
+kernel's math without a GPU; tests/gpu/test_gpu_kernel.py then checks the kernel against the twin on a GPU.
 Thresholds: tolerances.TWIN_* (>= 99% of pixels within 1 uint8 level, embedding cosine >= 0.9999). On x86-64,
 where the reimplemented coefficient arithmetic was verified to reproduce Pillow bit for bit, equality is required.
 """
