@@ -16,11 +16,11 @@ One concern per module (each imports only those above it in this list; none impo
     plan       which kind a collection gets from its size and a memory budget (iterates the table)
     tune       build-time recall@10 against exact on held-back queries, over the kind's settings
     legacy     clip-rt 0.1 index folders, read as they are
+    video_items  videos in an image index: one item per kept frame (VIDEO#t=S), the frames table, their update
+               (the frames come from clip_rt.video.index_frames, handed in: this floor never imports PyAV)
     index      Index: open, check the model, search by text / image / vector
     maintain   shared by updates: open for writing, bring the engine up to date, compaction
     update     image indexes: scan, diff (size, mtime, sha256), embed new and changed files, drop vanished ones
-    video_items  videos in an image index: one item per kept frame (VIDEO#t=S), the frames table, their update
-               (the frames come from clip_rt.video.index_frames, handed in: this floor never imports PyAV)
     texts      text pools from a caption or label file
     convert    clip-rt 0.1 index folders converted in place
     recall     retrieval recall@k (text-to-image, image-to-text)

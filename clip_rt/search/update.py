@@ -101,7 +101,7 @@ def update_images(path: str | os.PathLike, model: "ClipModel", paths: Sequence[s
                          progress, max_pixels, thumbs)
         if videos is not None:
             _check_video_settings(store, videos.settings)
-            update_videos(store, videos, roots, clips, report, thumbs)
+            update_videos(store, videos, lambda path: scoped(path, roots), clips, report, thumbs)
         report.engine, engine = refresh(store, index_type, budget, log,
                                         text_queries=lambda: model.encode_texts(tuning_texts()))
         store.release()  # the write lock goes; the index handed back reads on through the same connection

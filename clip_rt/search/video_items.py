@@ -27,7 +27,6 @@ import numpy as np
 
 from ..errors import ClipRtError, ImageError
 from ..fsutil import sha256_file
-from .maintain import scoped
 from .photo_meta import PhotoMeta
 from .photo_store import write_photos
 from .store import Item
@@ -151,13 +150,15 @@ def _stat(path: str) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def update_videos(store: "Store", reader: FrameReader, roots: list[str], videos: list[str], report: "UpdateReport",
-                  thumbnails: bool = True, progress: Callable[[int, int], None] | None = None) -> None:
-    """Bring the frames of `videos` (absolute paths found under `roots`) up to date in a writable index.
+def update_videos(store: "Store", reader: FrameReader, in_scope: Callable[[str], bool], videos: list[str],
+                  report: "UpdateReport", thumbnails: bool = True,
+                  progress: Callable[[int, int], None] | None = None) -> None:
+    """Bring the frames of `videos` (absolute paths the scan found) up to date in a writable index.
 
     A video whose size and mtime (else sha256) match the table, with all its frames alive, is left alone; a new or
     changed one is read by `reader` and its frames replace the old ones in one commit (a video that cannot be read
-    now keeps the frames it had and is reported); a video the scan no longer finds under `roots` loses its frames.
+    now keeps the frames it had and is reported); an indexed video the scan no longer finds
+    but in_scope(path) says it looked for (under the scanned folders) loses its frames.
     Counts go to report (added / changed / removed / unchanged count videos; frames counts the frames stored)."""
     ensure_schema(store.conn)
     known = _indexed(store.conn)
@@ -206,7 +207,7 @@ def update_videos(store: "Store", reader: FrameReader, roots: list[str], videos:
         if progress is not None:
             progress(done, total)
     found = set(videos)
-    vanished = [v for v in known if scoped(v, roots) and v not in found]
+    vanished = [v for v in known if in_scope(v) and v not in found]
     if vanished:
         store.commit(remove=[item for v in vanished for item in known[v]["items"]])
         report.removed += len(vanished)
