@@ -143,8 +143,8 @@
       if (kind === "images") {
         const img = document.createElement("img");
         img.src = withToken("thumb/" + r.id);
-        // an index built with --no-thumbnails: the photo itself
-        img.onerror = () => { img.onerror = null; img.src = withToken("photo/" + r.id); };
+        // an index built with --no-thumbnails: the photo itself (a video frame has no file of its own: its time)
+        img.onerror = () => { img.onerror = null; if (r.time == null) img.src = withToken("photo/" + r.id); };
         img.alt = baseName(r.file);
         if (first + j >= 24) img.loading = "lazy";
         li.append(img);
