@@ -114,7 +114,10 @@ class LocalServer:
 
     def run(self, ready: Callable[[str], Any] | None = None) -> dict[str, int]:
         """Serve until SIGTERM or SIGINT (from the main thread) or stop(); return the request counts."""
-        asyncio.run(self._serve(ready))
+        # The loop uvicorn itself would run (uvloop when installed, as uvicorn.run gives the no-op floor of
+        # benchmarks/serving.py): asyncio's own loop costs more per request.
+        with asyncio.Runner(loop_factory=self.server.config.get_loop_factory()) as runner:
+            runner.run(self._serve(ready))
         return dict(self.app.state.requests)
 
     def start(self, timeout_s: float = 60.0) -> str:
