@@ -104,6 +104,7 @@ def run_classify(args: argparse.Namespace) -> int:
     files, videos = split_videos(files)
     check_video_flags(args, videos, errors)
     results: list = []
+    frame_records: list[dict[str, Any]] = []
     videos_done = 0
     if files or videos:  # only unreadable paths: nothing to classify, no model to load
         model = load_model(args, flags_checked=True)
@@ -116,12 +117,15 @@ def run_classify(args: argparse.Namespace) -> int:
             results = list(zip(done, clf.predict_embeddings(emb, args.top_k)))
             errors = errors + file_errors
         videos_done, video_errors = classify_videos(clf, videos, args,
-                                                    progress_callback("classified", "video") if progress else None)
+                                                    progress_callback("classified", "video") if progress else None,
+                                                    collect=frame_records if args.json else None)
         errors = errors + video_errors
     if args.json:
         doc = {"results": [{"file": f, "labels": [{"label": p.label, "score": p.score} for p in preds]}
                            for f, preds in results],
                "errors": errors_json(errors, args)}
+        if videos:  # --json is one document: the frame (or --segments) records go in it, not as lines before it
+            doc["videos"] = frame_records
         print(json.dumps(doc, ensure_ascii=False))
         if errors:  # the reasons are in the document; stderr says that some failed (the exit code is then 1)
             print(f"clip-rt classify: {len(errors)} of {len(results) + videos_done + len(errors)} file(s) failed "
@@ -263,8 +267,10 @@ def print_records(records: Sequence[dict[str, Any]]) -> None:
 
 
 def classify_videos(clf: Any, videos: Sequence[str], args: argparse.Namespace,
-                    progress: Callable[[int, int], None] | None) -> tuple[int, list[Any]]:
-    """Classify each video and print its lines as soon as it is done. Returns (videos classified, errors)."""
+                    progress: Callable[[int, int], None] | None,
+                    collect: list[dict[str, Any]] | None = None) -> tuple[int, list[Any]]:
+    """Classify each video and print its lines as soon as it is done (or, with `collect`, append them there for the
+    --json document). Returns (videos classified, errors)."""
     from ..video.embed import embed_video_files
     from ..video.records import classify_records
 
@@ -273,7 +279,11 @@ def classify_videos(clf: Any, videos: Sequence[str], args: argparse.Namespace,
         done, bad = embed_video_files(clf.model, [video], **video_sampling(args))
         errors += bad
         for emb in done:
-            print_records(classify_records(clf, emb, args.top_k, args.segments))
+            records = classify_records(clf, emb, args.top_k, args.segments)
+            if collect is None:
+                print_records(records)
+            else:
+                collect.extend(records)
             classified += 1
         if progress is not None:
             progress(k + 1, len(videos))

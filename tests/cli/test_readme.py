@@ -39,6 +39,7 @@ import pytest
 from PIL import Image
 
 from bench_document import check_bench
+from legacy_index import v1_of
 from runtime_reference import ROOT, class_names, flickr
 
 pytest.importorskip("transformers", reason="the README's exports need the export extra")
@@ -338,25 +339,11 @@ def test_use_section(runner, scratch):
     assert {a.precision for a in Package.open(scratch / "pkg").artifacts} == {"fp32", "int8"}
 
 
-def search_legacy():
-    """tests/search/test_search_legacy.py (its clip-rt 0.1 index writer), loaded by path under a name of its own:
-    tests/search is on sys.path only when pytest collects that folder in the same run."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_readme_search_legacy",
-                                                  ROOT / "tests" / "search" / "test_search_legacy.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_search_section(runner, scratch, tmp_path):
     """README's Search commands, on a copy of the scratch folder with the package from the Use section and a
     clip-rt 0.1 index (old.index) for --convert."""
     import clip_rt
 
-    v1_of = search_legacy().v1_of
     work = tmp_path / "clone"
     shutil.copytree(scratch, work, symlinks=True, ignore=shutil.ignore_patterns("*.index"))
     if not (work / "pkg").is_dir():

@@ -144,7 +144,7 @@ def test_a_clip_rt_01_index_gets_no_page(model, data_dir: Path, tmp_path: Path, 
     in one line with the convert command."""
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
-    from test_search_legacy import v1_of
+    from legacy_index import v1_of
 
     from clip_rt.cli import main
     from clip_rt.serve.page import install_page

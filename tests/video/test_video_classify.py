@@ -181,8 +181,9 @@ def test_broken_videos_are_reported_by_name_and_the_rest_processed(clips: dict, 
     assert err[2].startswith(f"clip-rt classify: error: {broken[1]}: ") and "truncated" in err[2]
     assert err[3:] == ["3 of 5 file(s) failed"]
     rc, out, err = run(capsys, "classify", str(tiny_package), *inputs, "--labels", LABELS, "--json")
-    doc = json.loads(out[-1])
-    assert rc == 1 and len(json_lines(out[:-1])) == 3 and [r["file"] for r in doc["results"]] == [photo]
+    (doc,) = json_lines(out)  # --json: one document, the frames in it
+    assert rc == 1 and len(out) == 1 and [r["file"] for r in doc["results"]] == [photo]
+    assert [x["file"] for x in doc["videos"]] == [str(good)] * 3
     assert [e["file"] for e in doc["errors"]] == [str(missing), *broken]
     # embed: rows for the photo and the good video's frames only, the broken ones named
     npy = tmp_path / "e.npy"
@@ -199,9 +200,10 @@ def test_folders_pick_up_videos(clips: dict, tiny_package: Path, cache, tmp_path
     shutil.copy(clips["plain"].path, folder / "sub" / "clip.MP4")
     (folder / "notes.txt").write_text("not media")
     rc, out, err = run(capsys, "classify", str(tiny_package), str(folder), "--labels", LABELS, "--json")
-    lines = json_lines(out)
-    assert rc == 0 and {x["file"] for x in lines[:-1]} == {str(folder / "sub" / "clip.MP4")} and len(lines) == 4
-    assert [r["file"] for r in lines[-1]["results"]] == [str(folder / "a.jpg")] and lines[-1]["errors"] == []
+    (doc,) = json_lines(out)
+    assert rc == 0 and {x["file"] for x in doc["videos"]} == {str(folder / "sub" / "clip.MP4")}
+    assert len(doc["videos"]) == 3 and [r["file"] for r in doc["results"]] == [str(folder / "a.jpg")]
+    assert doc["errors"] == []
 
 
 @pytest.mark.parametrize("argv,flags", [
