@@ -41,6 +41,7 @@ from PIL import Image
 from bench_document import check_bench
 from legacy_index import v1_of
 from runtime_reference import ROOT, class_names, flickr
+from video_fixtures import make_video
 
 pytest.importorskip("transformers", reason="the README's exports need the export extra")
 
@@ -135,7 +136,7 @@ def make_photo_folder(folder: Path, photos: list[Path]) -> None:
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory, data_dir) -> Path:
     """tmp/shared -> ../shared, tmp/clone: photos/ (with the bad files), more-photos/, photo.jpg, a.jpg, b.png,
-    captions.txt (200 Flickr8k captions), captions.csv, classes.txt, classes_zh.txt."""
+    captions.txt (200 Flickr8k captions), captions.csv, classes.txt, classes_zh.txt, clip.mp4, media/."""
     tmp = tmp_path_factory.mktemp("readme")
     (tmp / "shared").symlink_to(data_dir.parent)
     root = tmp / "clone"
@@ -154,6 +155,11 @@ def scratch(tmp_path_factory, data_dir) -> Path:
                                        , encoding="utf-8")
     (root / "classes.txt").write_text("\n".join(class_names(data_dir, "caltech101")[:20]) + "\n", encoding="utf-8")
     shutil.copyfile(data_dir / "imagenet_sample" / "classes_zh.txt", root / "classes_zh.txt")
+    # the video lines: clip.mp4, and media/ = photos/ (bad files included) plus two videos
+    make_video(root / "clip.mp4", caltech[46:49], size=(320, 180), seconds_per_photo=1.0)
+    shutil.copytree(root / "photos", root / "media")
+    make_video(root / "media" / "trip.mp4", caltech[49:51], size=(320, 180), seconds_per_photo=1.5, seed=1)
+    shutil.copyfile(root / "clip.mp4", root / "media" / "2019" / "clip.mp4")
     return root
 
 
@@ -356,6 +362,10 @@ def test_search_section(runner, scratch, tmp_path):
     for line in lines:
         runner.line(line)
     assert set(runner.ran) == set(lines)
+    from clip_rt.search import Index
+
+    frames = [i for i in Index.open(work / "media.index").items() if "#t=" in i]  # the videos' kept frames
+    assert {Path(i.split("#t=")[0]).name for i in frames} == {"trip.mp4", "clip.mp4"}, frames
     (python,) = re.findall(r"```python\n(.*?)```", readme_section("Search"), flags=re.S)
     names = run_python(python, work)  # the Python block, as written, after the commands
     assert {Path(e.file).name for e in names["report"].errors} == set(BAD_FILES), names["report"].errors
