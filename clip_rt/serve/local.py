@@ -13,6 +13,7 @@ import asyncio
 import math
 import signal
 import socket
+import sys
 import threading
 from types import FrameType
 from typing import Any, Callable
@@ -116,8 +117,17 @@ class LocalServer:
         """Serve until SIGTERM or SIGINT (from the main thread) or stop(); return the request counts."""
         # The loop uvicorn itself would run (uvloop when installed, as uvicorn.run gives the no-op floor of
         # benchmarks/serving.py): asyncio's own loop costs more per request.
-        with asyncio.Runner(loop_factory=self.server.config.get_loop_factory()) as runner:
-            runner.run(self._serve(ready))
+        factory = self.server.config.get_loop_factory()
+        if sys.version_info >= (3, 11):
+            with asyncio.Runner(loop_factory=factory) as runner:
+                runner.run(self._serve(ready))
+        else:  # Python 3.10 has no asyncio.Runner
+            loop = factory() if factory is not None else asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(self._serve(ready))
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
         return dict(self.app.state.requests)
 
     def start(self, timeout_s: float = 60.0) -> str:

@@ -91,7 +91,7 @@ print(json.dumps({{"preds": [[p.label for p in row] for row in preds], "n": len(
 # Besides the heavy modules runtime_reference blocks, what the extras and the dev tools bring (a runtime-only venv
 # has none of these).
 RUNTIME_ONLY_BLOCKED = BLOCKED + ("matplotlib", "pytest_benchmark", "faiss", "ray", "fastapi", "starlette", "uvicorn",
-                                  "httpx", "requests", "open_clip", "timm", "sentencepiece", "pyarrow", "pandas")
+                                  "httpx", "requests", "open_clip", "timm", "sentencepiece", "pyarrow", "pandas", "av")
 
 
 def run_runtime_only(code: str, args: Sequence[str] = (), cwd: Path = ROOT,
@@ -167,7 +167,7 @@ def readme_use_section() -> tuple[list[list[str]], str]:
 @pytest.fixture
 def fresh_clone(tmp_path, tiny_package, data_dir) -> Path:
     """A folder laid out as the README's Use section assumes: pkg (the tiny package: fp32 only), photos/,
-    more-photos/, classes.txt, captions.txt, photo.jpg, a.jpg, b.png, and ../shared."""
+    more-photos/, classes.txt, captions.txt, photo.jpg, a.jpg, b.png, clip.mp4, and ../shared."""
     root = tmp_path / "clone"
     root.mkdir()
     (tmp_path / "shared").symlink_to(data_dir.parent)
@@ -182,6 +182,9 @@ def fresh_clone(tmp_path, tiny_package, data_dir) -> Path:
     shutil.copyfile(caltech[1], root / "a.jpg")
     Image.open(caltech[2]).save(root / "b.png")
     (root / "captions.txt").write_text("a dog on a beach\na red bicycle\na bowl of fruit\n")
+    from video_fixtures import make_video  # PyAV in this (test) process; the runtime-only install has none
+
+    make_video(root / "clip.mp4", caltech[2:4], size=(160, 90), seconds_per_photo=0.5)
     return root
 
 
@@ -207,6 +210,8 @@ def test_readme_use_section_runtime_only(fresh_clone):
         command = argv[1]
         if command in RUNTIME_ONLY_STOPS:
             one_line(proc, command, *RUNTIME_ONLY_STOPS[command])
+        elif any(a.endswith(".mp4") for a in argv):  # a video input: PyAV is the video extra
+            one_line(proc, command, "pip install 'clip-rt[video]'")
         elif "--precision" in argv and argv[argv.index("--precision") + 1] == "int8":
             one_line(proc, command, "no int8", "clip-rt export", "--precision fp32 fp16 int8")
         else:
