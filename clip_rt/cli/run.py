@@ -8,7 +8,8 @@ its folders once.
 
 Video files among the inputs of classify and embed (named, or found in folders) are sampled by presentation time
 and give one JSON line per frame on stdout (clip_rt.video.records); photos keep their own output, printed after
-the video lines. A video that cannot be read is reported like a bad photo.
+the video lines (classify --json: one document, the frames in its "videos"). A video that cannot be read is
+reported like a bad photo.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..video.frames import SCALERS  # numpy and the preprocessing settings only: no PyAV at parse time
 from .common import (DECODES, HELP, add_image_args, add_max_pixels_arg, add_model_args, check_device_flags, errors_json,
                      find_image_files, load_model, parse_labels, positive_float, positive_int, print_table,
                      report_errors, setup_logging, show_progress)
 
-SCALER_CHOICES = ("auto", "ffmpeg", "pillow")  # clip_rt.video.frames.SCALERS, spelled out: parsing imports no video
 DEFAULT_EVERY = 1.0  # seconds between sampled video frames when neither --every nor --fps is given
 
 
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "an independent sigmoid per label (SigLIP). Label embeddings are cached on disk "
                                    "($CLIP_RT_CACHE, default ~/.cache/clip-rt). Video files give one JSON line per "
                                    "sampled frame: {file, time, pts, time_base, labels: [{label, score}]}, before "
-                                   "the photos' table or document.")
+                                   "the photos' table (with --json, the document's \"videos\" list).")
     p.add_argument("package", help="model package folder")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image and video files and folders")
     labels = p.add_mutually_exclusive_group(required=True)
@@ -51,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="read and write the text-embedding cache")
     p.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
                    help='print one JSON document: {"results": [{"file", "labels": [{"label", "score"}]}], "errors": [...]} '
-                        '(the photos\' results; every input\'s errors, videos\' too)')
+                        '(the photos\' results; every input\'s errors, videos\' too; with video inputs also "videos": their '
+                        'frame or --segments records)')
     add_model_args(p)
     add_image_args(p)
     add_video_args(p, segments=True)
@@ -220,7 +222,7 @@ def add_video_args(p: argparse.ArgumentParser, segments: bool) -> None:
                            f"encoding for near-identical frames)")
     rate.add_argument("--fps", type=positive_float, default=None, metavar="N",
                       help="sample N frames a second of presentation time (the same as --every 1/N)")
-    g.add_argument("--scaler", choices=SCALER_CHOICES, default="auto",
+    g.add_argument("--scaler", choices=SCALERS, default="auto",
                    help="frame -> model input: FFmpeg's scaler on the decoded frame, Pillow (the still-image path "
                         "itself), or auto (FFmpeg where it has the package's filter)")
     if segments:

@@ -12,10 +12,10 @@ import json
 import sys
 from typing import Any
 
+from ..video.frames import SCALERS  # numpy and the preprocessing settings only: no PyAV at parse time
 from .common import (HelpFormatter, add_model_args, check_device_flags, key_value, log_model, non_negative_int,
                      parse_labels, positive_float, setup_logging)
 
-SCALER_CHOICES = ("auto", "ffmpeg", "pillow")  # clip_rt.video.frames.SCALERS, spelled out: parsing imports no numpy
 STATS_FORMATS = ("text", "json")
 
 
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="encode one frame every this many seconds of video (default: every frame)")
     p.add_argument("--duration", type=positive_float, default=None,
                    help="stop after this many seconds of video (default: at the end of the source)")
-    p.add_argument("--scaler", choices=SCALER_CHOICES, default="auto",
+    p.add_argument("--scaler", choices=SCALERS, default="auto",
                    help="frame -> model input: FFmpeg's scaler, Pillow (the still-image path), or auto (FFmpeg where "
                         "it has the package's filter)")
     p.add_argument("--retries", type=non_negative_int, default=5,
