@@ -8,6 +8,7 @@
     import_vectors("mine.index", names, embeddings, {})                   # ready-made embeddings; search_vector
 
 One concern per module (each imports only those above it in this list; none imports one below):
+    sql        SQLite helpers shared by the item table and its side tables (ids in parts for IN lists)
     store      the index folder: SQLite item table, append-only vectors file, the commit protocol; item kinds
     ops        exact top-k, the exact rerank of candidates, the lazy FAISS import (no engine kind named)
     engine     the two engine shapes: exact numpy search, and FAISS shards (candidates + exact rerank), its file

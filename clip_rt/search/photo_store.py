@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import InputError
 from .photo_meta import PhotoMeta
+from .sql import id_parts
 from .thumbs import SCHEMA as THUMBS_SCHEMA
 from .thumbs import put_thumbs
 
@@ -92,10 +93,7 @@ def read_photos(conn: sqlite3.Connection, ids: Iterable[int]) -> dict[int, tuple
     out: dict[int, tuple[PhotoMeta | None, bytes | None]] = {}
     if not has_photo_tables(conn):
         return out
-    ids = [int(i) for i in ids]
-    for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
-        part = ids[start:start + 500]
-        marks = ",".join("?" * len(part))
+    for part, marks in id_parts(ids):
         metas = {r[0]: PhotoMeta(width=r[5], height=r[6], orientation=r[7], taken=r[1], make=r[3], model=r[4])
                  for r in conn.execute(f"SELECT vector_id, taken, camera, make, model, width, height, orientation "
                                        f"FROM photos WHERE vector_id IN ({marks})", part)}

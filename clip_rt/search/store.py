@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import ClipRtError
+from .sql import id_parts
 
 FORMAT = "clip-rt-index"
 FORMAT_VERSION = 2
@@ -239,10 +240,7 @@ class Store:
     def items_by_id(self, ids: Sequence[int]) -> dict[int, str]:
         """vector id -> item (path or text) for the ids that still exist."""
         out: dict[int, str] = {}
-        ids = [int(i) for i in ids]
-        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
-            part = ids[start:start + 500]
-            marks = ",".join("?" * len(part))
+        for part, marks in id_parts(ids):
             with self._read_lock:
                 out.update(self.conn.execute(f"SELECT vector_id, item FROM items WHERE vector_id IN ({marks})",
                                              part).fetchall())
