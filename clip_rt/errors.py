@@ -55,6 +55,12 @@ class ImageError(ClipRtError):
         self.file = file
         self.reason = reason
 
+    @classmethod
+    def of(cls, file: str, error: Exception) -> "ImageError":
+        """`file`'s ImageError from another error about it, whose message may already start with "FILE: "
+        (VideoError's do): the reason without the path twice."""
+        return cls(file, str(error).removeprefix(f"{file}: "))
+
 
 def missing_dependency(module: str, extra: str, purpose: str) -> BackendUnavailable:
     """The error for a heavy optional import that failed, with the install hint."""

@@ -29,6 +29,7 @@ from ..errors import ClipRtError, ImageError
 from ..fsutil import sha256_file
 from .photo_meta import PhotoMeta
 from .photo_store import write_photos
+from .sql import id_parts
 from .store import Item
 
 if TYPE_CHECKING:
@@ -101,10 +102,7 @@ def frames_by_id(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, tupl
     out: dict[int, tuple[str, float]] = {}
     if not has_frames_table(conn):
         return out
-    ids = [int(i) for i in ids]
-    for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
-        part = ids[start:start + 500]
-        marks = ",".join("?" * len(part))
+    for part, marks in id_parts(ids):
         out.update({int(v): (str(f), float(t)) for v, f, t in
                     conn.execute(f"SELECT vector_id, video, time FROM frames WHERE vector_id IN ({marks})", part)})
     return out
@@ -151,8 +149,7 @@ def _stat(path: str) -> tuple[int, int]:
 
 
 def update_videos(store: "Store", reader: FrameReader, in_scope: Callable[[str], bool], videos: list[str],
-                  report: "UpdateReport", thumbnails: bool = True,
-                  progress: Callable[[int, int], None] | None = None) -> None:
+                  report: "UpdateReport", thumbnails: bool = True) -> None:
     """Bring the frames of `videos` (absolute paths the scan found) up to date in a writable index.
 
     A video whose size and mtime (else sha256) match the table, with all its frames alive, is left alone; a new or
@@ -163,8 +160,7 @@ def update_videos(store: "Store", reader: FrameReader, in_scope: Callable[[str],
     ensure_schema(store.conn)
     known = _indexed(store.conn)
     key = store.meta["keys"]["image"]
-    total = len(videos)
-    for done, video in enumerate(videos, 1):
+    for video in videos:
         old = known.get(video)
         try:
             st = _stat(video)
@@ -185,7 +181,7 @@ def update_videos(store: "Store", reader: FrameReader, in_scope: Callable[[str],
             report.errors.append(e)
             continue
         except ClipRtError as e:  # VideoError: the message starts with the path already
-            report.errors.append(ImageError(video, str(e).removeprefix(f"{video}: ")))
+            report.errors.append(ImageError.of(video, e))
             continue
         except OSError as e:
             report.errors.append(ImageError(video, f"cannot read file ({e.strerror or e})"))
@@ -204,8 +200,6 @@ def update_videos(store: "Store", reader: FrameReader, in_scope: Callable[[str],
             report.added += 1
         else:
             report.changed += 1
-        if progress is not None:
-            progress(done, total)
     found = set(videos)
     vanished = [v for v in known if in_scope(v) and v not in found]
     if vanished:

@@ -185,7 +185,7 @@ def embed_video_files(model: "ClipModel", videos: Sequence[str | os.PathLike], *
             done.append(embed_video(model, name, every=every, fps=fps, scaler=scaler, batch_size=batch_size,
                                     options=options))
         except VideoError as e:
-            errors.append(ImageError(name, str(e).removeprefix(f"{name}: ")))
+            errors.append(ImageError.of(name, e))
         if progress is not None:
             progress(k + 1, len(videos))
     return done, errors
