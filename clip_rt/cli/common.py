@@ -11,7 +11,7 @@ import argparse
 import json
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..backends.registry import backend_names, backend_spec
 from ..contract import PRECISIONS
@@ -49,12 +49,17 @@ HELP = HelpFormatter
 
 
 # -- argument types: a bad value is an argparse error naming the flag, before anything loads ---------------
+def _parsed(text: str, convert: Callable[[str], Any], expected: str) -> Any:
+    """convert(text), or the argparse error "expected EXPECTED, got 'TEXT'" when it is not a number at all."""
+    try:
+        return convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    value: int = _parsed(text, int, "a whole number >= 1")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
@@ -62,10 +67,7 @@ def positive_int(text: str) -> int:
 
 def unit_float(text: str) -> float:
     """argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    value: float = _parsed(text, float, "a number in [0, 1]")
     if not 0.0 <= value <= 1.0:  # NaN fails this too
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
@@ -73,10 +75,7 @@ def unit_float(text: str) -> float:
 
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    value: float = _parsed(text, float, "a number > 0")
     if not value > 0 or value == float("inf"):  # NaN fails too
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
@@ -84,10 +83,7 @@ def positive_float(text: str) -> float:
 
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    value: int = _parsed(text, int, "a whole number >= 0")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
