@@ -44,18 +44,19 @@ class Encoder:
     """One model (and index). Public methods take whole batches; they never see HTTP."""
 
     def __init__(self, config: ServeConfig):
-        from ..model import load
+        from ..model import ClipModel, load
 
         self.config = config
         check_index(config)
-        self.model = load(config.package, backend=config.backend, precision=config.precision, device=config.device,
-                          threads=config.threads, **config.load_options())
+
+        def load_model(lone: bool) -> ClipModel:
+            return load(config.package, backend=config.backend, precision=config.precision, device=config.device,
+                        threads=config.threads, **config.load_options(lone=lone))
+
+        self.model = load_model(lone=False)
         # Lone requests (one item, nothing else in the service): a twin whose threads spin inside a call, as
         # in-process clip_rt's do; batches under load stay on self.model, whose threads leave the cores to decoding.
-        self.lone = self.model
-        if config.lone_twin:
-            self.lone = load(config.package, backend=config.backend, precision=config.precision,
-                             device=config.device, threads=config.threads, **config.load_options(lone=True))
+        self.lone = load_model(lone=True) if config.lone_twin else self.model
         self.index = None
         if config.index is not None:
             from ..search import Index
