@@ -13,13 +13,16 @@
    model each instead of the default's two): start-up to the first 200;
    1 client, the same caption and JPEG as in part 1 through HTTP: p50/p99, interleaved in blocks of 20 with the
    same calls in-process (the reference its 1-client checks use, so that a shared VM's drift between part 1 and
-   this runner falls on both alike); then 1, 4, ... clients sending one
-   JPEG each per request for --duration seconds (64 clients: with 200 malformed requests mixed in): requests/s,
+   this runner falls on both alike; a Ray runner's 1 client runs from this process as the Ray driver, with the
+   no-op application of part 2 deployed beside it on the same Serve proxy and interleaved too: ray_paired); then
+   1, 4, ... clients sending one
+   JPEG each per request for --duration seconds (64 clients: with 200 malformed requests mixed in, and the
+   in-process encoder's best batch timed right before and after it, the bound of its check): requests/s,
    p50/p99, model batch sizes (GET /info), failed / lost / mismatched (cosine against in-process < 0.99999),
    malformed answered 4xx; then SIGTERM under 64-client load: was every request sent before the signal answered,
    exit code, seconds to exit, processes left.
 
-Writes DIR/serving.json, DIR/serving.md (with the issue's must-show checks computed, for each one-process runner)
+Writes DIR/serving.json, DIR/serving.md (with the issue's must-show checks computed, for each runner)
 and DIR/serving.png. Run it alone on a quiet machine: every number here is wall time. --quick measures the 1-client
 p50s only (in-process, the uvicorn floor, each runner), in about a minute, for repeated comparisons.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import json
 import os
@@ -45,36 +49,34 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # serving_timing, beside this file, when imported from elsewhere
+from serving_report import checks, markdown, plot  # noqa: E402
 from serving_timing import CAPTION, one_client, one_client_paired, timed  # noqa: E402
 
 RUNNERS = {"one": [], "ray": ["--ray"], "ray2": ["--ray", "--ray-deployments", "2"],
            "one-spin": ["--spinning"], "one-nospin": ["--no-spinning"]}  # ONNX Runtime's threads: one-spin: one
 #   model, spinning between calls too (in-process clip_rt's default); one-nospin: one model, never spinning; one (the
 #   default): batches on a model that never spins, lone requests on a twin spinning inside a call
-LABELS = {"one": "clip-rt serve (one process)", "one-spin": "clip-rt serve --spinning",
-          "one-nospin": "clip-rt serve --no-spinning", "ray": "clip-rt serve --ray (one deployment)",
-          "ray2": "clip-rt serve --ray --ray-deployments 2", "asgi": "no-op uvicorn + FastAPI",
-          "noop-ray": "no-op Ray Serve, one deployment", "noop-ray2": "no-op Ray Serve, gateway -> encoder"}
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+def encoder_rate(model: Any, files: list[str], batch: int, seconds: float) -> float:
+    """Images/s of the in-process image encoder at `batch`, decode included, over `seconds` (after one warm call)."""
+    model.encode_image_files(files[:batch], batch_size=batch)
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        model.encode_image_files(files[:batch], batch_size=batch)
+        n += batch
+    return round(n / (time.perf_counter() - t0), 2)
+
+
 def in_process(model: Any, jpeg: Path, files: list[str], seconds: float) -> dict[str, Any]:
     """Part 1: one caption, one JPEG; and the image encoder's best throughput, decode included."""
     out: dict[str, Any] = {"text": timed(lambda: model.encode_texts([CAPTION]), 200),
                            "image": timed(lambda: model.encode_image_files([jpeg]), 200)}
-    rates: dict[int, float] = {}
-    for b in (1, 2, 4, 8, 16, 32) if seconds > 0 else ():  # --quick: no throughput sweep
-        model.encode_image_files(files[:b], batch_size=b)
-        t0, n = time.perf_counter(), 0
-        while time.perf_counter() - t0 < seconds:
-            model.encode_image_files(files[:b], batch_size=b)
-            n += b
-        rates[b] = round(n / (time.perf_counter() - t0), 2)
+    rates = {b: encoder_rate(model, files, b, seconds) for b in ((1, 2, 4, 8, 16, 32) if seconds > 0 else ())}
     best = max(rates, key=rates.__getitem__, default=0)
     out["encoder_images_per_s"] = {"by_batch": rates, "best": rates[best], "best_batch": best} if rates else None
     print(f"  in-process: {out}", file=sys.stderr, flush=True)
@@ -186,156 +188,84 @@ async def _sigterm_load(srv: Any, work: Any, clients: int, after_s: float) -> di
             "server_count": {"answered": int(count.group(1)), "accepted": int(count.group(2))} if count else None}
 
 
+def wait_ok(url: str, timeout_s: float = 300.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer 200 in {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def ray_paired(name: str, package: str, precision: str, jpeg: Path, model: Any, n: int) -> dict[str, Any]:
+    """A Ray runner's 1-client rows, paired with its floor: this process becomes the Ray driver and starts the
+    runner as `clip-rt serve --ray` does (ray_runner.start with the CLI's own config for the same flags), then
+    deploys the no-op application (serving_floors.noop_ray_app, same shape) as a second application on the same
+    Serve proxy at /noop, so that the runner's requests, the floor's and the in-process calls are interleaved (a
+    floor measured minutes apart in another cluster moved by up to 5 ms between runs on a shared 2-core VM)."""
+    from ray import serve
+    from serving_floors import noop_ray_app
+
+    from clip_rt.cli import build_parser
+    from clip_rt.cli.serve import config_from_args
+    from clip_rt.serve import ray_runner
+
+    flags = ["--port", str(free_port()), "--precision", precision, "--max-body-mb", "1", *RUNNERS[name]]
+    config = config_from_args(build_parser().parse_args(["serve", package, *flags]))
+    try:
+        url = ray_runner.start(config)
+        serve.run(noop_ray_app(config.ray_deployments), name="noop", route_prefix="/noop", blocking=False)
+        wait_ok(url + "/healthz")
+        wait_ok(url + "/noop/healthz")
+        paired = one_client_paired(url, jpeg, model, 200, floor="/noop")
+    finally:
+        with contextlib.suppress(Exception):
+            serve.delete("noop")
+        ray_runner.stop()
+    print(f"  {name} paired with its no-op floor: {paired}", file=sys.stderr, flush=True)
+    return paired
+
+
 def runner(name: str, package: str, precision: str, work: Any, jpeg: Path, clients: list[int], duration: float,
-           log_dir: Path, model: Any, sigterm: bool = True) -> dict[str, Any]:
-    """Part 3 for one runner (--quick: start-up and 1 client only)."""
+           log_dir: Path, model: Any, sigterm: bool = True, reference: Any = None) -> dict[str, Any]:
+    """Part 3 for one runner (--quick: start-up and 1 client only). reference(): the in-process encoder's images/s
+    at its best batch, measured for a few seconds right before and right after the largest load point (the bound
+    its check uses: a shared VM's speed drifts by 10 % over the minutes between part 1 and this load point)."""
     from clip_rt.serve.loadgen import ServerProcess
 
     args = ["--precision", precision, "--max-body-mb", "1", *RUNNERS[name]]
     out: dict[str, Any] = {"args": args}
+    if name.startswith("ray"):  # 1 client from this process as the driver, next to its floor (ray_paired)
+        paired = ray_paired(name, package, precision, jpeg, model, 200)
+        out["floor_paired"] = paired["floor"]
     with ServerProcess(package, args, port=free_port(), log=log_dir / f"{name}.log") as srv:
         out["startup_s"] = round(srv.startup_s or 0.0, 2)
-        paired = one_client_paired(srv.url, jpeg, model, 200)
+        if not name.startswith("ray"):
+            paired = one_client_paired(srv.url, jpeg, model, 200)
         out["one_client"], out["in_process_paired"] = paired["server"], paired["in_process"]
         print(f"  {name}: start-up {out['startup_s']} s, 1 client {out['one_client']}", file=sys.stderr, flush=True)
-        out["load"] = [load_point(srv.url, work, n, duration, 200 if n == max(clients) else 0, srv) for n in clients]
+        out["load"] = []
+        for n in clients:
+            top = n == max(clients)
+            if top and reference is not None:  # the encoder's best measured right before and after, as the bound
+                before = reference()
+            out["load"].append(load_point(srv.url, work, n, duration, 200 if top else 0, srv))
+            if top and reference is not None:
+                after = reference()
+                out["encoder_paired"] = {"before": before, "after": after, "mean": round((before + after) / 2, 2)}
+                print(f"  encoder's best around it: {out['encoder_paired']}", file=sys.stderr, flush=True)
     out["sigterm"] = None
     if sigterm:
         with ServerProcess(package, args, port=free_port(), log=log_dir / f"{name}-sigterm.log") as srv:
             out["sigterm"] = asyncio.run(_sigterm_load(srv, work, 64, min(5.0, duration)))
         print(f"  {name} SIGTERM: {out['sigterm']}", file=sys.stderr, flush=True)
     return out
-
-
-def checks(doc: dict[str, Any]) -> list[tuple[str, bool, str]]:
-    """The issue's must-show lines, computed from this run."""
-    ip, rows = doc["in_process"], []
-    for name, one in doc["runners"].items():
-        if not name.startswith("one"):
-            continue
-        label = "one process" + ("" if name == "one" else f" {' '.join(RUNNERS[name])}")
-        for kind in ("text", "image"):  # against in-process interleaved with this runner's requests
-            got, ref = one["one_client"][kind]["p50_ms"], one.get("in_process_paired", ip)[kind]["p50_ms"]
-            rows.append((f"{label}, 1 client, {kind}: p50 within 3 ms of in-process", got - ref <= 3.0,
-                         f"{got} vs {ref} ms"))
-        if not one["load"] or ip["encoder_images_per_s"] is None:
-            continue
-        top = one["load"][-1]
-        share = top["throughput_per_s"] / ip["encoder_images_per_s"]["best"]
-        rows.append((f"{label}, {top['clients']} clients: >= 85% of the encoder's best", share >= 0.85,
-                     f"{top['throughput_per_s']} / {ip['encoder_images_per_s']['best']} images/s = {share:.0%}"))
-        rows.append((f"{label}, load: no failed, lost or mismatched request", all(
-            not p["failed"] and not p["lost"] and not p["mismatched"] for p in one["load"]),
-            f"min cosine {min(p['min_cosine'] for p in one['load'])}"))
-        m = top["malformed"]
-        rows.append((f"{label}: every malformed request answered 4xx with a reason",
-                     m["sent"] == m["answered_4xx"] > 0 and m["without_reason"] == 0,
-                     f"{m['answered_4xx']}/{m['sent']}"))
-    if "ray" in doc["runners"] and "noop-ray" in doc["floors"]:
-        for kind in ("text", "image"):
-            got = doc["runners"]["ray"]["one_client"][kind]["p50_ms"]
-            here = doc["runners"]["ray"].get("in_process_paired", ip)[kind]["p50_ms"]
-            bound = doc["floors"]["noop-ray"][kind]["p50_ms"] + here
-            rows.append((f"ray, 1 client, {kind}: p50 within 3 ms of the no-op deployment + in-process",
-                         got - bound <= 3.0, f"{got} vs {bound:.2f} ms"))
-    for name, r in doc["runners"].items():
-        s = r["sigterm"]
-        if s is None:
-            continue
-        counted = s["server_count"]
-        ok = (s["answered_200_before_signal"] == s["sent_before_signal"]
-              and (counted is None or counted["answered"] == counted["accepted"])
-              and s["exit_code"] == 0 and s["seconds_to_exit"] < 10 and not s["processes_left"])
-        rows.append((f"{name}: SIGTERM under 64-client load", ok,
-                     f"{s['answered_200_before_signal']}/{s['sent_before_signal']} requests sent before the signal "
-                     f"answered 200 ({s['outcomes_before_signal']}), server's count {counted}, exit "
-                     f"{s['exit_code']} after {s['seconds_to_exit']} s, {len(s['processes_left'])} processes left"))
-    return rows
-
-
-def markdown(doc: dict[str, Any]) -> str:
-    ip = doc["in_process"]
-    lines = [f"# Serving hops: {doc['package']} {doc['precision']}", "", f"Machine: {doc['machine']}. Command: "
-             f"`{doc['command']}`.", "", "## 1 client, sequential (p50 / p99 ms)", "",
-             "| stack | one caption | one JPEG (decode included) | start-up to first 200 |", "| --- | --- | --- | --- |",
-             f"| in-process clip_rt | {ip['text']['p50_ms']} / {ip['text']['p99_ms']} | {ip['image']['p50_ms']} / "
-             f"{ip['image']['p99_ms']} | |"]
-    for name, r in [*doc["floors"].items(), *((k, v["one_client"]) for k, v in doc["runners"].items())]:
-        startup = doc["runners"][name]["startup_s"] if name in doc["runners"] else ""
-        lines.append(f"| {LABELS[name]} | {r['text']['p50_ms']} / {r['text']['p99_ms']} | {r['image']['p50_ms']} / "
-                     f"{r['image']['p99_ms']} | {startup} |")
-        here = doc["runners"].get(name, {}).get("in_process_paired")
-        if here:  # the reference its checks use: in-process calls interleaved with this runner's requests
-            lines.append(f"| ... in-process, interleaved with it | {here['text']['p50_ms']} / {here['text']['p99_ms']} "
-                         f"| {here['image']['p50_ms']} / {here['image']['p99_ms']} | |")
-    enc = ip["encoder_images_per_s"]
-    if enc is None:  # --quick: 1 client only
-        lines += ["", "## The issue's must-show checks (1 client only: --quick)", ""]
-        lines += [f"- {'PASS' if ok else 'FAIL'}: {what} ({detail})" for what, ok, detail in checks(doc)]
-        return "\n".join(lines) + "\n"
-    lines += ["", f"In-process image encoder, decode included (encode_image_files), images/s by batch: "
-              + ", ".join(f"{b}: {v}" for b, v in enc["by_batch"].items()) + f"; best {enc['best']}.", "",
-              "## Clients sending one JPEG each per request", "",
-              "| runner | clients | requests/s | % of encoder best | p50 / p99 ms | model batch mean (largest) | "
-              "failed / lost / mismatched | min cosine | malformed 4xx |", "|" + " --- |" * 9]
-    for name, r in doc["runners"].items():
-        for p in r["load"]:
-            m = p["malformed"]
-            lines.append(f"| {name} | {p['clients']} | {p['throughput_per_s']} | "
-                         f"{100 * p['throughput_per_s'] / enc['best']:.0f}% | {p['p50_ms']} / {p['p99_ms']} | "
-                         f"{p['model_batches']['mean']} ({p['model_batches']['largest']}) | "
-                         f"{sum(p['failed'].values())} / {p['lost']} / {p['mismatched']} | {p['min_cosine']} | "
-                         f"{m['answered_4xx']}/{m['sent']} |")
-    lines += ["", "## SIGTERM under 64-client load", "", "Sent: the request's body was written to the socket before "
-              "the signal (httpcore trace).", "", "| runner | sent before the signal | answered 200 | after the "
-              "signal | exit code | seconds to exit | processes left | server's own count (answered / accepted) |",
-              "|" + " --- |" * 8]
-    for name, r in doc["runners"].items():
-        s = r["sigterm"]
-        if s is None:
-            continue
-        c = s["server_count"]
-        count = f"{c['answered']} / {c['accepted']}" if c else "(not printed by this runner)"
-        lines.append(f"| {name} | {s['sent_before_signal']} | {s['answered_200_before_signal']} | "
-                     f"{s['outcomes_after_signal']} | {s['exit_code']} | {s['seconds_to_exit']} | "
-                     f"{len(s['processes_left'])} | {count} |")
-    lines += ["", "## The issue's must-show checks", ""]
-    lines += [f"- {'PASS' if ok else 'FAIL'}: {what} ({detail})" for what, ok, detail in checks(doc)]
-    return "\n".join(lines) + "\n"
-
-
-def plot(doc: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    names = ["in-process", *doc["floors"], *doc["runners"]]
-    sources = [doc["in_process"], *doc["floors"].values(), *(r["one_client"] for r in doc["runners"].values())]
-    x = np.arange(len(names))
-    for i, kind in enumerate(("text", "image")):
-        axes[0].bar(x + (i - 0.5) * 0.4, [s[kind]["p50_ms"] for s in sources], 0.4, label=f"{kind} p50")
-    axes[0].set_xticks(x, names, rotation=30, fontsize=7)
-    axes[0].set_ylabel("ms")
-    axes[0].set_title("1 client: one caption, one JPEG")
-    axes[0].legend(fontsize=7)
-    for name, r in doc["runners"].items():
-        c = [p["clients"] for p in r["load"]]
-        axes[1].plot(c, [p["throughput_per_s"] for p in r["load"]], "-o", label=name)
-        axes[2].plot(c, [p["p50_ms"] for p in r["load"]], "-o", label=f"{name} p50")
-        axes[2].plot(c, [p["p99_ms"] for p in r["load"]], "--", alpha=0.6, label=f"{name} p99")
-    axes[1].axhline(doc["in_process"]["encoder_images_per_s"]["best"], color="black", ls=":",
-                    label="in-process encoder, best batch")
-    axes[2].set_yscale("log")
-    for ax, title in ((axes[1], "images/s"), (axes[2], "latency, ms")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrent clients")
-        ax.set_title(title)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"clip-rt serve: {doc['package']} {doc['precision']}, {doc['machine']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 def main() -> int:
@@ -382,8 +312,11 @@ def main() -> int:
     doc["runners"] = {}
     for name in names:
         print(f"runner {name}", file=sys.stderr)
+        enc = doc["in_process"]["encoder_images_per_s"]
+        reference = None if enc is None else (
+            lambda b=enc["best_batch"]: encoder_rate(model, files, b, min(5.0, args.duration)))
         doc["runners"][name] = runner(name, args.package, args.precision, work, jpeg, clients, args.duration, out,
-                                      model, sigterm=not args.quick)
+                                      model, sigterm=not args.quick, reference=reference)
     doc["checks"] = [{"check": w, "pass": ok, "detail": d} for w, ok, d in checks(doc)]
     (out / "serving.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out / "serving.md").write_text(markdown(doc))

@@ -49,6 +49,34 @@ def run_asgi(port: int) -> None:
         sockets=[sock])
 
 
+def noop_ray_app(deployments: int = 1) -> Any:
+    """The no-op Ray Serve application (bound, for serve.run): one ingress deployment, or ingress -> encoder. Its
+    replicas reserve no CPU, so that it also fits beside a clip-rt application in one cluster (benchmarks/serving.py
+    deploys it next to `--ray`'s, on the same proxy, to pair their requests); the reservation is Ray's bookkeeping
+    only and changes no thread or process."""
+    from ray import serve
+    from ray.serve.schema import LoggingConfig
+
+    logs = LoggingConfig(enable_access_log=False, log_level="WARNING")
+    opts: dict[str, Any] = {"max_ongoing_requests": 1024, "logging_config": logs, "ray_actor_options": {"num_cpus": 0}}
+
+    @serve.deployment(**opts)
+    class Encoder:
+        async def embed(self) -> list[list[float]]:
+            return ANSWER["embeddings"]
+
+    @serve.deployment(**opts)
+    @serve.ingress()
+    class Ingress:
+        def __init__(self, encoder: Any = None):
+            self.encoder = encoder
+
+        def __serve_build_asgi_app__(self) -> FastAPI:
+            return noop_app(self.encoder)
+
+    return Ingress.bind(Encoder.bind()) if deployments == 2 else Ingress.bind()
+
+
 def run_ray(port: int, deployments: int) -> None:
     from ray import serve
     from ray.serve.config import HTTPOptions
@@ -61,24 +89,9 @@ def run_ray(port: int, deployments: int) -> None:
     connect(None, extra="serve")
     for s in (signal.SIGINT, signal.SIGTERM):  # after connect: Ray installs its own
         signal.signal(s, lambda *_: done.set())
-    logs = LoggingConfig(enable_access_log=False, log_level="WARNING")
-    serve.start(http_options=HTTPOptions(host="127.0.0.1", port=port), logging_config=logs)
-
-    @serve.deployment(max_ongoing_requests=1024, logging_config=logs)
-    class Encoder:
-        async def embed(self) -> list[list[float]]:
-            return ANSWER["embeddings"]
-
-    @serve.deployment(max_ongoing_requests=1024, logging_config=logs)
-    @serve.ingress()
-    class Ingress:
-        def __init__(self, encoder: Any = None):
-            self.encoder = encoder
-
-        def __serve_build_asgi_app__(self) -> FastAPI:
-            return noop_app(self.encoder)
-
-    serve.run(Ingress.bind(Encoder.bind()) if deployments == 2 else Ingress.bind(), blocking=False)
+    serve.start(http_options=HTTPOptions(host="127.0.0.1", port=port),
+                logging_config=LoggingConfig(enable_access_log=False, log_level="WARNING"))
+    serve.run(noop_ray_app(deployments), blocking=False)
     print("ready", flush=True)
     while not done.wait(0.5):
         pass

@@ -45,20 +45,30 @@ def interleaved(calls: dict[str, Any], n: int, block: int = 20, warm: int = 5) -
     return {k: pct(v) for k, v in lat.items()}
 
 
-def one_client_paired(url: str, jpeg: Path, model: Any, n: int) -> dict[str, dict[str, Any]]:
-    """1 client, interleaved with in-process calls: {"server": {"text", "image"}, "in_process": {...}}."""
+def one_client_paired(url: str, jpeg: Path, model: Any, n: int, floor: str | None = None) -> dict[str, dict[str, Any]]:
+    """1 client, interleaved with in-process calls: {"server": {"text", "image"}, "in_process": {...}}; with
+    `floor` (the route prefix of a no-op application on the same server, e.g. "/noop"), its requests are interleaved
+    too, under "floor"."""
     import httpx
 
     data = jpeg.read_bytes()
-    out: dict[str, dict[str, Any]] = {"server": {}, "in_process": {}}
+    out: dict[str, dict[str, Any]] = {"server": {}, "in_process": {}, **({"floor": {}} if floor else {})}
     with httpx.Client(base_url=url, timeout=60) as http:
-        for kind, here, there in (
-                ("text", lambda: model.encode_texts([CAPTION]),
-                 lambda: http.post("/embed/text", json={"texts": [CAPTION]}).raise_for_status()),
-                ("image", lambda: model.encode_image_files([jpeg]),
-                 lambda: http.post("/embed/image", files=[("files", (jpeg.name, data))]).raise_for_status())):
-            got = interleaved({"in_process": here, "server": there}, n)
-            out["server"][kind], out["in_process"][kind] = got["server"], got["in_process"]
+        def post(route: str, kind: str) -> None:
+            if kind == "text":
+                http.post(route, json={"texts": [CAPTION]}).raise_for_status()
+            else:
+                http.post(route, files=[("files", (jpeg.name, data))]).raise_for_status()
+
+        for kind, here in (("text", lambda: model.encode_texts([CAPTION])),
+                           ("image", lambda: model.encode_image_files([jpeg]))):
+            route = f"/embed/{kind}"
+            calls: dict[str, Any] = {"in_process": here, "server": lambda route=route, kind=kind: post(route, kind)}
+            if floor:
+                calls["floor"] = lambda route=floor + route, kind=kind: post(route, kind)
+            got = interleaved(calls, n)
+            for name in out:
+                out[name][kind] = got[name]
     return out
 
 
