@@ -45,6 +45,14 @@ def interleaved(calls: dict[str, Any], n: int, block: int = 20, warm: int = 5) -
     return {k: pct(v) for k, v in lat.items()}
 
 
+def post(http: Any, route: str, kind: str, jpeg: Path, data: bytes) -> None:
+    """One 1-client request: the caption as JSON (kind "text") or the JPEG as a multipart file ("image")."""
+    if kind == "text":
+        http.post(route, json={"texts": [CAPTION]}).raise_for_status()
+    else:
+        http.post(route, files=[("files", (jpeg.name, data))]).raise_for_status()
+
+
 def one_client_paired(url: str, jpeg: Path, model: Any, n: int, floor: str | None = None) -> dict[str, dict[str, Any]]:
     """1 client, interleaved with in-process calls: {"server": {"text", "image"}, "in_process": {...}}; with
     `floor` (the route prefix of a no-op application on the same server, e.g. "/noop"), its requests are interleaved
@@ -54,32 +62,24 @@ def one_client_paired(url: str, jpeg: Path, model: Any, n: int, floor: str | Non
     data = jpeg.read_bytes()
     out: dict[str, dict[str, Any]] = {"server": {}, "in_process": {}, **({"floor": {}} if floor else {})}
     with httpx.Client(base_url=url, timeout=60) as http:
-        def post(route: str, kind: str) -> None:
-            if kind == "text":
-                http.post(route, json={"texts": [CAPTION]}).raise_for_status()
-            else:
-                http.post(route, files=[("files", (jpeg.name, data))]).raise_for_status()
-
         for kind, here in (("text", lambda: model.encode_texts([CAPTION])),
                            ("image", lambda: model.encode_image_files([jpeg]))):
             route = f"/embed/{kind}"
-            calls: dict[str, Any] = {"in_process": here, "server": lambda route=route, kind=kind: post(route, kind)}
+            calls: dict[str, Any] = {"in_process": here,
+                                     "server": lambda route=route, kind=kind: post(http, route, kind, jpeg, data)}
             if floor:
-                calls["floor"] = lambda route=floor + route, kind=kind: post(route, kind)
+                calls["floor"] = lambda route=floor + route, kind=kind: post(http, route, kind, jpeg, data)
             got = interleaved(calls, n)
             for name in out:
                 out[name][kind] = got[name]
     return out
 
 
-def one_client(url: str, jpeg: Path, n: int, image: bool = True) -> dict[str, Any]:
-    """1 client, sequential: the caption to /embed/text and the JPEG to /embed/image."""
+def one_client(url: str, jpeg: Path, n: int) -> dict[str, Any]:
+    """1 client, sequential: the caption to /embed/text, then the JPEG to /embed/image."""
     import httpx
 
     data = jpeg.read_bytes()
     with httpx.Client(base_url=url, timeout=60) as http:
-        out = {"text": timed(lambda: http.post("/embed/text", json={"texts": [CAPTION]}).raise_for_status(), n)}
-        if image:
-            out["image"] = timed(lambda: http.post("/embed/image", files=[("files", (jpeg.name, data))])
-                                 .raise_for_status(), n)
-    return out
+        return {kind: timed(lambda kind=kind: post(http, f"/embed/{kind}", kind, jpeg, data), n)
+                for kind in ("text", "image")}
