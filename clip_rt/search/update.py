@@ -205,10 +205,10 @@ def remove_items(path: str | os.PathLike, items: Sequence[str | os.PathLike],
         raise IndexFileError(f"{root} is a clip-rt 0.1 index folder; convert it first with: clip-rt index --convert {root}")
     store = Store.open(root, writable=True)
     try:
-        indexed = [row[1] for row in store.rows()]
+        by_id = {row[0]: row[1] for row in store.rows()}  # vector id -> item, in id order
+        indexed = list(by_id.values())
         in_index = set(indexed)
         videos = frames_by_id(store.conn, list(frame_ids(store.conn)))  # a video's frames go with its path
-        by_id = {row[0]: row[1] for row in store.rows()}
         file_of = {by_id[vid]: video for vid, (video, _) in videos.items() if vid in by_id}
         texts = store.meta.get("kind") == "texts"
         present: list[str] = []
