@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from .errors import ImageError
 
@@ -29,6 +29,11 @@ def _is_image_name(name: str) -> bool:
 def is_video_path(path: str | os.PathLike) -> bool:
     """True for a file name with a video ending (.mp4, .mov, .mkv, ...): how a walk and the CLI tell videos apart."""
     return os.path.splitext(os.fspath(path))[1].lower() in VIDEO_EXTENSIONS
+
+
+def split_videos(files: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Files as listed -> (the others, the videos), each in listing order; videos are told by name (is_video_path)."""
+    return [f for f in files if not is_video_path(f)], [f for f in files if is_video_path(f)]
 
 
 def _walk(root: str, recursive: bool, errors: list[ImageError], videos: bool = False) -> list[str]:

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..files import split_videos
 from ..video.frames import SCALERS  # numpy and the preprocessing settings only: no PyAV at parse time
 from .common import (DECODES, HELP, add_image_args, add_max_pixels_arg, add_model_args, check_device_flags, errors_json,
                      find_image_files, load_model, parse_labels, positive_float, positive_int, print_table,
@@ -229,15 +230,6 @@ def add_video_args(p: argparse.ArgumentParser, segments: bool) -> None:
         g.add_argument("--segments", action=argparse.BooleanOptionalAction, default=False,
                        help="print time ranges instead of frames: consecutive sampled frames with the same top label "
                             "merged into {file, start, end, label, score (the mean top score), frames}")
-
-
-def split_videos(files: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Files as listed -> (photos, videos), each in listing order; videos are told by their file name."""
-    from ..files import is_video_path
-
-    videos = [f for f in files if is_video_path(f)]
-    chosen = set(videos)
-    return [f for f in files if f not in chosen], videos
 
 
 def check_video_flags(args: argparse.Namespace, videos: Sequence[str], errors: Sequence[Any] = ()) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import ImageError, InputError
 from ..fsutil import sha256_file
 from ..decode import DEFAULT_MAX_PIXELS, check_decode
-from ..files import is_video_path, iter_image_files
+from ..files import iter_image_files, split_videos
 from .index import Index
 from .photo_index import backfill_photos, encode_photo_files
 from .photo_store import ensure_schema, photo_writer, read_photos
@@ -81,8 +81,8 @@ def update_images(path: str | os.PathLike, model: "ClipModel", paths: Sequence[s
     root = Path(path)
     roots = [os.path.abspath(p) for p in paths]
     found, errors = iter_image_files([str(p) for p in paths], videos=videos is not None)
-    clips = [os.path.abspath(f) for f in found if videos is not None and is_video_path(f)]
-    found = [f for f in found if videos is None or not is_video_path(f)]
+    found, clips = split_videos(found) if videos is not None else (found, [])
+    clips = [os.path.abspath(f) for f in clips]
     if not found and not clips:
         what = "; ".join(f"{e.file}: {e.reason}" for e in errors[:3])
         raise InputError(f"no image files found under {', '.join(map(str, paths))}"
