@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -72,10 +71,9 @@ def browser_timings(index: Path, captions: list[str], queries: int) -> dict[str,
     import httpx
     from playwright.sync_api import sync_playwright
 
-    with socket.socket() as sock:  # a free port
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "clip_rt.cli", "ui", str(index), "--port", str(port)],
+    from clip_rt.serve.loadgen import free_port
+
+    proc = subprocess.Popen([sys.executable, "-m", "clip_rt.cli", "ui", str(index), "--port", str(free_port())],
                             stdout=subprocess.PIPE, text=True)
     try:
         url = proc.stdout.readline().strip()  # type: ignore[union-attr]

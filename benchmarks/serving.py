@@ -38,7 +38,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -52,16 +51,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # serving_timing, beside this file
 from serving_report import checks, markdown, plot  # noqa: E402
 from serving_timing import CAPTION, one_client, one_client_paired, timed  # noqa: E402
 
+from clip_rt.serve.loadgen import free_port  # noqa: E402
+
 RUNNERS = {"one": [], "ray": ["--ray"], "ray2": ["--ray", "--ray-deployments", "2"],
            "one-spin": ["--spinning"], "one-nospin": ["--no-spinning"]}  # ONNX Runtime's threads: one-spin: one
 #   model, spinning between calls too (in-process clip_rt's default); one-nospin: one model, never spinning; one (the
 #   default): batches on a model that never spins, lone requests on a twin spinning inside a call
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def encoder_rate(model: Any, files: list[str], batch: int, seconds: float) -> float:
     """Images/s of the in-process image encoder at `batch`, decode included, over `seconds` (after one warm call)."""
     model.encode_image_files(files[:batch], batch_size=batch)

@@ -319,6 +319,34 @@ def tree_cpu_seconds(pid: int) -> float:
     return sum(int(stats[p][11]) + int(stats[p][12]) for p in process_tree(pid) if p in stats) / os.sysconf("SC_CLK_TCK")
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now, for a server started next (tests, benchmarks). Drawn between Ray's default
+    worker ports (10002-19999) and the kernel's ephemeral range (net.ipv4.ip_local_port_range): a process that binds
+    port 0 meanwhile, as Ray's raylet, GCS, agents and workers do by the dozen while a cluster starts, gets an
+    ephemeral port, so it cannot take this one between the choice and the server's bind (a port from bind(0) could
+    be, and once was on CI: Serve's proxy then failed to bind it)."""
+    import random
+    import socket
+
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768  # Linux's default; macOS starts at 49152
+    rng = random.SystemRandom()
+    for _ in range(200 if ephemeral_low > 20001 else 0):
+        port = rng.randint(20000, ephemeral_low - 1)
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # a machine whose ephemeral range starts below 20000: the kernel's choice
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 class ServerProcess:
     """`clip-rt serve PACKAGE ARGS...` as a child process in its own session, for tests and benchmarks.
 

@@ -19,7 +19,7 @@ import signal
 import threading
 from typing import Any
 
-from ..errors import missing_dependency
+from ..errors import InputError, missing_dependency
 from .config import ServeConfig
 
 log = logging.getLogger("clip_rt.serve")
@@ -73,9 +73,12 @@ def start(config: ServeConfig, address: str | None = None, name: str = APP_NAME,
     (clip_rt.ray.connect). Serve's HTTP proxy listens on config.host:config.port (config.proxy_location: on every
     node or the head only); if Serve is already running on the cluster, its proxy (and its port) are kept and the
     application is added to it. connected() is called once this process is a Ray driver, before the deployment.
+    A port in use is an InputError naming --port: checked before a local cluster starts, and Serve's own bind
+    failure otherwise (the proxy binds after Ray is up, by when another process may have taken the port).
     """
     global _started_ray
     _imports()
+    import ray
     from ray import serve
     from ray.serve.config import HTTPOptions
     from ray.serve.schema import LoggingConfig
@@ -84,14 +87,24 @@ def start(config: ServeConfig, address: str | None = None, name: str = APP_NAME,
     from .encoder import check_index
 
     check_index(config)  # before Ray starts: a mismatched index is refused in one line
+    if address is None and not ray.is_initialized():  # a local cluster starts here; its proxy binds on this machine
+        from .local import listen
+
+        listen(config.host, config.port).close()  # a port in use: one line naming the flag, before Ray starts
     _started_ray = connect(address, extra="serve") or _started_ray
     if connected is not None:
         connected()
-    serve.start(proxy_location=config.proxy_location,
-                http_options=HTTPOptions(host=config.host, port=config.port,
-                                         request_timeout_s=config.request_timeout_s),
-                logging_config=LoggingConfig(enable_access_log=config.access_log,
-                                             log_level="INFO" if config.access_log else "WARNING"))
+    try:
+        serve.start(proxy_location=config.proxy_location,
+                    http_options=HTTPOptions(host=config.host, port=config.port,
+                                             request_timeout_s=config.request_timeout_s),
+                    logging_config=LoggingConfig(enable_access_log=config.access_log,
+                                                 log_level="INFO" if config.access_log else "WARNING"))
+    except Exception as e:  # the proxy's bind failure reaches here wrapped in a RayTaskError
+        if "Failed to bind to address" not in str(e):
+            raise
+        raise InputError(f"cannot listen on {config.host}:{config.port}: Ray Serve's proxy could not bind it "
+                         f"(in use by another process); choose another --port or --host") from None
     serve.run(build_app(config), name=name, route_prefix=route_prefix, blocking=False)
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     return f"http://{host}:{config.port}{route_prefix.rstrip('/')}"

@@ -12,7 +12,6 @@ import datetime as dt
 import http.client
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -34,6 +33,8 @@ pytestmark = [pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
                                  reason=f"{CHROMIUM} is missing (apt-get install chromium)")]
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (clip-rt[test])")
 httpx = pytest.importorskip("httpx")
+
+from clip_rt.serve.loadgen import free_port  # noqa: E402
 
 
 # -- fixtures: photos with EXIF, the index, the server, the browser ---------------------------------------------------
@@ -75,12 +76,6 @@ def photo_set(tiny_package: Path, data_dir: Path, tmp_path_factory: pytest.TempP
         for row in csv.DictReader(f):
             captions.setdefault(Path(row["file"]).stem, row["caption"])
     return {"base": base, "index": index, "files": files, "captions": captions}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(index: Path, *extra: str):

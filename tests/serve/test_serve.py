@@ -8,7 +8,6 @@ missing extras, lean imports). tests/serve/test_serve_process.py stops real `cli
 from __future__ import annotations
 
 import base64
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,17 +22,12 @@ pytest.importorskip("uvicorn", reason="serving needs clip-rt[serve]")
 httpx = pytest.importorskip("httpx", reason="serving needs clip-rt[serve]")
 
 from clip_rt.client import Client, ServeError  # noqa: E402
+from clip_rt.serve.loadgen import free_port  # noqa: E402
 
 EXACT = tolerance("onnxruntime", "fp32").min_cosine  # 0.99999: the server runs the same artifact as in-process
 TEXTS = ["a dog", "a photo of a cat sitting on a red mat next to a window", "two", "an airplane",
          " ".join(["a very long caption that goes on"] * 20)]  # the last one is cut at 77 tokens, as in-process
 RUNNERS = ["one-process", "ray"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -19,13 +18,7 @@ pytest.importorskip("fastapi", reason="serving needs clip-rt[serve]")
 pytest.importorskip("uvicorn", reason="serving needs clip-rt[serve]")
 httpx = pytest.importorskip("httpx", reason="serving needs clip-rt[serve]")
 
-from clip_rt.serve.loadgen import ServerProcess  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from clip_rt.serve.loadgen import ServerProcess, free_port  # noqa: E402
 
 
 class Load:
@@ -133,3 +126,67 @@ def test_the_load_generator_spreads_clients_over_processes_and_checks_every_answ
     m = summary["malformed"]
     assert m["sent"] == m["answered_4xx"] == 12 and m["without_reason"] == 0, m
     assert summary["server_cpu_ms_per_ok"] is not None and summary["client_cpu_s"] > 0
+
+
+RACE = """
+import socket, sys
+import ray
+from clip_rt.cluster import connect
+from clip_rt.errors import InputError
+from clip_rt.serve import ray_runner
+from clip_rt.serve.config import ServeConfig
+
+connect(None, extra="serve")  # Ray up first: start() cannot check the port beforehand, only Serve's proxy can fail
+with socket.socket() as held:
+    held.bind(("127.0.0.1", 0))
+    held.listen(1)
+    try:
+        ray_runner.start(ServeConfig(sys.argv[1], port=held.getsockname()[1]))
+        print("deployed on a port in use")
+    except InputError as e:
+        print("refused:", e)
+ray_runner.stop()
+ray.shutdown()
+"""
+
+
+def test_a_port_in_use_is_one_line_in_both_runners(tiny_package):
+    """`clip-rt serve` on a port another process holds: one line naming --port, exit 2, nothing left running, in
+    both runners (--ray used to print Serve's proxy traceback after starting a cluster). And when the port is taken
+    while Ray starts (as Ray's own processes could take one from bind(0): CI lost a run to it), Serve's bind failure
+    becomes the same one line, and stopping still works."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from clip_rt.serve.loadgen import process_tree, still_running
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        for extra in ([], ["--ray"]):
+            t0 = time.monotonic()
+            proc = subprocess.Popen([sys.executable, "-m", "clip_rt.cli", "serve", str(tiny_package), "--port",
+                                     str(port), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True)
+            tree = process_tree(proc.pid)
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 2 and err.count("\n") == 1, (extra, proc.returncode, err[-2000:])
+            assert err.startswith(f"clip-rt serve: error: cannot listen on 127.0.0.1:{port}") and "--port" in err, err
+            assert time.monotonic() - t0 < 30 and still_running(tree, session=proc.pid) == []
+    race = subprocess.Popen([sys.executable, "-c", RACE, str(tiny_package)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen: dict[int, str] = {}
+    deadline = time.monotonic() + 240
+    while race.poll() is None:  # Ray's processes, as they come and go, to check that none outlives the driver
+        assert time.monotonic() < deadline, "the race script did not finish"
+        seen.update(process_tree(race.pid))
+        time.sleep(0.2)
+    out, err = race.communicate()
+    assert race.returncode == 0, err[-3000:]
+    assert "refused: cannot listen on 127.0.0.1:" in out and "Ray Serve's proxy" in out and "--port" in out, out
+    assert len(seen) > 3, seen  # Ray did start (raylet, GCS, workers), so the stop was tested
+    time.sleep(2)  # Ray's last processes exit just after ray.shutdown() returns
+    assert still_running(seen) == []
