@@ -321,10 +321,10 @@ def tree_cpu_seconds(pid: int) -> float:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on `host` now, for a server started next (tests, benchmarks). Drawn between Ray's default
-    worker ports (10002-19999) and the kernel's ephemeral range (net.ipv4.ip_local_port_range): a process that binds
-    port 0 meanwhile, as Ray's raylet, GCS, agents and workers do by the dozen while a cluster starts, gets an
-    ephemeral port, so it cannot take this one between the choice and the server's bind (a port from bind(0) could
-    be, and once was on CI: Serve's proxy then failed to bind it)."""
+    worker ports (10002-19999) and the kernel's ephemeral range (net.ipv4.ip_local_port_range): the ports a starting
+    Ray cluster takes for its raylet, GCS, agents and workers are bound to port 0 or drawn between such a port and
+    65535, so none of them can take this one between the choice and the server's bind (a port from bind(0) could
+    be taken, and once was in a fresh-clone test run: Serve's proxy then failed to bind it)."""
     import random
     import socket
 
