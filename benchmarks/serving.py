@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # serving_timing, beside this file
 from serving_report import checks, markdown, plot  # noqa: E402
 from serving_timing import CAPTION, one_client, one_client_paired, timed  # noqa: E402
 
-from clip_rt.serve.loadgen import free_port  # noqa: E402
+from clip_rt.serve.loadgen import free_port, wait_healthy  # noqa: E402
 
 RUNNERS = {"one": [], "ray": ["--ray"], "ray2": ["--ray", "--ray-deployments", "2"],
            "one-spin": ["--spinning"], "one-nospin": ["--no-spinning"]}  # ONNX Runtime's threads: one-spin: one
@@ -174,20 +174,9 @@ async def _sigterm_load(srv: Any, work: Any, clients: int, after_s: float) -> di
 
 
 def wait_ok(url: str, timeout_s: float = 300.0, died: Any = None, what: str = "") -> None:
-    """Poll GET url until it answers 200; RuntimeError after timeout_s, or as soon as died() says the server's process
-    is gone."""
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if (died is not None and died()) or time.monotonic() > deadline:
-            raise RuntimeError(f"{what or url} did not start: no 200 from {url}")
-        time.sleep(0.2)
+    """loadgen.wait_healthy, or RuntimeError when the server never answers 200 (timeout, or died() is true)."""
+    if not wait_healthy(url, timeout_s, died):
+        raise RuntimeError(f"{what or url} did not start: no 200 from {url}")
 
 
 def ray_paired(name: str, package: str, precision: str, jpeg: Path, model: Any, n: int) -> dict[str, Any]:

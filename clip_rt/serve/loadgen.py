@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -347,6 +347,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_healthy(url: str, timeout_s: float, died: Callable[[], bool] | None = None) -> bool:
+    """Poll GET `url` until it answers 200 (True); False after `timeout_s`, or as soon as died() says the server's
+    process is gone."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=10).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        if (died is not None and died()) or time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
 class ServerProcess:
     """`clip-rt serve PACKAGE ARGS...` as a child process in its own session, for tests and benchmarks.
 
@@ -390,28 +407,19 @@ class ServerProcess:
         return self.log.read_text(errors="replace")[-3000:] if self.log is not None and self.log.exists() else ""
 
     def __enter__(self) -> "ServerProcess":
-        import httpx
-
         from .client import ServeError
 
         out = open(self.log, "wb") if self.log is not None else subprocess.DEVNULL
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + self.startup_timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise ServeError(0, f"clip-rt serve exited with code {self.proc.returncode}: {self._tail()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=10).status_code == 200:
-                    self.startup_s = time.monotonic() - t0  # process start to the first 200
-                    return self
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.__exit__()
-                raise ServeError(0, f"clip-rt serve did not answer /healthz within {self.startup_timeout_s:.0f} s: "
-                                    f"{self._tail()}")
-            time.sleep(0.1)
+        proc = self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        if wait_healthy(self.url + "/healthz", self.startup_timeout_s, died=lambda: proc.poll() is not None):
+            self.startup_s = time.monotonic() - t0  # process start to the first 200
+            return self
+        if proc.poll() is not None:
+            raise ServeError(0, f"clip-rt serve exited with code {proc.returncode}: {self._tail()}")
+        self.__exit__()
+        raise ServeError(0, f"clip-rt serve did not answer /healthz within {self.startup_timeout_s:.0f} s: "
+                            f"{self._tail()}")
 
     def __exit__(self, *exc: Any) -> None:
         if self.proc is None:
