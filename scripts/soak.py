@@ -41,12 +41,11 @@ def _malloc_trim() -> Callable[[], object] | None:
     import ctypes.util
 
     name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = libc.malloc_trim if libc is not None else None
-    except (OSError, AttributeError):
+    if not name:
         return None
-    if trim is None:
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return lambda: trim(0)
@@ -147,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         after_load = rss_bytes() / MB
         results = [run_phase(name, calls[name], args.calls, args.max_growth_mb, args.inject_leak_kb) for name in phases]
     doc = {"package": str(args.package), "image": image, "backend": args.backend, "calls_per_phase": args.calls,
-           "inject_leak_kb": args.inject_leak_kb, "malloc_trim": TRIM is not None, "rss_mb_before_load": round(before_load, 2),
-           "rss_mb_after_load": round(after_load, 2), "phases": results, "peak_rss_mb": round(peak_rss_bytes() / MB, 2),
+           "inject_leak_kb": args.inject_leak_kb, "malloc_trim": TRIM is not None,
+           "rss_mb_before_load": round(before_load, 2), "rss_mb_after_load": round(after_load, 2), "phases": results, "peak_rss_mb": round(peak_rss_bytes() / MB, 2),
            "flat": all(r["flat"] for r in results)}
     if args.json:
         print(json.dumps(doc))
