@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -150,16 +153,11 @@ ray.shutdown()
 """
 
 
-def test_a_port_in_use_is_one_line_in_both_runners(tiny_package):
+def test_a_port_in_use_is_one_line_in_both_runners(tiny_package, tmp_path):
     """`clip-rt serve` on a port another process holds: one line naming --port, exit 2, nothing left running, in
     both runners (--ray used to print Serve's proxy traceback after starting a cluster). And when the port is taken
-    while Ray starts (as Ray's own processes could take one from bind(0): CI lost a run to it), Serve's bind failure
-    becomes the same one line, and stopping still works."""
-    import socket
-    import subprocess
-    import sys
-    import time
-
+    while Ray starts (as Ray's own processes could take one from bind(0): a fresh-clone test run lost the Ray SIGTERM
+    test to it), Serve's bind failure becomes the same one line, and stopping still works."""
     from clip_rt.serve.loadgen import process_tree, still_running
 
     with socket.socket() as held:
@@ -176,15 +174,17 @@ def test_a_port_in_use_is_one_line_in_both_runners(tiny_package):
             assert proc.returncode == 2 and err.count("\n") == 1, (extra, proc.returncode, err[-2000:])
             assert err.startswith(f"clip-rt serve: error: cannot listen on 127.0.0.1:{port}") and "--port" in err, err
             assert time.monotonic() - t0 < 30 and still_running(tree, session=proc.pid) == []
-    race = subprocess.Popen([sys.executable, "-c", RACE, str(tiny_package)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    out_file, err_file = tmp_path / "race.out", tmp_path / "race.err"  # files: Ray's logs could fill a pipe
+    with open(out_file, "wb") as out_f, open(err_file, "wb") as err_f:
+        race = subprocess.Popen([sys.executable, "-c", RACE, str(tiny_package)], stdout=out_f, stderr=err_f,
+                                start_new_session=True)
     seen: dict[int, str] = {}
     deadline = time.monotonic() + 240
     while race.poll() is None:  # Ray's processes, as they come and go, to check that none outlives the driver
         assert time.monotonic() < deadline, "the race script did not finish"
         seen.update(process_tree(race.pid))
         time.sleep(0.2)
-    out, err = race.communicate()
+    out, err = out_file.read_text(), err_file.read_text(errors="replace")
     assert race.returncode == 0, err[-3000:]
     assert "refused: cannot listen on 127.0.0.1:" in out and "Ray Serve's proxy" in out and "--port" in out, out
     assert len(seen) > 3, seen  # Ray did start (raylet, GCS, workers), so the stop was tested
