@@ -48,15 +48,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # serving_timing, beside this file, when imported from elsewhere
-from serving_report import checks, markdown, plot  # noqa: E402
+from serving_report import RUNNERS, checks, markdown, plot  # noqa: E402
 from serving_timing import CAPTION, one_client, one_client_paired, timed  # noqa: E402
 
 from clip_rt.serve.loadgen import free_port, wait_healthy  # noqa: E402
 
-RUNNERS = {"one": [], "ray": ["--ray"], "ray2": ["--ray", "--ray-deployments", "2"],
-           "one-spin": ["--spinning"], "one-nospin": ["--no-spinning"]}  # ONNX Runtime's threads: one-spin: one
-#   model, spinning between calls too (in-process clip_rt's default); one-nospin: one model, never spinning; one (the
-#   default): batches on a model that never spins, lone requests on a twin spinning inside a call
+
 def encoder_rate(model: Any, files: list[str], batch: int, seconds: float) -> float:
     """Images/s of the in-process image encoder at `batch`, decode included, over `seconds` (after one warm call)."""
     model.encode_image_files(files[:batch], batch_size=batch)
@@ -229,10 +226,10 @@ def runner(name: str, package: str, precision: str, work: Any, jpeg: Path, clien
         out["load"] = []
         for n in clients:
             top = n == max(clients)
-            if top and reference is not None:  # the encoder's best measured right before and after, as the bound
-                before = reference()
+            bracket = top and reference is not None  # the encoder's best measured right before and after, the bound
+            before = reference() if bracket else 0.0
             out["load"].append(load_point(srv.url, work, n, duration, 200 if top else 0, srv))
-            if top and reference is not None:
+            if bracket:
                 after = reference()
                 out["encoder_paired"] = {"before": before, "after": after, "mean": round((before + after) / 2, 2)}
                 print(f"  encoder's best around it: {out['encoder_paired']}", file=sys.stderr, flush=True)

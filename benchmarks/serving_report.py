@@ -8,12 +8,14 @@ from typing import Any
 
 import numpy as np
 
-RUNNER_FLAGS = {"one": "", "one-spin": "--spinning", "one-nospin": "--no-spinning"}  # one-process runners' flags
+RUNNERS = {"one": [], "ray": ["--ray"], "ray2": ["--ray", "--ray-deployments", "2"],
+           "one-spin": ["--spinning"], "one-nospin": ["--no-spinning"]}  # ONNX Runtime's threads: one-spin: one
+#   model, spinning between calls too (in-process clip_rt's default); one-nospin: one model, never spinning; one (the
+#   default): batches on a model that never spins, lone requests on a twin spinning inside a call
 LABELS = {"one": "clip-rt serve (one process)", "one-spin": "clip-rt serve --spinning",
           "one-nospin": "clip-rt serve --no-spinning", "ray": "clip-rt serve --ray (one deployment)",
           "ray2": "clip-rt serve --ray --ray-deployments 2", "asgi": "no-op uvicorn + FastAPI",
           "noop-ray": "no-op Ray Serve, one deployment", "noop-ray2": "no-op Ray Serve, gateway -> encoder"}
-
 
 
 def checks(doc: dict[str, Any]) -> list[tuple[str, bool, str]]:
@@ -22,7 +24,7 @@ def checks(doc: dict[str, Any]) -> list[tuple[str, bool, str]]:
     for name, one in doc["runners"].items():
         if not name.startswith("one"):
             continue
-        label = "one process" + (f" {RUNNER_FLAGS[name]}" if RUNNER_FLAGS.get(name) else "")
+        label = " ".join(["one process", *RUNNERS[name]])
         for kind in ("text", "image"):  # against in-process interleaved with this runner's requests
             got, ref = one["one_client"][kind]["p50_ms"], one.get("in_process_paired", ip)[kind]["p50_ms"]
             rows.append((f"{label}, 1 client, {kind}: p50 within 3 ms of in-process", got - ref <= 3.0,
